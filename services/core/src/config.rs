@@ -1,0 +1,144 @@
+//! Configuration read once at start-up from the environment. A bad value is
+//! refused with the name of the variable.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::crypto::{KeyError, Keyring};
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    #[error("{var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// Default Graph API base (version included).
+pub const DEFAULT_GRAPH_URL: &str = "https://graph.facebook.com/v24.0";
+
+/// Everything the services need to run.
+#[derive(Clone)]
+pub struct Config {
+    /// `DATABASE_URL`: Postgres connection string (may hold a password).
+    pub database_url: SecretString,
+    /// `NATS_URL`, default `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// `ALPHADOME_NATS_PREFIX`, default `alphadome`: prefix of every stream,
+    /// subject and consumer, so several deployments (or tests) can share one
+    /// NATS server.
+    pub nats_prefix: String,
+    /// `ALPHADOME_MASTER_KEY` (+ `ALPHADOME_PREVIOUS_MASTER_KEYS`).
+    pub keyring: Arc<Keyring>,
+    /// `META_APP_SECRET`: the platform's Meta app secret, used for tenants
+    /// without their own.
+    pub meta_app_secret: Option<SecretString>,
+    /// `WHATSAPP_GRAPH_URL`, default [`DEFAULT_GRAPH_URL`].
+    pub graph_url: String,
+    /// `ALPHADOME_HTTP_ADDR`, default `0.0.0.0:8080`: the webhook (ingress)
+    /// and health endpoints.
+    pub http_addr: SocketAddr,
+    /// `ALPHADOME_SEND_TIMEOUT_MS`, default 10000: Graph API request timeout.
+    pub send_timeout: Duration,
+    /// `ALPHADOME_TENANT_REFRESH_MS`, default 2000: how often cached tenant
+    /// context is checked against the database.
+    pub tenant_refresh: Duration,
+    /// `ALPHADOME_DEFAULT_FALLBACK_REPLY`: reply when nothing matches and the
+    /// tenant set no fallback of its own.
+    pub default_fallback_reply: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("nats_url", &self.nats_url)
+            .field("nats_prefix", &self.nats_prefix)
+            .field("keyring", &self.keyring)
+            .field("meta_app_secret", &self.meta_app_secret.as_ref().map(|_| "********"))
+            .field("graph_url", &self.graph_url)
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default reply when nothing matches and no AI is enabled.
+pub const DEFAULT_FALLBACK_REPLY: &str = "Thanks for your message! We couldn't find an answer to that right away. A member of our team will get back to you soon.";
+
+fn var(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn parse<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+            var: name,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// `DATABASE_URL`, required.
+pub fn database_url() -> Result<SecretString, ConfigError> {
+    let url = var("DATABASE_URL").ok_or(ConfigError::Missing("DATABASE_URL"))?;
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConfigError::Invalid {
+            var: "DATABASE_URL",
+            reason: "must start with postgres:// or postgresql://".into(),
+        });
+    }
+    Ok(SecretString::from(url))
+}
+
+/// `NATS_URL`, default `nats://127.0.0.1:4222`.
+pub fn nats_url() -> String {
+    var("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// `ALPHADOME_NATS_PREFIX`, default `alphadome`; letters, digits, `_`, `-`.
+pub fn nats_prefix() -> Result<String, ConfigError> {
+    let p = var("ALPHADOME_NATS_PREFIX").unwrap_or_else(|| "alphadome".to_owned());
+    if p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        Ok(p)
+    } else {
+        Err(ConfigError::Invalid {
+            var: "ALPHADOME_NATS_PREFIX",
+            reason: "only letters, digits, '_' and '-' are allowed".into(),
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates the whole configuration.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let graph_url = var("WHATSAPP_GRAPH_URL").unwrap_or_else(|| DEFAULT_GRAPH_URL.to_owned());
+        if !(graph_url.starts_with("http://") || graph_url.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                var: "WHATSAPP_GRAPH_URL",
+                reason: "must be an http(s) URL".into(),
+            });
+        }
+        Ok(Self {
+            database_url: database_url()?,
+            nats_url: nats_url(),
+            nats_prefix: nats_prefix()?,
+            keyring: Arc::new(Keyring::from_env()?),
+            meta_app_secret: var("META_APP_SECRET").map(SecretString::from),
+            graph_url: graph_url.trim_end_matches('/').to_owned(),
+            http_addr: parse("ALPHADOME_HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            send_timeout: Duration::from_millis(parse("ALPHADOME_SEND_TIMEOUT_MS", 10_000u64)?),
+            tenant_refresh: Duration::from_millis(parse("ALPHADOME_TENANT_REFRESH_MS", 2_000u64)?),
+            default_fallback_reply: var("ALPHADOME_DEFAULT_FALLBACK_REPLY")
+                .unwrap_or_else(|| DEFAULT_FALLBACK_REPLY.to_owned()),
+        })
+    }
+}

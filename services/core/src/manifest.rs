@@ -1,0 +1,930 @@
+//! Tenant manifests: a YAML (or JSON) document with the keys `tenant`,
+//! `control_settings`, `templates` and `training_data`, named exactly as
+//! the schema report's columns, applied as the whole truth about one tenant.
+//!
+//! Parsing validates everything it can (unknown keys, enumerations, ranges,
+//! phone numbers, `${VAR}` references in secret fields), so serde reports
+//! the field path, line and column. [`apply`] then upserts by
+//! `client_phone` in one transaction: a second apply of the same file
+//! changes no row; rows dropped from the file are deactivated, not deleted,
+//! so message logs keep their references.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::crypto::{Keyring, SecretColumn};
+use crate::phone;
+
+/// Why a manifest was refused. Nothing is written when this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{field}{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Invalid { field: String, line: Option<usize>, message: String },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Phone number in international digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Phone(pub String);
+
+impl<'de> Deserialize<'de> for Phone {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = PhoneInput::deserialize(d)?.0;
+        phone::normalize(&raw, &phone::default_country_code())
+            .map(Phone)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Accepts a phone number written as a string or a bare YAML number.
+struct PhoneInput(String);
+
+impl<'de> Deserialize<'de> for PhoneInput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            S(String),
+            N(u64),
+        }
+        Ok(PhoneInput(match Either::deserialize(d)? {
+            Either::S(s) => s,
+            Either::N(n) => n.to_string(),
+        }))
+    }
+}
+
+/// A value that may be `${VAR}`, read from the environment at parse time.
+/// Debug never shows it.
+#[derive(Clone)]
+pub struct SecretInput(pub SecretString);
+
+impl std::fmt::Debug for SecretInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretInput(********)")
+    }
+}
+
+fn interpolate(raw: &str) -> Result<String, String> {
+    let t = raw.trim();
+    if let Some(name) = t.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("`{t}` is not a valid ${{VARIABLE}} reference"));
+        }
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => Ok(v),
+            _ => Err(format!("environment variable {name} is not set")),
+        }
+    } else if t.contains("${") {
+        Err("a ${VARIABLE} reference must be the whole value".to_owned())
+    } else {
+        Ok(raw.to_owned())
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretInput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        let v = interpolate(&raw).map_err(serde::de::Error::custom)?;
+        if v.trim().is_empty() {
+            return Err(serde::de::Error::custom("must not be empty"));
+        }
+        Ok(SecretInput(SecretString::from(v)))
+    }
+}
+
+/// A plain string that may be `${VAR}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvString(pub String);
+
+impl<'de> Deserialize<'de> for EnvString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        let v = interpolate(&raw).map_err(serde::de::Error::custom)?;
+        if v.trim().is_empty() {
+            return Err(serde::de::Error::custom("must not be empty"));
+        }
+        Ok(EnvString(v.trim().to_owned()))
+    }
+}
+
+/// `bot_tenants.ai_provider`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AiProvider {
+    Openai,
+    Openrouter,
+    Huggingface,
+    OpenaiCompatible,
+}
+
+impl AiProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AiProvider::Openai => "openai",
+            AiProvider::Openrouter => "openrouter",
+            AiProvider::Huggingface => "huggingface",
+            AiProvider::OpenaiCompatible => "openai_compatible",
+        }
+    }
+}
+
+/// `bot_templates.tone`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tone {
+    Professional,
+    Friendly,
+}
+
+impl Tone {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tone::Professional => "professional",
+            Tone::Friendly => "friendly",
+        }
+    }
+}
+
+/// `bot_training_data.data_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataType {
+    Faq,
+    CannedReply,
+    Example,
+}
+
+impl DataType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataType::Faq => "faq",
+            DataType::CannedReply => "canned_reply",
+            DataType::Example => "example",
+        }
+    }
+}
+
+/// A number in 0.0..=1.0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Confidence(pub f64);
+
+impl<'de> Deserialize<'de> for Confidence {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if (0.0..=1.0).contains(&v) {
+            Ok(Confidence(v))
+        } else {
+            Err(serde::de::Error::custom(format!("{v} is outside 0.0 to 1.0")))
+        }
+    }
+}
+
+/// `max_response_length`: 1 to 4096 (WhatsApp's text limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseLength(pub i32);
+
+impl<'de> Deserialize<'de> for ResponseLength {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(d)?;
+        if (1..=4096).contains(&v) {
+            Ok(ResponseLength(v as i32))
+        } else {
+            Err(serde::de::Error::custom(format!("{v} is outside 1 to 4096")))
+        }
+    }
+}
+
+/// A non-negative limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(pub i32);
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(d)?;
+        i32::try_from(v)
+            .ok()
+            .filter(|v| *v >= 0)
+            .map(Limit)
+            .ok_or_else(|| serde::de::Error::custom(format!("{v} must be between 0 and 2147483647")))
+    }
+}
+
+/// A plausible e-mail address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(pub String);
+
+impl<'de> Deserialize<'de> for Email {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = String::deserialize(d)?.trim().to_owned();
+        let ok = v
+            .split_once('@')
+            .is_some_and(|(l, dom)| !l.is_empty() && dom.contains('.') && !dom.starts_with('.'))
+            && !v.contains(char::is_whitespace);
+        if ok {
+            Ok(Email(v))
+        } else {
+            Err(serde::de::Error::custom(format!("{v:?} is not an e-mail address")))
+        }
+    }
+}
+
+fn object<'de, D: Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    match v {
+        serde_json::Value::Object(_) => Ok(v),
+        serde_json::Value::Null => Ok(serde_json::json!({})),
+        _ => Err(serde::de::Error::custom("must be a mapping")),
+    }
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+/// The `tenant` section (columns of `bot_tenants`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    pub client_name: String,
+    pub client_phone: Phone,
+    pub client_email: Option<Email>,
+    pub brand_id: Option<Uuid>,
+    pub point_of_contact_name: Option<String>,
+    pub point_of_contact_phone: Option<Phone>,
+    pub whatsapp_phone_number_id: Option<EnvString>,
+    pub whatsapp_business_account_id: Option<EnvString>,
+    pub whatsapp_access_token: Option<SecretInput>,
+    pub whatsapp_token_expires_at: Option<DateTime<Utc>>,
+    pub whatsapp_app_secret: Option<SecretInput>,
+    pub ai_provider: Option<AiProvider>,
+    pub ai_api_key: Option<SecretInput>,
+    pub ai_model: Option<String>,
+    pub ai_base_url: Option<String>,
+    pub is_active: Option<bool>,
+    pub is_verified: Option<bool>,
+    pub webhook_verify_token: Option<SecretInput>,
+    pub webhook_url: Option<String>,
+    #[serde(default = "empty_object", deserialize_with = "object")]
+    pub metadata: serde_json::Value,
+}
+
+/// The `control_settings` section (columns of `bot_control_settings`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSpec {
+    #[serde(default = "yes")]
+    pub is_bot_enabled: bool,
+    pub max_messages_per_hour: Option<Limit>,
+    pub max_messages_per_user_per_day: Option<Limit>,
+    #[serde(default)]
+    pub enable_ai_responses: bool,
+    #[serde(default)]
+    pub enable_payment_flow: bool,
+    #[serde(default)]
+    pub enable_training_mode: bool,
+    #[serde(default = "yes")]
+    pub enable_auto_reply: bool,
+    #[serde(default = "yes")]
+    pub log_conversations: bool,
+    #[serde(default = "yes")]
+    pub log_errors: bool,
+    pub escalation_phone: Option<Phone>,
+    pub escalation_email: Option<Email>,
+    pub fallback_reply: Option<String>,
+    #[serde(default = "empty_object", deserialize_with = "object")]
+    pub metadata: serde_json::Value,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One of `templates` (columns of `bot_templates`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    pub template_name: String,
+    pub description: Option<String>,
+    pub system_prompt: Option<String>,
+    #[serde(default = "empty_object", deserialize_with = "object")]
+    pub conversation_context: serde_json::Value,
+    pub tone: Option<Tone>,
+    pub max_response_length: Option<ResponseLength>,
+    #[serde(default = "yes")]
+    pub is_active: bool,
+    #[serde(default)]
+    pub is_default: bool,
+    #[serde(default = "empty_object", deserialize_with = "object")]
+    pub metadata: serde_json::Value,
+}
+
+/// One of `training_data` (columns of `bot_training_data`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    pub data_type: DataType,
+    pub question: String,
+    pub answer: String,
+    pub category: Option<String>,
+    #[serde(default)]
+    pub priority: i32,
+    pub confidence_score: Option<Confidence>,
+    #[serde(default = "yes")]
+    pub is_active: bool,
+}
+
+/// A whole manifest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub tenant: TenantSpec,
+    pub control_settings: Option<ControlSpec>,
+    #[serde(default)]
+    pub templates: Vec<TemplateSpec>,
+    #[serde(default)]
+    pub training_data: Vec<TrainingSpec>,
+    /// Source text, for locating fields in errors.
+    #[serde(skip)]
+    source: Source,
+}
+
+/// The manifest's text; never printed (it may hold inline secrets).
+#[derive(Default)]
+struct Source(String);
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<source>")
+    }
+}
+
+/// Line (1-based) of the last line holding `key:` whose text contains
+/// `hint`, at or after the line holding `section:` (the last, so that a
+/// duplicate is reported where it is repeated).
+fn line_of(source: &str, section: &str, key: &str, hint: &str) -> Option<usize> {
+    let start = source
+        .lines()
+        .position(|l| l.trim_end().starts_with(&format!("{section}:")))
+        .unwrap_or(0);
+    let mut found = None;
+    for (i, l) in source.lines().enumerate().skip(start) {
+        if i > start && !l.starts_with([' ', '-', '\t', '#']) && !l.trim().is_empty() {
+            break; // next top-level section
+        }
+        let t = l.trim_start().trim_start_matches("- ").trim_start();
+        if t.starts_with(&format!("{key}:")) && (hint.is_empty() || l.contains(hint)) {
+            found = Some(i + 1);
+        }
+    }
+    found
+}
+
+impl Manifest {
+    /// Parses and validates a manifest from YAML or JSON text.
+    pub fn parse(source: &str) -> Result<Self, ManifestError> {
+        let de = serde_yaml_ng::Deserializer::from_str(source);
+        let mut m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let mut msg = inner.to_string();
+            // serde_yaml_ng prefixes some messages with (part of) the path.
+            if let Some((head, rest)) = msg.split_once(": ") {
+                if path.starts_with(head) && !head.is_empty() {
+                    msg = rest.to_owned();
+                }
+            }
+            if let Some(loc) = inner.location() {
+                if !msg.contains("line") {
+                    msg = format!("{msg} at line {} column {}", loc.line(), loc.column());
+                }
+            }
+            if path == "." {
+                ManifestError::Parse(msg)
+            } else {
+                ManifestError::Parse(format!("{path}: {msg}"))
+            }
+        })?;
+        m.source = Source(source.to_owned());
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Reads and parses the manifest at `path`.
+    pub fn from_file(path: &str) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text)
+    }
+
+    fn invalid(&self, section: &str, key: &str, hint: &str, field: String, message: String) -> ManifestError {
+        ManifestError::Invalid { field, line: line_of(&self.source.0, section, key, hint), message }
+    }
+
+    fn validate(&self) -> Result<(), ManifestError> {
+        let t = &self.tenant;
+        if t.client_name.trim().is_empty() {
+            return Err(self.invalid("tenant", "client_name", "", "tenant.client_name".into(), "must not be empty".into()));
+        }
+        if t.ai_provider == Some(AiProvider::OpenaiCompatible) && t.ai_base_url.is_none() {
+            return Err(self.invalid(
+                "tenant",
+                "ai_provider",
+                "",
+                "tenant.ai_base_url".into(),
+                "is required when ai_provider is openai_compatible".into(),
+            ));
+        }
+        if let Some(url) = &t.ai_base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(self.invalid("tenant", "ai_base_url", "", "tenant.ai_base_url".into(), format!("{url:?} is not an http(s) URL")));
+            }
+        }
+        let mut names = HashSet::new();
+        let mut defaults = 0;
+        for (i, tpl) in self.templates.iter().enumerate() {
+            let field = format!("templates[{i}].template_name");
+            if tpl.template_name.trim().is_empty() {
+                return Err(self.invalid("templates", "template_name", "", field, "must not be empty".into()));
+            }
+            if !names.insert(tpl.template_name.trim()) {
+                return Err(self.invalid(
+                    "templates",
+                    "template_name",
+                    tpl.template_name.trim(),
+                    field,
+                    format!("template {:?} appears twice", tpl.template_name),
+                ));
+            }
+            if tpl.is_default {
+                defaults += 1;
+                if defaults > 1 {
+                    return Err(self.invalid(
+                        "templates",
+                        "is_default",
+                        "",
+                        format!("templates[{i}].is_default"),
+                        "only one template may be the default".into(),
+                    ));
+                }
+            }
+        }
+        let mut keys = HashSet::new();
+        for (i, row) in self.training_data.iter().enumerate() {
+            let q = row.question.trim();
+            if q.is_empty() {
+                return Err(self.invalid("training_data", "question", "", format!("training_data[{i}].question"), "must not be empty".into()));
+            }
+            if row.answer.trim().is_empty() {
+                return Err(self.invalid("training_data", "question", q, format!("training_data[{i}].answer"), "must not be empty".into()));
+            }
+            if !keys.insert((row.data_type, q.to_owned())) {
+                return Err(self.invalid(
+                    "training_data",
+                    "question",
+                    q,
+                    format!("training_data[{i}].question"),
+                    format!("{} {q:?} appears twice", row.data_type.as_str()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub tenant_id: Uuid,
+    pub created: bool,
+    /// Rows inserted, updated or deactivated (0 when nothing changed).
+    pub rows_changed: u64,
+}
+
+/// Applies `manifest` in one transaction.
+pub async fn apply(pool: &PgPool, keyring: &Keyring, manifest: &Manifest) -> Result<ApplyReport, ManifestError> {
+    let mut tx = pool.begin().await?;
+    let report = apply_in(&mut tx, keyring, manifest).await.map_err(|e| match e {
+        ManifestError::Database(ref db) => constraint_error(manifest, db).unwrap_or(e),
+        other => other,
+    })?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+fn constraint_error(m: &Manifest, e: &sqlx::Error) -> Option<ManifestError> {
+    let sqlx::Error::Database(d) = e else { return None };
+    let (key, message) = match d.constraint()? {
+        "bot_tenants_webhook_verify_token_key" => ("webhook_verify_token", "is already used by another tenant"),
+        "bot_tenants_whatsapp_phone_number_id_key" => ("whatsapp_phone_number_id", "is already used by another tenant"),
+        "bot_tenants_client_phone_key" => ("client_phone", "is already used by another tenant"),
+        _ => return None,
+    };
+    Some(m.invalid("tenant", key, "", format!("tenant.{key}"), message.into()))
+}
+
+struct Existing {
+    id: Uuid,
+    brand_id: Option<Uuid>,
+    whatsapp_access_token: Option<String>,
+    whatsapp_app_secret: Option<String>,
+    ai_api_key: Option<String>,
+}
+
+async fn apply_in(
+    tx: &mut Transaction<'_, Postgres>,
+    keyring: &Keyring,
+    m: &Manifest,
+) -> Result<ApplyReport, ManifestError> {
+    let t = &m.tenant;
+    let existing = sqlx::query_as::<_, (Uuid, Option<Uuid>, Option<String>, Option<String>, Option<String>)>(
+        "SELECT id, brand_id, whatsapp_access_token, whatsapp_app_secret, ai_api_key \
+         FROM alphadome.bot_tenants WHERE client_phone = $1 FOR UPDATE",
+    )
+    .bind(&t.client_phone.0)
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(|(id, brand_id, tok, sec, key)| Existing {
+        id,
+        brand_id,
+        whatsapp_access_token: tok,
+        whatsapp_app_secret: sec,
+        ai_api_key: key,
+    });
+    let created = existing.is_none();
+    let id = existing.as_ref().map(|e| e.id).unwrap_or_else(Uuid::new_v4);
+
+    // Uniqueness against other tenants, reported by field before writing.
+    let verify = t.webhook_verify_token.as_ref().map(|s| s.0.expose_secret().to_owned());
+    if let Some(v) = &verify {
+        let other: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM alphadome.bot_tenants WHERE webhook_verify_token = $1 AND id <> $2",
+        )
+        .bind(v)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if other.is_some() {
+            return Err(m.invalid("tenant", "webhook_verify_token", "", "tenant.webhook_verify_token".into(), "is already used by another tenant".into()));
+        }
+    }
+    if let Some(p) = &t.whatsapp_phone_number_id {
+        let other: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM alphadome.bot_tenants WHERE whatsapp_phone_number_id = $1 AND id <> $2",
+        )
+        .bind(&p.0)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if other.is_some() {
+            return Err(m.invalid(
+                "tenant",
+                "whatsapp_phone_number_id",
+                "",
+                "tenant.whatsapp_phone_number_id".into(),
+                format!("{:?} is already used by another tenant", p.0),
+            ));
+        }
+    }
+
+    let mut rows_changed = 0u64;
+    let brand_id = match (t.brand_id, existing.as_ref().and_then(|e| e.brand_id)) {
+        (Some(b), _) => {
+            let exists: Option<Uuid> = sqlx::query_scalar("SELECT id FROM public.brands WHERE id = $1")
+                .bind(b)
+                .fetch_optional(&mut **tx)
+                .await?;
+            if exists.is_none() {
+                return Err(m.invalid("tenant", "brand_id", "", "tenant.brand_id".into(), format!("brand {b} does not exist in public.brands")));
+            }
+            b
+        }
+        (None, Some(b)) => b,
+        (None, None) => {
+            rows_changed += 1;
+            sqlx::query_scalar("INSERT INTO public.brands (is_platform_owner) VALUES (false) RETURNING id")
+                .fetch_one(&mut **tx)
+                .await?
+        }
+    };
+
+    let seal = |col: SecretColumn, input: &Option<SecretInput>, stored: Option<&String>| -> Option<String> {
+        match (input, stored) {
+            (Some(new), Some(old)) if keyring.holds(id, col, old, new.0.expose_secret()) => Some(old.clone()),
+            (Some(new), _) => Some(keyring.encrypt(id, col, new.0.expose_secret())),
+            (None, old) => old.cloned(),
+        }
+    };
+    let token = seal(
+        SecretColumn::WhatsappAccessToken,
+        &t.whatsapp_access_token,
+        existing.as_ref().and_then(|e| e.whatsapp_access_token.as_ref()),
+    );
+    let app_secret = seal(
+        SecretColumn::WhatsappAppSecret,
+        &t.whatsapp_app_secret,
+        existing.as_ref().and_then(|e| e.whatsapp_app_secret.as_ref()),
+    );
+    let ai_key = seal(SecretColumn::AiApiKey, &t.ai_api_key, existing.as_ref().and_then(|e| e.ai_api_key.as_ref()));
+
+    let r = sqlx::query(
+        "INSERT INTO alphadome.bot_tenants AS t (id, client_name, client_phone, client_email, brand_id, \
+           point_of_contact_name, point_of_contact_phone, whatsapp_phone_number_id, \
+           whatsapp_business_account_id, whatsapp_access_token, whatsapp_token_expires_at, \
+           whatsapp_app_secret, ai_provider, ai_api_key, ai_model, ai_base_url, is_active, \
+           is_verified, webhook_verify_token, webhook_url, metadata) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,COALESCE($17,false),COALESCE($18,false),$19,$20,$21) \
+         ON CONFLICT (client_phone) DO UPDATE SET \
+           client_name = EXCLUDED.client_name, client_email = EXCLUDED.client_email, \
+           brand_id = EXCLUDED.brand_id, point_of_contact_name = EXCLUDED.point_of_contact_name, \
+           point_of_contact_phone = EXCLUDED.point_of_contact_phone, \
+           whatsapp_phone_number_id = EXCLUDED.whatsapp_phone_number_id, \
+           whatsapp_business_account_id = EXCLUDED.whatsapp_business_account_id, \
+           whatsapp_access_token = EXCLUDED.whatsapp_access_token, \
+           whatsapp_token_expires_at = EXCLUDED.whatsapp_token_expires_at, \
+           whatsapp_token_invalid_at = CASE WHEN t.whatsapp_access_token IS DISTINCT FROM EXCLUDED.whatsapp_access_token \
+                                            THEN NULL ELSE t.whatsapp_token_invalid_at END, \
+           whatsapp_app_secret = EXCLUDED.whatsapp_app_secret, ai_provider = EXCLUDED.ai_provider, \
+           ai_api_key = EXCLUDED.ai_api_key, ai_model = EXCLUDED.ai_model, ai_base_url = EXCLUDED.ai_base_url, \
+           is_active = COALESCE($17, t.is_active), is_verified = COALESCE($18, t.is_verified), \
+           webhook_verify_token = EXCLUDED.webhook_verify_token, webhook_url = EXCLUDED.webhook_url, \
+           metadata = EXCLUDED.metadata \
+         WHERE (t.client_name, t.client_email, t.brand_id, t.point_of_contact_name, t.point_of_contact_phone, \
+                t.whatsapp_phone_number_id, t.whatsapp_business_account_id, t.whatsapp_access_token, \
+                t.whatsapp_token_expires_at, t.whatsapp_app_secret, t.ai_provider, t.ai_api_key, t.ai_model, \
+                t.ai_base_url, t.is_active, t.is_verified, t.webhook_verify_token, t.webhook_url, t.metadata) \
+           IS DISTINCT FROM \
+               (EXCLUDED.client_name, EXCLUDED.client_email, EXCLUDED.brand_id, EXCLUDED.point_of_contact_name, \
+                EXCLUDED.point_of_contact_phone, EXCLUDED.whatsapp_phone_number_id, \
+                EXCLUDED.whatsapp_business_account_id, EXCLUDED.whatsapp_access_token, \
+                EXCLUDED.whatsapp_token_expires_at, EXCLUDED.whatsapp_app_secret, EXCLUDED.ai_provider, \
+                EXCLUDED.ai_api_key, EXCLUDED.ai_model, EXCLUDED.ai_base_url, COALESCE($17, t.is_active), \
+                COALESCE($18, t.is_verified), EXCLUDED.webhook_verify_token, EXCLUDED.webhook_url, EXCLUDED.metadata)",
+    )
+    .bind(id)
+    .bind(t.client_name.trim())
+    .bind(&t.client_phone.0)
+    .bind(t.client_email.as_ref().map(|e| &e.0))
+    .bind(brand_id)
+    .bind(&t.point_of_contact_name)
+    .bind(t.point_of_contact_phone.as_ref().map(|p| &p.0))
+    .bind(t.whatsapp_phone_number_id.as_ref().map(|p| &p.0))
+    .bind(t.whatsapp_business_account_id.as_ref().map(|p| &p.0))
+    .bind(&token)
+    .bind(t.whatsapp_token_expires_at)
+    .bind(&app_secret)
+    .bind(t.ai_provider.map(AiProvider::as_str))
+    .bind(&ai_key)
+    .bind(&t.ai_model)
+    .bind(&t.ai_base_url)
+    .bind(t.is_active)
+    .bind(t.is_verified)
+    .bind(&verify)
+    .bind(&t.webhook_url)
+    .bind(&t.metadata)
+    .execute(&mut **tx)
+    .await?;
+    rows_changed += r.rows_affected();
+
+    rows_changed += apply_settings(tx, id, m.control_settings.as_ref()).await?;
+    rows_changed += apply_templates(tx, id, &m.templates).await?;
+    rows_changed += apply_training(tx, id, &m.training_data).await?;
+    Ok(ApplyReport { tenant_id: id, created, rows_changed })
+}
+
+async fn apply_settings(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    spec: Option<&ControlSpec>,
+) -> Result<u64, ManifestError> {
+    let default_spec;
+    let s = match spec {
+        Some(s) => s,
+        None => {
+            default_spec = serde_json::from_value::<ControlSpec>(serde_json::json!({}))
+                .map_err(|e| ManifestError::Parse(e.to_string()))?;
+            &default_spec
+        }
+    };
+    let r = sqlx::query(
+        "INSERT INTO alphadome.bot_control_settings AS c (bot_tenant_id, is_bot_enabled, \
+           max_messages_per_hour, max_messages_per_user_per_day, enable_ai_responses, \
+           enable_payment_flow, enable_training_mode, enable_auto_reply, log_conversations, \
+           log_errors, escalation_phone, escalation_email, fallback_reply, metadata) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) \
+         ON CONFLICT (bot_tenant_id) DO UPDATE SET is_bot_enabled = EXCLUDED.is_bot_enabled, \
+           max_messages_per_hour = EXCLUDED.max_messages_per_hour, \
+           max_messages_per_user_per_day = EXCLUDED.max_messages_per_user_per_day, \
+           enable_ai_responses = EXCLUDED.enable_ai_responses, enable_payment_flow = EXCLUDED.enable_payment_flow, \
+           enable_training_mode = EXCLUDED.enable_training_mode, enable_auto_reply = EXCLUDED.enable_auto_reply, \
+           log_conversations = EXCLUDED.log_conversations, log_errors = EXCLUDED.log_errors, \
+           escalation_phone = EXCLUDED.escalation_phone, escalation_email = EXCLUDED.escalation_email, \
+           fallback_reply = EXCLUDED.fallback_reply, metadata = EXCLUDED.metadata \
+         WHERE (c.is_bot_enabled, c.max_messages_per_hour, c.max_messages_per_user_per_day, \
+                c.enable_ai_responses, c.enable_payment_flow, c.enable_training_mode, c.enable_auto_reply, \
+                c.log_conversations, c.log_errors, c.escalation_phone, c.escalation_email, c.fallback_reply, c.metadata) \
+           IS DISTINCT FROM \
+               (EXCLUDED.is_bot_enabled, EXCLUDED.max_messages_per_hour, EXCLUDED.max_messages_per_user_per_day, \
+                EXCLUDED.enable_ai_responses, EXCLUDED.enable_payment_flow, EXCLUDED.enable_training_mode, \
+                EXCLUDED.enable_auto_reply, EXCLUDED.log_conversations, EXCLUDED.log_errors, \
+                EXCLUDED.escalation_phone, EXCLUDED.escalation_email, EXCLUDED.fallback_reply, EXCLUDED.metadata)",
+    )
+    .bind(id)
+    .bind(s.is_bot_enabled)
+    .bind(s.max_messages_per_hour.map(|l| l.0))
+    .bind(s.max_messages_per_user_per_day.map(|l| l.0))
+    .bind(s.enable_ai_responses)
+    .bind(s.enable_payment_flow)
+    .bind(s.enable_training_mode)
+    .bind(s.enable_auto_reply)
+    .bind(s.log_conversations)
+    .bind(s.log_errors)
+    .bind(s.escalation_phone.as_ref().map(|p| &p.0))
+    .bind(s.escalation_email.as_ref().map(|e| &e.0))
+    .bind(&s.fallback_reply)
+    .bind(&s.metadata)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+async fn apply_templates(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    templates: &[TemplateSpec],
+) -> Result<u64, ManifestError> {
+    let names: Vec<String> = templates.iter().map(|t| t.template_name.trim().to_owned()).collect();
+    let default = templates.iter().find(|t| t.is_default).map(|t| t.template_name.trim().to_owned());
+    // Rows leaving the manifest, or losing the default, first: the
+    // one-default index must hold after every statement.
+    let mut changed = sqlx::query(
+        "UPDATE alphadome.bot_templates SET is_active = false, is_default = false \
+         WHERE bot_tenant_id = $1 AND NOT (template_name = ANY($2)) AND (is_active OR is_default)",
+    )
+    .bind(id)
+    .bind(&names)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    changed += sqlx::query(
+        "UPDATE alphadome.bot_templates SET is_default = false \
+         WHERE bot_tenant_id = $1 AND is_default AND template_name IS DISTINCT FROM $2",
+    )
+    .bind(id)
+    .bind(&default)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    for t in templates {
+        changed += sqlx::query(
+            "INSERT INTO alphadome.bot_templates AS x (bot_tenant_id, template_name, description, \
+               system_prompt, conversation_context, tone, max_response_length, is_active, is_default, metadata) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) \
+             ON CONFLICT (bot_tenant_id, template_name) DO UPDATE SET description = EXCLUDED.description, \
+               system_prompt = EXCLUDED.system_prompt, conversation_context = EXCLUDED.conversation_context, \
+               tone = EXCLUDED.tone, max_response_length = EXCLUDED.max_response_length, \
+               is_active = EXCLUDED.is_active, is_default = EXCLUDED.is_default, metadata = EXCLUDED.metadata \
+             WHERE (x.description, x.system_prompt, x.conversation_context, x.tone, x.max_response_length, \
+                    x.is_active, x.is_default, x.metadata) IS DISTINCT FROM \
+                   (EXCLUDED.description, EXCLUDED.system_prompt, EXCLUDED.conversation_context, EXCLUDED.tone, \
+                    EXCLUDED.max_response_length, EXCLUDED.is_active, EXCLUDED.is_default, EXCLUDED.metadata)",
+        )
+        .bind(id)
+        .bind(t.template_name.trim())
+        .bind(&t.description)
+        .bind(&t.system_prompt)
+        .bind(&t.conversation_context)
+        .bind(t.tone.unwrap_or(Tone::Friendly).as_str())
+        .bind(t.max_response_length.map(|l| l.0))
+        .bind(t.is_active)
+        .bind(t.is_default)
+        .bind(&t.metadata)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    }
+    Ok(changed)
+}
+
+async fn apply_training(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    rows: &[TrainingSpec],
+) -> Result<u64, ManifestError> {
+    let types: Vec<&str> = rows.iter().map(|r| r.data_type.as_str()).collect();
+    let questions: Vec<&str> = rows.iter().map(|r| r.question.trim()).collect();
+    let mut changed = sqlx::query(
+        "UPDATE alphadome.bot_training_data d SET is_active = false \
+         WHERE d.bot_tenant_id = $1 AND d.is_active AND NOT EXISTS ( \
+           SELECT 1 FROM UNNEST($2::text[], $3::text[]) AS k(data_type, question) \
+           WHERE k.data_type = d.data_type AND k.question = d.question)",
+    )
+    .bind(id)
+    .bind(&types)
+    .bind(&questions)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    for r in rows {
+        changed += sqlx::query(
+            "INSERT INTO alphadome.bot_training_data AS d (bot_tenant_id, data_type, question, answer, \
+               category, priority, confidence_score, is_active) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8) \
+             ON CONFLICT (bot_tenant_id, data_type, question) DO UPDATE SET answer = EXCLUDED.answer, \
+               category = EXCLUDED.category, priority = EXCLUDED.priority, \
+               confidence_score = EXCLUDED.confidence_score, is_active = EXCLUDED.is_active \
+             WHERE (d.answer, d.category, d.priority, d.confidence_score, d.is_active) IS DISTINCT FROM \
+                   (EXCLUDED.answer, EXCLUDED.category, EXCLUDED.priority, EXCLUDED.confidence_score, EXCLUDED.is_active)",
+        )
+        .bind(id)
+        .bind(r.data_type.as_str())
+        .bind(r.question.trim())
+        .bind(r.answer.trim())
+        .bind(&r.category)
+        .bind(r.priority)
+        .bind(r.confidence_score.map(|c| c.0).unwrap_or(1.0))
+        .bind(r.is_active)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "tenant:\n  client_name: Shop\n  client_phone: '0702245555'\n";
+
+    #[test]
+    fn minimal_manifest_normalises_phone() {
+        let m = Manifest::parse(MIN).unwrap();
+        assert_eq!(m.tenant.client_phone.0, "254702245555");
+    }
+
+    #[test]
+    fn errors_name_field_and_line() {
+        let e = Manifest::parse("tenant:\n  client_name: Shop\n  client_phone: '0702245555'\n  colour: red\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `colour`") && e.contains("line 4"), "{e}");
+        let e = Manifest::parse(&format!("{MIN}training_data:\n  - data_type: faqq\n    question: q\n    answer: a\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("training_data[0].data_type") && e.contains("faqq") && e.contains("line 5"), "{e}");
+        let e = Manifest::parse("tenant:\n  client_name: Shop\n").unwrap_err().to_string();
+        assert!(e.contains("missing field `client_phone`"), "{e}");
+        let e = Manifest::parse("tenant: [1, 2\n").unwrap_err().to_string();
+        assert!(e.contains("line"), "{e}");
+        let e = Manifest::parse(&format!("{MIN}templates:\n  - template_name: a\n    tone: grumpy\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("templates[0].tone") && e.contains("grumpy"), "{e}");
+        let e = Manifest::parse(&format!(
+            "{MIN}training_data:\n  - data_type: faq\n    question: q\n    answer: a\n    confidence_score: 1.5\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("training_data[0].confidence_score") && e.contains("outside") && e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn duplicates_inside_the_manifest_are_refused_with_line() {
+        let src = format!(
+            "{MIN}training_data:\n  - data_type: faq\n    question: Hours?\n    answer: a\n  - data_type: faq\n    question: Hours?\n    answer: b\n"
+        );
+        let e = Manifest::parse(&src).unwrap_err().to_string();
+        assert!(e.contains("training_data[1].question") && e.contains("appears twice") && e.contains("line 9"), "{e}");
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment() {
+        let src = format!("{MIN}  ai_api_key: ${{ALPHADOME_TEST_UNSET_VARIABLE}}\n");
+        let e = Manifest::parse(&src).unwrap_err().to_string();
+        assert!(e.contains("ALPHADOME_TEST_UNSET_VARIABLE is not set"), "{e}");
+        let src = format!("{MIN}  ai_api_key: sk-inline-secret\n");
+        let m = Manifest::parse(&src).unwrap();
+        assert!(!format!("{m:?}").contains("sk-inline-secret"));
+    }
+
+    #[test]
+    fn json_manifests_parse_too() {
+        let m = Manifest::parse(r#"{"tenant": {"client_name": "Shop", "client_phone": "+254702245555"}}"#).unwrap();
+        assert_eq!(m.tenant.client_phone.0, "254702245555");
+    }
+}

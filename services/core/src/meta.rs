@@ -1,0 +1,595 @@
+//! Meta's WhatsApp Cloud API formats: the webhook payload (parsed from the
+//! raw, signature-verified bytes), the signature itself, the send request
+//! and the send API's errors, classified by code (protocols.md 1 and 2).
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::Sha256;
+
+use crate::events::v1::MessageKind;
+
+/// Verifies `X-Hub-Signature-256` (`sha256=<hex>`) over the raw body in
+/// constant time.
+pub fn verify_signature(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
+    let Some(hex_sig) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+/// `sha256=<hex>` signature of `body`, as Meta sends it.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Why a webhook body was refused as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("body is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("field `object` is {0:?}, expected \"whatsapp_business_account\"")]
+    WrongObject(String),
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    object: String,
+    #[serde(default, borrow)]
+    entry: Vec<Entry<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Entry<'a> {
+    #[serde(default, borrow)]
+    changes: Vec<Change<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Change<'a> {
+    #[serde(default)]
+    field: String,
+    #[serde(borrow)]
+    value: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Value<'a> {
+    metadata: Option<Metadata>,
+    #[serde(default)]
+    contacts: Vec<Contact>,
+    #[serde(default, borrow)]
+    messages: Vec<&'a RawValue>,
+    #[serde(default, borrow)]
+    statuses: Vec<&'a RawValue>,
+    #[serde(default)]
+    errors: Vec<ErrorObject>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    phone_number_id: String,
+}
+
+#[derive(Deserialize)]
+struct Contact {
+    wa_id: Option<String>,
+    user_id: Option<String>,
+    profile: Option<Profile>,
+}
+
+#[derive(Deserialize)]
+struct Profile {
+    name: Option<String>,
+}
+
+/// `{code, title, message, error_data{details}}` as in statuses and errors.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ErrorObject {
+    #[serde(default)]
+    pub code: i64,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub message: String,
+    pub error_data: Option<ErrorData>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ErrorData {
+    #[serde(default)]
+    pub details: String,
+}
+
+#[derive(Deserialize)]
+struct RawMessage {
+    id: String,
+    from: Option<String>,
+    from_user_id: Option<String>,
+    #[serde(default)]
+    timestamp: Timestamp,
+    #[serde(rename = "type", default)]
+    kind: String,
+    text: Option<TextBody>,
+    interactive: Option<Interactive>,
+    button: Option<ButtonTap>,
+    image: Option<Media>,
+    video: Option<Media>,
+    document: Option<Media>,
+    audio: Option<Media>,
+    sticker: Option<Media>,
+    context: Option<Context>,
+}
+
+#[derive(Deserialize)]
+struct TextBody {
+    #[serde(default)]
+    body: String,
+}
+
+#[derive(Deserialize)]
+struct Interactive {
+    #[serde(rename = "type", default)]
+    kind: String,
+    button_reply: Option<Reply>,
+    list_reply: Option<Reply>,
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    title: String,
+}
+
+#[derive(Deserialize)]
+struct ButtonTap {
+    #[serde(default)]
+    payload: String,
+    #[serde(default)]
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct Media {
+    caption: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Context {
+    id: Option<String>,
+}
+
+/// Meta sends timestamps as strings of Unix seconds; tolerate numbers too.
+#[derive(Default)]
+struct Timestamp(i64);
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            S(String),
+            N(i64),
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::S(s) => Timestamp(s.trim().parse().unwrap_or(0)),
+            Either::N(n) => Timestamp(n),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct RawStatus {
+    id: String,
+    status: String,
+    #[serde(default)]
+    timestamp: Timestamp,
+    #[serde(default)]
+    recipient_id: String,
+    #[serde(default)]
+    errors: Vec<ErrorObject>,
+}
+
+/// An inbound customer message, as far as the platform cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedMessage {
+    pub phone_number_id: String,
+    pub wamid: String,
+    pub from: String,
+    pub from_user_id: String,
+    pub profile_name: String,
+    pub kind: MessageKind,
+    pub type_name: String,
+    pub text: String,
+    pub reply_id: String,
+    pub context_wamid: String,
+    pub sent_at: i64,
+    pub raw_json: String,
+}
+
+/// A delivery status of a message the platform sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedStatus {
+    pub phone_number_id: String,
+    pub wamid: String,
+    pub status: String,
+    pub recipient_id: String,
+    pub timestamp: i64,
+    pub error_code: i64,
+    pub error_title: String,
+    pub error_details: String,
+    pub raw_json: String,
+}
+
+/// Everything one webhook body holds.
+#[derive(Debug, Default)]
+pub struct ParsedWebhook {
+    pub messages: Vec<ParsedMessage>,
+    pub statuses: Vec<ParsedStatus>,
+    /// Out-of-band errors (`value.errors[]`): phone number id and error.
+    pub errors: Vec<(String, ErrorObject)>,
+    /// Items that could not be understood, with the reason (logged, dropped).
+    pub rejected: Vec<String>,
+    /// Changes of fields other than `messages` (account updates, ...).
+    pub other_fields: Vec<String>,
+}
+
+/// Parses a (signature-verified) webhook body. A body that is not a JSON
+/// envelope is refused whole; a malformed item inside a valid envelope is
+/// reported in `rejected` and the rest still parsed.
+pub fn parse_webhook(body: &[u8]) -> Result<ParsedWebhook, WebhookError> {
+    let env: Envelope<'_> = serde_json::from_slice(body)?;
+    if env.object != "whatsapp_business_account" {
+        return Err(WebhookError::WrongObject(env.object));
+    }
+    let mut out = ParsedWebhook::default();
+    for entry in env.entry {
+        for change in entry.changes {
+            if change.field != "messages" {
+                out.other_fields.push(change.field);
+                continue;
+            }
+            let Some(raw) = change.value else {
+                out.rejected.push("change without value".into());
+                continue;
+            };
+            let value: Value<'_> = match serde_json::from_str(raw.get()) {
+                Ok(v) => v,
+                Err(e) => {
+                    out.rejected.push(format!("change value: {e}"));
+                    continue;
+                }
+            };
+            let Some(meta) = value.metadata else {
+                out.rejected.push("change value without metadata.phone_number_id".into());
+                continue;
+            };
+            let pnid = meta.phone_number_id;
+            for m in value.messages {
+                match parse_message(&pnid, &value.contacts, m) {
+                    Ok(msg) => out.messages.push(msg),
+                    Err(e) => out.rejected.push(format!("message: {e}")),
+                }
+            }
+            for s in value.statuses {
+                match serde_json::from_str::<RawStatus>(s.get()) {
+                    Ok(st) => {
+                        let err = st.errors.into_iter().next().unwrap_or_default();
+                        out.statuses.push(ParsedStatus {
+                            phone_number_id: pnid.clone(),
+                            wamid: st.id,
+                            status: st.status,
+                            recipient_id: st.recipient_id,
+                            timestamp: st.timestamp.0,
+                            error_code: err.code,
+                            error_title: err.title,
+                            error_details: err.error_data.map(|d| d.details).unwrap_or_default(),
+                            raw_json: s.get().to_owned(),
+                        })
+                    }
+                    Err(e) => out.rejected.push(format!("status: {e}")),
+                }
+            }
+            for e in value.errors {
+                out.errors.push((pnid.clone(), e));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_message(
+    pnid: &str,
+    contacts: &[Contact],
+    raw: &RawValue,
+) -> Result<ParsedMessage, serde_json::Error> {
+    let m: RawMessage = serde_json::from_str(raw.get())?;
+    let from = m.from.clone().unwrap_or_default();
+    let contact = contacts
+        .iter()
+        .find(|c| c.wa_id.as_deref() == Some(from.as_str()) && !from.is_empty())
+        .or(contacts.first());
+    let profile_name = contact
+        .and_then(|c| c.profile.as_ref())
+        .and_then(|p| p.name.clone())
+        .unwrap_or_default();
+    let from_user_id = m
+        .from_user_id
+        .clone()
+        .or_else(|| contact.and_then(|c| c.user_id.clone()))
+        .unwrap_or_default();
+    let caption = |media: &Option<Media>| {
+        media.as_ref().and_then(|x| x.caption.clone()).unwrap_or_default()
+    };
+    let (kind, text, reply_id) = match m.kind.as_str() {
+        "text" => (MessageKind::Text, m.text.map(|t| t.body).unwrap_or_default(), String::new()),
+        "interactive" => match m.interactive {
+            Some(i) if i.kind == "button_reply" => {
+                let r = i.button_reply.unwrap_or(Reply { id: String::new(), title: String::new() });
+                (MessageKind::InteractiveButtonReply, r.title, r.id)
+            }
+            Some(i) if i.kind == "list_reply" => {
+                let r = i.list_reply.unwrap_or(Reply { id: String::new(), title: String::new() });
+                (MessageKind::InteractiveListReply, r.title, r.id)
+            }
+            _ => (MessageKind::Other, String::new(), String::new()),
+        },
+        "button" => {
+            let b = m.button.unwrap_or(ButtonTap { payload: String::new(), text: String::new() });
+            (MessageKind::Button, b.text, b.payload)
+        }
+        "image" => (MessageKind::Image, caption(&m.image), String::new()),
+        "video" => (MessageKind::Video, caption(&m.video), String::new()),
+        "document" => (MessageKind::Document, caption(&m.document), String::new()),
+        "audio" => (MessageKind::Audio, caption(&m.audio), String::new()),
+        "sticker" => (MessageKind::Sticker, caption(&m.sticker), String::new()),
+        "location" => (MessageKind::Location, String::new(), String::new()),
+        "reaction" => (MessageKind::Reaction, String::new(), String::new()),
+        "contacts" => (MessageKind::Contacts, String::new(), String::new()),
+        "order" => (MessageKind::Order, String::new(), String::new()),
+        "system" => (MessageKind::System, String::new(), String::new()),
+        "unsupported" => (MessageKind::Unsupported, String::new(), String::new()),
+        _ => (MessageKind::Other, String::new(), String::new()),
+    };
+    if m.id.trim().is_empty() {
+        return Err(serde::de::Error::custom("empty message id"));
+    }
+    if from.is_empty() && from_user_id.is_empty() {
+        return Err(serde::de::Error::custom("message has neither `from` nor `from_user_id`"));
+    }
+    Ok(ParsedMessage {
+        phone_number_id: pnid.to_owned(),
+        wamid: m.id,
+        from,
+        from_user_id,
+        profile_name,
+        kind,
+        type_name: m.kind,
+        text,
+        reply_id,
+        context_wamid: m.context.and_then(|c| c.id).unwrap_or_default(),
+        sent_at: m.timestamp.0,
+        raw_json: raw.get().to_owned(),
+    })
+}
+
+/// Rank of a delivery status: a status never replaces one of higher rank.
+/// `failed` is terminal.
+pub fn status_rank(status: &str) -> i32 {
+    match status {
+        "sent" => 1,
+        "delivered" => 2,
+        "read" => 3,
+        "played" => 4,
+        "failed" => 5,
+        _ => 0,
+    }
+}
+
+/// The send API's error body (`{"error": {...}}`).
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct GraphError {
+    #[serde(default)]
+    pub code: i64,
+    #[serde(default)]
+    pub message: String,
+    pub error_data: Option<ErrorData>,
+    pub fbtrace_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GraphErrorEnvelope {
+    error: GraphError,
+}
+
+/// What to do about a failed send, by Meta's error code (protocols.md 2.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    /// Throughput, generic, server errors and timeouts: back off and retry.
+    Retry,
+    /// 131056: pair rate limit to this recipient; back off 4^n seconds.
+    PairRate,
+    /// 190 (or 0): the tenant's token is invalid; hold its sends and alert.
+    TokenInvalid,
+    /// The request or recipient can never succeed: dead-letter it.
+    Permanent,
+}
+
+/// Classifies a non-2xx send response.
+pub fn classify_send_error(http_status: u16, body: &[u8]) -> (SendFailure, GraphError) {
+    let err = serde_json::from_slice::<GraphErrorEnvelope>(body)
+        .map(|e| e.error)
+        .unwrap_or_default();
+    let class = match err.code {
+        190 | 0 if http_status == 401 || err.code == 190 => SendFailure::TokenInvalid,
+        4 | 80007 | 130429 | 131000 | 131016 | 131057 | 133016 => SendFailure::Retry,
+        131056 => SendFailure::PairRate,
+        0 if http_status == 429 || http_status >= 500 || http_status == 408 => SendFailure::Retry,
+        0 => SendFailure::Permanent,
+        _ if err.code != 0 => SendFailure::Permanent,
+        _ => SendFailure::Retry,
+    };
+    (class, err)
+}
+
+/// Extracts the wamid from a successful send response.
+pub fn sent_wamid(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Ok {
+        messages: Vec<Id>,
+    }
+    #[derive(Deserialize)]
+    struct Id {
+        id: String,
+    }
+    serde_json::from_slice::<Ok>(body).ok()?.messages.into_iter().next().map(|m| m.id)
+}
+
+/// Builds the body of a contextual text reply (protocols.md 2.2, 2.3).
+pub fn text_reply_body(to: &str, to_user_id: &str, text: &str, in_reply_to: &str, callback: &str) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "type": "text",
+        "text": { "body": text, "preview_url": false },
+        "biz_opaque_callback_data": callback,
+    });
+    if !to.is_empty() {
+        body["to"] = serde_json::Value::String(format!("+{}", to.trim_start_matches('+')));
+    }
+    if !to_user_id.is_empty() {
+        body["recipient"] = serde_json::Value::String(to_user_id.to_owned());
+    }
+    if !in_reply_to.is_empty() {
+        body["context"] = serde_json::json!({ "message_id": in_reply_to });
+    }
+    body
+}
+
+/// Maximum characters of a WhatsApp text body.
+pub const MAX_TEXT_CHARS: usize = 4096;
+
+/// Splits `text` into parts of at most `max` characters, at sentence
+/// boundaries where possible, else at whitespace, else hard.
+pub fn split_text(text: &str, max: usize) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut rest = text.trim();
+    while rest.chars().count() > max {
+        let byte_max = rest.char_indices().nth(max).map(|(i, _)| i).unwrap_or(rest.len());
+        let window = &rest[..byte_max];
+        let cut = window
+            .rmatch_indices(['.', '!', '?', '\n'])
+            .map(|(i, s)| i + s.len())
+            .find(|&i| i > byte_max / 2)
+            .or_else(|| window.rfind(char::is_whitespace).filter(|&i| i > 0))
+            .unwrap_or(byte_max);
+        parts.push(rest[..cut].trim().to_owned());
+        rest = rest[cut..].trim_start();
+    }
+    if !rest.is_empty() {
+        parts.push(rest.to_owned());
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"{"object":"whatsapp_business_account","entry":[{"id":"102290129340398","changes":[{"field":"messages","value":{
+ "messaging_product":"whatsapp",
+ "metadata":{"display_phone_number":"15550783881","phone_number_id":"106540352242922"},
+ "contacts":[{"profile":{"name":"Sheena Nelson"},"wa_id":"16505551234"}],
+ "messages":[{"from":"16505551234","id":"wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
+   "timestamp":"1749416383","type":"text","text":{"body":"Does it come in another color?"}}]}}]}]}"#;
+
+    #[test]
+    fn parses_text_message() {
+        let p = parse_webhook(TEXT.as_bytes()).unwrap();
+        assert_eq!(p.messages.len(), 1);
+        let m = &p.messages[0];
+        assert_eq!(m.phone_number_id, "106540352242922");
+        assert_eq!(m.from, "16505551234");
+        assert_eq!(m.profile_name, "Sheena Nelson");
+        assert_eq!(m.kind, MessageKind::Text);
+        assert_eq!(m.text, "Does it come in another color?");
+        assert_eq!(m.sent_at, 1749416383);
+    }
+
+    #[test]
+    fn parses_button_and_failed_status() {
+        let b = r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+ "metadata":{"display_phone_number":"1","phone_number_id":"P"},
+ "messages":[{"context":{"from":"1","id":"wamid.biz"},"from":"16505551234","id":"wamid.new","timestamp":"1714510003","type":"interactive",
+   "interactive":{"type":"button_reply","button_reply":{"id":"change-button","title":"Change"}}}],
+ "statuses":[{"id":"wamid.out","status":"failed","timestamp":"1751142888","recipient_id":"16505551234",
+   "errors":[{"code":131049,"title":"t","message":"m","error_data":{"details":"d"}}]}]}}]}]}"#;
+        let p = parse_webhook(b.as_bytes()).unwrap();
+        assert_eq!(p.messages[0].kind, MessageKind::InteractiveButtonReply);
+        assert_eq!(p.messages[0].text, "Change");
+        assert_eq!(p.messages[0].reply_id, "change-button");
+        assert_eq!(p.messages[0].context_wamid, "wamid.biz");
+        assert_eq!(p.statuses[0].error_code, 131049);
+        assert_eq!(p.statuses[0].error_details, "d");
+    }
+
+    #[test]
+    fn bad_items_are_rejected_alone() {
+        let b = r#"{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"messages","value":{
+ "metadata":{"phone_number_id":"P"},
+ "messages":[{"from":"1"},{"from":"2","id":"wamid.ok","type":"text","text":{"body":"hi"}}]}}]}]}"#;
+        let p = parse_webhook(b.as_bytes()).unwrap();
+        assert_eq!(p.messages.len(), 1);
+        assert_eq!(p.rejected.len(), 1);
+        assert!(parse_webhook(b"[1,2]").is_err());
+        assert!(matches!(parse_webhook(br#"{"object":"page"}"#), Err(WebhookError::WrongObject(_))));
+    }
+
+    #[test]
+    fn signature_round_trip() {
+        let body = "{\"t\":\"\\u00e4\\u00f6\\u00e5\"}".as_bytes();
+        let sig = sign(b"secret", body);
+        assert!(verify_signature(b"secret", body, Some(&sig)));
+        assert!(!verify_signature(b"other", body, Some(&sig)));
+        assert!(!verify_signature(b"secret", b"{}", Some(&sig)));
+        assert!(!verify_signature(b"secret", body, None));
+        assert!(!verify_signature(b"secret", body, Some("sha256=zz")));
+    }
+
+    #[test]
+    fn classifies_send_errors() {
+        let e = |code: i64| format!(r#"{{"error":{{"message":"m","code":{code},"fbtrace_id":"x"}}}}"#);
+        assert_eq!(classify_send_error(400, e(130429).as_bytes()).0, SendFailure::Retry);
+        assert_eq!(classify_send_error(400, e(131056).as_bytes()).0, SendFailure::PairRate);
+        assert_eq!(classify_send_error(401, e(190).as_bytes()).0, SendFailure::TokenInvalid);
+        assert_eq!(classify_send_error(400, e(131026).as_bytes()).0, SendFailure::Permanent);
+        assert_eq!(classify_send_error(400, e(100).as_bytes()).0, SendFailure::Permanent);
+        assert_eq!(classify_send_error(500, b"oops").0, SendFailure::Retry);
+        assert_eq!(classify_send_error(503, b"").0, SendFailure::Retry);
+    }
+
+    #[test]
+    fn splits_at_sentences() {
+        let text = "One sentence here. Another one follows! And a third?";
+        let parts = split_text(text, 25);
+        assert!(parts.iter().all(|p| p.chars().count() <= 25), "{parts:?}");
+        assert_eq!(parts.join(" "), text);
+        assert_eq!(split_text("short", 4096), vec!["short".to_owned()]);
+        let long = "x".repeat(9000);
+        let parts = split_text(&long, MAX_TEXT_CHARS);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.chars().count() <= MAX_TEXT_CHARS));
+    }
+}
