@@ -21,3 +21,16 @@ CREATE INDEX outbound_messages_tenant_time_idx
     ON alphadome.outbound_messages (bot_tenant_id, created_at DESC);
 CREATE TRIGGER outbound_messages_updated_at BEFORE UPDATE ON alphadome.outbound_messages
     FOR EACH ROW EXECUTE FUNCTION alphadome.set_updated_at();
+
+-- Parts of a long reply already accepted by Meta (texts over 4096
+-- characters go out in several messages); a retry resumes after them.
+ALTER TABLE alphadome.outbound_messages ADD COLUMN parts_sent integer NOT NULL DEFAULT 0;
+
+-- Order of delivery states: a status never replaces one of higher rank
+-- (Meta's status webhooks arrive out of order; failed is terminal).
+CREATE OR REPLACE FUNCTION alphadome.status_rank(status text) RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE status
+        WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3
+        WHEN 'played' THEN 4 WHEN 'failed' THEN 5 ELSE 0 END
+$$;

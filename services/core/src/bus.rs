@@ -313,7 +313,7 @@ where
                         headers: msg.headers.clone(),
                     };
                     let outcome = handle(msg.payload.clone(), meta.clone()).await;
-                    finish(&bus, &stream_name, &settings, &msg, &meta, outcome).await;
+                    settle(&bus, &stream_name, &settings, &msg, &meta, outcome).await;
                 }
             });
         ended.await;
@@ -323,7 +323,9 @@ where
     }
 }
 
-async fn finish(
+/// Ends one message per `outcome`: ack, nak with delay, or (when poisoned or
+/// out of deliveries) dead-letter and terminate.
+pub async fn settle(
     bus: &Bus,
     stream_name: &str,
     settings: &ConsumerSettings,

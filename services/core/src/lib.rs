@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod matcher;
 pub mod meta;
 pub mod phone;
+pub mod standin;
 pub mod tenant;
 pub mod telemetry;
 

@@ -1,1 +1,458 @@
-//! placeholder
+//! sender: delivers replies through the Graph API with each tenant's own
+//! token, exactly once where the protocol allows it.
+//!
+//! Before calling Meta it claims the reply's row in
+//! `alphadome.outbound_messages` (keyed by the id derived from the inbound
+//! wamid); a reply already sent is never sent again. Meta's errors are
+//! handled by code: throughput, generic and server errors back off with
+//! jitter; the pair rate limit backs off 4^n seconds; an invalid token
+//! (190) holds the tenant's sends and raises an alert; permanent errors are
+//! dead-lettered. Sends are paced per phone number id and per recipient.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alphadome_core::bus::{Bus, ConsumerSettings, MessageMeta, Outcome, StreamKind};
+use alphadome_core::config::Config;
+use alphadome_core::crypto::{Keyring, SecretColumn};
+use alphadome_core::events::v1::{Direction, LogEvent, OutboundMessage};
+use alphadome_core::events::{now_ms, Message as _};
+use alphadome_core::meta::{self, SendFailure, MAX_TEXT_CHARS};
+use alphadome_core::telemetry;
+use alphadome_core::tenant::{self, TenantCache};
+use alphadome_core::CancellationToken;
+use bytes::Bytes;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// The sender's durable consumer on the outbound stream.
+pub const CONSUMER: &str = "sender";
+
+/// What the sender knows about a tenant. The token is decrypted and held
+/// for at most [`TOKEN_CACHE_AGE`].
+pub struct SenderTenant {
+    pub id: Uuid,
+    pub phone_number_id: Option<String>,
+    pub token: Option<SecretString>,
+    pub token_invalid: bool,
+    pub log_conversations: bool,
+    pub log_errors: bool,
+}
+
+/// How long a decrypted token is cached before it is decrypted again.
+pub const TOKEN_CACHE_AGE: Duration = Duration::from_secs(300);
+
+async fn load_tenant(db: PgPool, keyring: Arc<Keyring>, id: Uuid) -> Result<Option<SenderTenant>, sqlx::Error> {
+    let Some(t) = tenant::load_tenant(&db, id).await? else { return Ok(None) };
+    let flags: Option<(bool, bool)> = sqlx::query_as(
+        "SELECT log_conversations, log_errors FROM alphadome.bot_control_settings WHERE bot_tenant_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&db)
+    .await?;
+    let (log_conversations, log_errors) = flags.unwrap_or((true, true));
+    let token = t.whatsapp_access_token.as_deref().and_then(|s| {
+        keyring
+            .decrypt(id, SecretColumn::WhatsappAccessToken, s)
+            .map_err(|e| tracing::error!(tenant_id = %id, error = %e, "cannot decrypt the tenant's WhatsApp token"))
+            .ok()
+    });
+    Ok(Some(SenderTenant {
+        id,
+        phone_number_id: t.whatsapp_phone_number_id,
+        token,
+        token_invalid: t.whatsapp_token_invalid_at.is_some(),
+        log_conversations,
+        log_errors,
+    }))
+}
+
+/// Outcome of claiming a reply before sending it.
+#[derive(Debug, PartialEq, Eq)]
+enum Claim {
+    /// This worker may send, starting at part `parts_sent`.
+    Mine { parts_sent: i32, first_wamid: Option<String> },
+    /// Already sent (with Meta's wamid): only make sure it is logged.
+    Sent { wamid: Option<String>, parts: i32 },
+    /// Already failed permanently.
+    Failed,
+    /// Another worker holds a live claim.
+    Busy,
+}
+
+/// The running sender's state.
+pub struct Sender {
+    bus: Bus,
+    db: PgPool,
+    keyring: Arc<Keyring>,
+    http: reqwest::Client,
+    graph_url: String,
+    tenants: Arc<TenantCache<SenderTenant>>,
+    per_number: DefaultKeyedRateLimiter<String>,
+    per_recipient: DefaultKeyedRateLimiter<String>,
+    claim_lease: Duration,
+}
+
+fn env_u32(name: &str, default: u32) -> NonZeroU32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .and_then(NonZeroU32::new)
+        .or(NonZeroU32::new(default))
+        .unwrap_or(NonZeroU32::MIN)
+}
+
+impl Sender {
+    /// Builds the sender and keeps its tenant cache current until `shutdown`.
+    pub async fn start(config: &Config, db: PgPool, bus: Bus, shutdown: CancellationToken) -> Result<Arc<Self>, sqlx::Error> {
+        let tenants = TenantCache::new(|_: &SenderTenant| None, Some(TOKEN_CACHE_AGE));
+        let keyring = config.keyring.clone();
+        let load = {
+            let keyring = keyring.clone();
+            move |db: PgPool, id: Uuid| load_tenant(db, keyring.clone(), id)
+        };
+        tenants.refresh(&db, &load).await?;
+        tenants.spawn_refresher(db.clone(), bus.clone(), config.tenant_refresh, shutdown, load);
+        let http = reqwest::Client::builder()
+            .timeout(config.send_timeout)
+            .pool_max_idle_per_host(256)
+            .build()
+            .map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
+        // Meta's defaults: 80 messages/s per number; 1 per 6 s per
+        // recipient with bursts of up to 45 (protocols.md 2.9).
+        let mps = env_u32("ALPHADOME_SEND_MPS", 80);
+        let pair_burst = env_u32("ALPHADOME_PAIR_BURST", 45);
+        let per_recipient = Quota::with_period(Duration::from_secs(6))
+            .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
+            .allow_burst(pair_burst);
+        Ok(Arc::new(Self {
+            bus,
+            db,
+            keyring,
+            http,
+            graph_url: config.graph_url.clone(),
+            tenants,
+            per_number: RateLimiter::keyed(Quota::per_second(mps)),
+            per_recipient: RateLimiter::keyed(per_recipient),
+            claim_lease: config.send_timeout + Duration::from_secs(20),
+        }))
+    }
+
+    /// Consumes the outbound stream until `shutdown`.
+    pub async fn run(self: Arc<Self>, settings: ConsumerSettings, shutdown: CancellationToken) -> Result<(), alphadome_core::bus::BusError> {
+        let consumer = self.bus.consumer(StreamKind::Outbound, CONSUMER, settings).await?;
+        let me = self.clone();
+        alphadome_core::bus::run_consumer(self.bus.clone(), StreamKind::Outbound, consumer, settings, shutdown, move |payload, meta| {
+            let me = me.clone();
+            async move { me.handle(payload, meta).await }
+        })
+        .await
+    }
+
+    async fn tenant(&self, id: Uuid) -> Result<Option<Arc<SenderTenant>>, sqlx::Error> {
+        if let Some(t) = self.tenants.get(id) {
+            return Ok(Some(t));
+        }
+        Ok(load_tenant(self.db.clone(), self.keyring.clone(), id).await?.map(Arc::new))
+    }
+
+    async fn handle(&self, payload: Bytes, meta: MessageMeta) -> Outcome {
+        let msg = match OutboundMessage::decode(payload) {
+            Ok(m) => m,
+            Err(e) => return Outcome::Poison { reason: format!("undecodable OutboundMessage: {e}") },
+        };
+        let span = tracing::info_span!("sender.message", tenant_id = %msg.tenant_id, wamid = %msg.in_reply_to);
+        telemetry::set_parent_from_headers(&span, meta.headers.as_ref());
+        self.deliver(msg, meta.delivered).instrument(span).await
+    }
+
+    async fn deliver(&self, msg: OutboundMessage, delivered: i64) -> Outcome {
+        let Ok(tenant_id) = Uuid::parse_str(&msg.tenant_id) else {
+            return Outcome::Poison { reason: format!("tenant id {:?} is not a uuid", msg.tenant_id) };
+        };
+        let tenant = match self.tenant(tenant_id).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return Outcome::Poison { reason: format!("tenant {tenant_id} does not exist") },
+            Err(e) => return retry(delivered, format!("loading tenant: {e}")),
+        };
+        if tenant.token_invalid {
+            return Outcome::Retry {
+                delay: Duration::from_secs(60),
+                reason: "the tenant's WhatsApp token is marked invalid (Meta error 190); sends are held until it is replaced".into(),
+            };
+        }
+        let (Some(token), Some(pnid)) = (tenant.token.as_ref(), tenant.phone_number_id.as_deref()) else {
+            return Outcome::Retry {
+                delay: Duration::from_secs(60),
+                reason: "the tenant has no usable WhatsApp access token or phone number id".into(),
+            };
+        };
+        let claim = match self.claim(&msg, tenant_id).await {
+            Ok(c) => c,
+            Err(e) => return retry(delivered, format!("claiming the reply: {e}")),
+        };
+        let (mut parts_sent, mut first_wamid) = match claim {
+            Claim::Mine { parts_sent, first_wamid } => (parts_sent, first_wamid),
+            Claim::Sent { wamid, parts } => {
+                tracing::info!("reply already sent; not sending again");
+                return self.log_sent(&tenant, &msg, wamid.unwrap_or_default(), parts, delivered).await;
+            }
+            Claim::Failed => return Outcome::Ack,
+            Claim::Busy => {
+                return Outcome::Retry { delay: Duration::from_secs(5), reason: "another sender holds this reply".into() }
+            }
+        };
+        let parts = meta::split_text(&msg.text, MAX_TEXT_CHARS);
+        let recipient = if msg.to.is_empty() { msg.to_user_id.clone() } else { msg.to.clone() };
+        while (parts_sent as usize) < parts.len() {
+            let i = parts_sent as usize;
+            self.per_number.until_key_ready(&pnid.to_owned()).await;
+            self.per_recipient.until_key_ready(&recipient).await;
+            // Only the first part quotes the customer's message.
+            let context = if i == 0 { msg.in_reply_to.as_str() } else { "" };
+            let body = meta::text_reply_body(&msg.to, &msg.to_user_id, &parts[i], context, &msg.outbound_id);
+            match self.post(pnid, token, &body).await {
+                Ok(wamid) => {
+                    parts_sent += 1;
+                    first_wamid.get_or_insert(wamid);
+                    if let Err(e) = self.record_progress(&msg.outbound_id, parts_sent, first_wamid.as_deref(), parts.len()).await {
+                        // Sent but not recorded: the one window where a redelivery may repeat this part.
+                        tracing::error!(error = %e, "send succeeded but could not be recorded");
+                        return retry(delivered, format!("recording the send: {e}"));
+                    }
+                }
+                Err(Failure::Transport(reason)) => {
+                    self.release(&msg.outbound_id, &reason).await;
+                    return retry(delivered, reason);
+                }
+                Err(Failure::Meta(class, err)) => {
+                    let reason = format!("Graph API error {}: {} (fbtrace_id {})", err.code, err.message, err.fbtrace_id.unwrap_or_default());
+                    return self.on_meta_error(&tenant, &msg, class, reason, delivered).await;
+                }
+            }
+        }
+        self.log_sent(&tenant, &msg, first_wamid.unwrap_or_default(), parts.len() as i32, delivered).await
+    }
+
+    async fn on_meta_error(&self, tenant: &SenderTenant, msg: &OutboundMessage, class: SendFailure, reason: String, delivered: i64) -> Outcome {
+        match class {
+            SendFailure::Retry => {
+                self.release(&msg.outbound_id, &reason).await;
+                retry(delivered, reason)
+            }
+            SendFailure::PairRate => {
+                self.release(&msg.outbound_id, &reason).await;
+                let n = (delivered - 1).clamp(0, 4) as u32;
+                Outcome::Retry { delay: jitter(Duration::from_secs(4u64.pow(n))), reason }
+            }
+            SendFailure::TokenInvalid => {
+                self.release(&msg.outbound_id, &reason).await;
+                self.hold_tenant(tenant.id).await;
+                Outcome::Retry { delay: Duration::from_secs(60), reason }
+            }
+            SendFailure::Permanent => {
+                let r = sqlx::query(
+                    "UPDATE alphadome.outbound_messages SET state = 'failed', claimed_until = NULL, last_error = $2 WHERE outbound_id = $1",
+                )
+                .bind(&msg.outbound_id)
+                .bind(&reason)
+                .execute(&self.db)
+                .await;
+                if let Err(e) = r {
+                    return retry(delivered, format!("recording a permanent failure: {e}"));
+                }
+                if tenant.log_conversations {
+                    let err = if tenant.log_errors { reason.clone() } else { "send failed".to_owned() };
+                    if let Err(e) = self.publish_log(msg, String::new(), 0, err).await {
+                        return retry(delivered, e.to_string());
+                    }
+                }
+                Outcome::Poison { reason }
+            }
+        }
+    }
+
+    /// Marks the tenant's token invalid (Meta error 190): its sends are held
+    /// until the token is replaced, and the alert is raised.
+    async fn hold_tenant(&self, id: Uuid) {
+        let r = sqlx::query(
+            "UPDATE alphadome.bot_tenants SET whatsapp_token_invalid_at = now() WHERE id = $1 AND whatsapp_token_invalid_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.db)
+        .await;
+        match r {
+            Ok(done) if done.rows_affected() > 0 => {
+                tracing::error!(tenant_id = %id, alert = "whatsapp_token_invalid", "ALERT: Meta rejected the tenant's WhatsApp token (190); its sends are held until `alphadome tenant apply` sets a new token");
+                tenant::announce_change(&self.bus, id).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(tenant_id = %id, error = %e, "could not mark the tenant's token invalid"),
+        }
+    }
+
+    async fn claim(&self, msg: &OutboundMessage, tenant_id: Uuid) -> Result<Claim, sqlx::Error> {
+        let lease = self.claim_lease.as_secs_f64();
+        let row: Option<(i32, Option<String>)> = sqlx::query_as(
+            "INSERT INTO alphadome.outbound_messages AS o (outbound_id, bot_tenant_id, in_reply_to, state, attempts, claimed_until) \
+             VALUES ($1, $2, $3, 'sending', 1, now() + make_interval(secs => $4)) \
+             ON CONFLICT (outbound_id) DO UPDATE SET attempts = o.attempts + 1, \
+               claimed_until = now() + make_interval(secs => $4) \
+             WHERE o.state = 'sending' AND (o.claimed_until IS NULL OR o.claimed_until < now()) \
+             RETURNING o.parts_sent, o.whatsapp_message_id",
+        )
+        .bind(&msg.outbound_id)
+        .bind(tenant_id)
+        .bind(&msg.in_reply_to)
+        .bind(lease)
+        .fetch_optional(&self.db)
+        .await?;
+        if let Some((parts_sent, first_wamid)) = row {
+            return Ok(Claim::Mine { parts_sent, first_wamid });
+        }
+        let (state, wamid, parts): (String, Option<String>, i32) = sqlx::query_as(
+            "SELECT state, whatsapp_message_id, parts_sent FROM alphadome.outbound_messages WHERE outbound_id = $1",
+        )
+        .bind(&msg.outbound_id)
+        .fetch_one(&self.db)
+        .await?;
+        Ok(match state.as_str() {
+            "sent" => Claim::Sent { wamid, parts },
+            "failed" => Claim::Failed,
+            _ => Claim::Busy,
+        })
+    }
+
+    async fn record_progress(&self, id: &str, parts_sent: i32, wamid: Option<&str>, total: usize) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE alphadome.outbound_messages SET parts_sent = $2, whatsapp_message_id = $3, \
+               state = CASE WHEN $2 >= $4 THEN 'sent' ELSE state END, \
+               claimed_until = CASE WHEN $2 >= $4 THEN NULL ELSE claimed_until END, last_error = NULL \
+             WHERE outbound_id = $1",
+        )
+        .bind(id)
+        .bind(parts_sent)
+        .bind(wamid)
+        .bind(total as i32)
+        .execute(&self.db)
+        .await
+        .map(|_| ())
+    }
+
+    async fn release(&self, id: &str, reason: &str) {
+        let r = sqlx::query("UPDATE alphadome.outbound_messages SET claimed_until = NULL, last_error = $2 WHERE outbound_id = $1 AND state = 'sending'")
+            .bind(id)
+            .bind(reason)
+            .execute(&self.db)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not release the claim; it expires by itself");
+        }
+    }
+
+    async fn post(&self, pnid: &str, token: &SecretString, body: &serde_json::Value) -> Result<String, Failure> {
+        let url = format!("{}/{}/messages", self.graph_url, pnid);
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(token.expose_secret())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| Failure::Transport(format!("Graph API request failed: {}", without_url(&e))))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Failure::Transport(format!("Graph API response unreadable: {}", without_url(&e))))?;
+        if (200..300).contains(&status) {
+            return meta::sent_wamid(&bytes)
+                .ok_or_else(|| Failure::Transport("Graph API answered 2xx without messages[0].id".into()));
+        }
+        let (class, err) = meta::classify_send_error(status, &bytes);
+        Err(Failure::Meta(class, err))
+    }
+
+    async fn log_sent(&self, tenant: &SenderTenant, msg: &OutboundMessage, wamid: String, parts: i32, delivered: i64) -> Outcome {
+        if tenant.log_conversations {
+            if let Err(e) = self.publish_log(msg, wamid, parts, String::new()).await {
+                return retry(delivered, e.to_string());
+            }
+        }
+        Outcome::Ack
+    }
+
+    async fn publish_log(&self, msg: &OutboundMessage, wamid: String, parts: i32, error: String) -> Result<(), alphadome_core::bus::BusError> {
+        let mut metadata: serde_json::Value =
+            serde_json::from_str(&msg.metadata_json).unwrap_or_else(|_| serde_json::json!({}));
+        if !metadata.is_object() {
+            metadata = serde_json::json!({});
+        }
+        metadata["in_reply_to"] = serde_json::Value::String(msg.in_reply_to.clone());
+        metadata["outbound_id"] = serde_json::Value::String(msg.outbound_id.clone());
+        metadata["parts"] = serde_json::json!(parts);
+        if msg.inbound_received_at_ms > 0 {
+            metadata["latency_ms"] = serde_json::json!(now_ms() - msg.inbound_received_at_ms);
+        }
+        let key = if msg.in_reply_to.is_empty() { msg.outbound_id.clone() } else { msg.in_reply_to.clone() };
+        let log = LogEvent {
+            tenant_id: msg.tenant_id.clone(),
+            direction: Direction::Outgoing as i32,
+            dedup_key: format!("out:{key}"),
+            wamid,
+            user_phone: msg.to.clone(),
+            message_text: msg.text.clone(),
+            ai_processed: msg.ai_processed,
+            ai_response: if msg.ai_processed { msg.text.clone() } else { String::new() },
+            error_message: error,
+            template_used: msg.template_used.clone(),
+            training_data_id: msg.training_data_id.clone(),
+            metadata_json: metadata.to_string(),
+            occurred_at_ms: now_ms(),
+            raw_json: String::new(),
+            trace: Some(telemetry::current_trace()),
+        };
+        let id = log.dedup_key.clone();
+        self.bus
+            .publish(self.bus.subject(StreamKind::Log, &msg.tenant_id), &id, log.encode_to_vec().into())
+            .await
+            .map(|_| ())
+    }
+}
+
+enum Failure {
+    /// No usable answer (timeout, connection, unreadable body).
+    Transport(String),
+    /// Meta answered with an error.
+    Meta(SendFailure, meta::GraphError),
+}
+
+/// reqwest errors carry the URL; keep it out of logs (it names the number).
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "body error"
+    } else {
+        "request error"
+    };
+    kind.to_owned()
+}
+
+/// Exponential backoff with jitter: 1 s, 2 s, 4 s ... up to 60 s.
+fn retry(delivered: i64, reason: String) -> Outcome {
+    let n = (delivered - 1).clamp(0, 6) as u32;
+    Outcome::Retry { delay: jitter(Duration::from_secs(1u64 << n).min(Duration::from_secs(60))), reason }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let f: f64 = rand::rng().random_range(0.8..1.2);
+    d.mul_f64(f)
+}

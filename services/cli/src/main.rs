@@ -1,0 +1,304 @@
+//! `alphadome`: run the platform, manage tenants, chat with a bot locally.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use alphadome_cli::simulate::{self, SimulateOptions};
+use alphadome_cli::stack::{self, RunOptions, Service};
+use alphadome_core::bus::Bus;
+use alphadome_core::config::{self, Config};
+use alphadome_core::crypto::Keyring;
+use alphadome_core::manifest::{self, Manifest};
+use alphadome_core::{db, telemetry, tenant, CancellationToken};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// Alphadome: a multi-tenant WhatsApp Business chatbot platform.
+///
+/// Configuration comes from the environment: DATABASE_URL, NATS_URL,
+/// ALPHADOME_MASTER_KEY, META_APP_SECRET, WHATSAPP_GRAPH_URL and others
+/// (see the README).
+#[derive(Parser)]
+#[command(name = "alphadome", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending database migrations (a no-op when all are applied).
+    Migrate,
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Master key utilities.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Run every service in one process (migrations applied first).
+    Up {
+        /// Do not apply migrations at start-up.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Run one service (the scaled deployment: run as many as needed).
+    Run {
+        /// The service to run.
+        #[arg(value_enum)]
+        service: Service,
+    },
+    /// Chat with a tenant's bot from the terminal, without a Meta account.
+    ///
+    /// Sends signed webhooks to the ingress and prints the replies the
+    /// platform delivers to a local Graph API stand-in. Run the platform
+    /// with WHATSAPP_GRAPH_URL=http://<graph-listen>/v24.0.
+    Simulate {
+        /// Tenant id or client phone.
+        #[arg(long)]
+        tenant: String,
+        /// Webhook URL of the ingress.
+        #[arg(long, default_value = "http://127.0.0.1:8080/webhook")]
+        ingress: String,
+        /// Where the Graph API stand-in listens.
+        #[arg(long, default_value = "127.0.0.1:8089")]
+        graph_listen: SocketAddr,
+        /// The customer's WhatsApp number.
+        #[arg(long, default_value = "254711000111")]
+        from: String,
+        /// The customer's profile name.
+        #[arg(long, default_value = "Demo Customer")]
+        name: String,
+        /// Message to send (repeatable); without it, lines are read from stdin.
+        #[arg(long = "message", short = 'm')]
+        messages: Vec<String>,
+        /// Seconds to wait for each reply.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create or update a tenant from a YAML or JSON manifest (idempotent).
+    Apply {
+        /// The manifest file.
+        #[arg(short = 'f', long = "file")]
+        file: String,
+    },
+    /// List tenants.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one tenant (secrets masked).
+    Show {
+        /// Tenant id or client phone.
+        tenant: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Go live: the tenant's bot starts answering.
+    Activate {
+        /// Tenant id or client phone.
+        tenant: String,
+    },
+    /// Instant rollback: the tenant's bot stops answering (messages are still logged).
+    Deactivate {
+        /// Tenant id or client phone.
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new random master key (base64 of 32 bytes) for ALPHADOME_MASTER_KEY.
+    Generate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn pool() -> anyhow::Result<sqlx::PgPool> {
+    let url = config::database_url()?;
+    db::connect(&url, 4).await.context("cannot connect to Postgres (DATABASE_URL)")
+}
+
+/// A NATS connection for announcing tenant changes; the CLI works without
+/// one (services catch up by polling within seconds).
+async fn bus_if_reachable() -> Option<Bus> {
+    let prefix = config::nats_prefix().ok()?;
+    tokio::time::timeout(Duration::from_secs(2), Bus::connect(&config::nats_url(), &prefix)).await.ok()?.ok()
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Migrate => {
+            let pool = pool().await?;
+            db::migrate(&pool).await.context("migrations failed")?;
+            let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome._sqlx_migrations WHERE success")
+                .fetch_one(&pool)
+                .await?;
+            println!("migrations applied: {applied}");
+        }
+        Command::Tenant(cmd) => tenant_command(cmd).await?,
+        Command::Keys(KeysCommand::Generate) => println!("{}", Keyring::generate_key()),
+        Command::Up { no_migrate } => {
+            let _telemetry = telemetry::init("alphadome");
+            let mut opts = RunOptions::new(&Service::ALL);
+            opts.migrate = !no_migrate;
+            serve(opts).await?;
+        }
+        Command::Run { service } => {
+            let name: &'static str = match service {
+                Service::Ingress => "alphadome-ingress",
+                Service::Responder => "alphadome-responder",
+                Service::Sender => "alphadome-sender",
+                Service::Logger => "alphadome-logger",
+                Service::Admin => "alphadome-admin",
+            };
+            let _telemetry = telemetry::init(name);
+            serve(RunOptions::new(&[service])).await?;
+        }
+        Command::Simulate { tenant, ingress, graph_listen, from, name, messages, timeout } => {
+            let pool = pool().await?;
+            let keyring = Keyring::from_env()?;
+            let platform = std::env::var("META_APP_SECRET").ok().filter(|s| !s.is_empty()).map(secrecy::SecretString::from);
+            let from = alphadome_core::phone::normalize(&from, &alphadome_core::phone::default_country_code())
+                .context("--from")?;
+            simulate::run(
+                &pool,
+                &keyring,
+                platform,
+                SimulateOptions {
+                    tenant,
+                    ingress_url: ingress,
+                    graph_listen,
+                    from,
+                    profile_name: name,
+                    messages,
+                    timeout: Duration::from_secs(timeout),
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn serve(opts: RunOptions) -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (ALPHADOME_HTTP_ADDR)", config.http_addr))?;
+    let shutdown = CancellationToken::new();
+    stack::cancel_on_signals(shutdown.clone());
+    stack::run(config, opts, listener, shutdown).await
+}
+
+async fn tenant_command(cmd: TenantCommand) -> anyhow::Result<()> {
+    match cmd {
+        TenantCommand::Apply { file } => {
+            let keyring = Keyring::from_env()?;
+            let manifest = Manifest::from_file(&file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            let pool = pool().await?;
+            let report = manifest::apply(&pool, &keyring, &manifest).await.map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            if let Some(bus) = bus_if_reachable().await {
+                tenant::announce_change(&bus, report.tenant_id).await;
+            }
+            let what = if report.created {
+                "created"
+            } else if report.rows_changed > 0 {
+                "updated"
+            } else {
+                "unchanged"
+            };
+            eprintln!("tenant {what} ({} rows changed)", report.rows_changed);
+            println!("{}", report.tenant_id);
+        }
+        TenantCommand::List { json } => {
+            let pool = pool().await?;
+            let tenants = alphadome_admin::list(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tenants)?);
+            } else {
+                println!("{:<36}  {:<28}  {:<13}  {:<8}  {:>4}  STATUS", "ID", "NAME", "PHONE", "ACTIVE", "FAQ");
+                for t in tenants {
+                    let status = match (&t.degraded, t.is_bot_enabled) {
+                        (Some(d), _) => format!("DEGRADED: {d}"),
+                        (None, Some(false)) => "bot disabled".to_owned(),
+                        _ => "ok".to_owned(),
+                    };
+                    println!(
+                        "{:<36}  {:<28}  {:<13}  {:<8}  {:>4}  {status}",
+                        t.id,
+                        truncate(&t.client_name, 28),
+                        t.client_phone,
+                        if t.is_active { "yes" } else { "no" },
+                        t.faq_entries
+                    );
+                }
+            }
+        }
+        TenantCommand::Show { tenant, json } => {
+            let pool = pool().await?;
+            let v = alphadome_admin::show(&pool, &tenant).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let value = serde_json::to_value(&v)?;
+                if let Some(map) = value.as_object() {
+                    for (k, val) in map {
+                        let shown = match val {
+                            serde_json::Value::String(s) => s.clone(),
+                            serde_json::Value::Null => "(not set)".to_owned(),
+                            other => other.to_string(),
+                        };
+                        println!("{k:<30} {shown}");
+                    }
+                }
+            }
+        }
+        TenantCommand::Activate { tenant } => set_active(&tenant, true).await?,
+        TenantCommand::Deactivate { tenant } => set_active(&tenant, false).await?,
+    }
+    Ok(())
+}
+
+async fn set_active(tenant: &str, active: bool) -> anyhow::Result<()> {
+    let pool = pool().await?;
+    let bus = bus_if_reachable().await;
+    let (id, changed) = alphadome_admin::set_active(&pool, bus.as_ref(), tenant, active).await?;
+    let state = if active { "active" } else { "inactive" };
+    if changed {
+        println!("tenant {id} is now {state}");
+    } else {
+        println!("tenant {id} was already {state}");
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
+}

@@ -1,0 +1,130 @@
+//! `alphadome simulate`: chat with a tenant's bot from the terminal, no
+//! Meta account needed. It starts a local stand-in for the Graph API, sends
+//! correctly signed webhooks to the ingress as Meta would, and prints the
+//! replies the platform delivers to the stand-in. The platform must run
+//! with `WHATSAPP_GRAPH_URL` pointing at the stand-in
+//! (`http://127.0.0.1:8089/v24.0` by default).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use alphadome_core::crypto::{Keyring, SecretColumn};
+use alphadome_core::standin::GraphStandIn;
+use alphadome_core::{meta, CancellationToken};
+use anyhow::{bail, Context as _};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Options of a simulation.
+pub struct SimulateOptions {
+    pub tenant: String,
+    pub ingress_url: String,
+    pub graph_listen: SocketAddr,
+    pub from: String,
+    pub profile_name: String,
+    pub messages: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// A Meta-shaped text webhook from `from` to `phone_number_id`.
+pub fn text_webhook(phone_number_id: &str, from: &str, name: &str, wamid: &str, text: &str) -> String {
+    serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "0", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "0", "phone_number_id": phone_number_id},
+            "contacts": [{"profile": {"name": name}, "wa_id": from}],
+            "messages": [{"from": from, "id": wamid,
+                "timestamp": chrono_now().to_string(), "type": "text", "text": {"body": text}}]
+        }}]}]
+    })
+    .to_string()
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the simulation; prints each reply to stdout.
+pub async fn run(db: &PgPool, keyring: &Keyring, platform_secret: Option<SecretString>, opts: SimulateOptions) -> anyhow::Result<()> {
+    let tenant = alphadome_core::tenant::find_tenant(db, &opts.tenant)
+        .await?
+        .with_context(|| format!("no tenant with id or phone {:?}", opts.tenant))?;
+    let Some(pnid) = tenant.whatsapp_phone_number_id.clone() else {
+        bail!("tenant {} has no whatsapp_phone_number_id", tenant.client_name);
+    };
+    let secret = match tenant.whatsapp_app_secret.as_deref() {
+        Some(s) => keyring.decrypt(tenant.id, SecretColumn::WhatsappAppSecret, s).context("decrypting the tenant's app secret")?,
+        None => platform_secret.context("the tenant has no app secret and META_APP_SECRET is not set")?,
+    };
+    let shutdown = CancellationToken::new();
+    let (standin, url) = GraphStandIn::start(opts.graph_listen, shutdown.clone())
+        .await
+        .with_context(|| format!("cannot listen on {} for the Graph API stand-in", opts.graph_listen))?;
+    eprintln!(
+        "Chatting with {} ({}) as {}. Replies are captured at {url} (run the platform with WHATSAPP_GRAPH_URL={url}).",
+        tenant.client_name, tenant.client_phone, opts.from
+    );
+    if !tenant.is_active {
+        eprintln!("Note: this tenant is inactive; it logs messages but does not answer. Activate it with `alphadome tenant activate {}`.", tenant.client_phone);
+    }
+    let http = reqwest::Client::new();
+    let mut lines: Vec<String> = opts.messages.clone();
+    let interactive = lines.is_empty();
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut n = 0usize;
+    loop {
+        let text = if interactive {
+            eprint!("you> ");
+            match stdin.next_line().await? {
+                Some(l) if l.trim().is_empty() => continue,
+                Some(l) => l,
+                None => break,
+            }
+        } else if lines.is_empty() {
+            break;
+        } else {
+            lines.remove(0)
+        };
+        n += 1;
+        let wamid = format!("wamid.sim.{}.{}", uuid::Uuid::new_v4().simple(), n);
+        let body = text_webhook(&pnid, &opts.from, &opts.profile_name, &wamid, &text);
+        let sig = meta::sign(secret.expose_secret().as_bytes(), body.as_bytes());
+        let mut seen = standin.received().len();
+        let resp = http
+            .post(&opts.ingress_url)
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", sig)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the ingress at {}", opts.ingress_url))?;
+        if !resp.status().is_success() {
+            bail!("ingress answered {}: {}", resp.status(), resp.text().await.unwrap_or_default().trim());
+        }
+        let deadline = tokio::time::Instant::now() + opts.timeout;
+        let mut answered = false;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let got = standin.wait_for(seen + 1, left).await;
+            if let Some(r) = got.iter().skip(seen).find(|r| r.in_reply_to() == wamid) {
+                println!("bot> {}", r.text());
+                answered = true;
+                break;
+            }
+            if got.len() <= seen || left.is_zero() {
+                break;
+            }
+            seen = got.len();
+        }
+        if !answered {
+            println!("bot> (no reply within {} s)", opts.timeout.as_secs());
+        }
+    }
+    shutdown.cancel();
+    Ok(())
+}

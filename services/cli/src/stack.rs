@@ -1,0 +1,146 @@
+//! Runs any set of services in one process: all of them for `alphadome up`,
+//! one for `alphadome run <service>`. Every service is a library started
+//! the same way here and in the tests.
+
+use std::sync::Arc;
+
+use alphadome_core::bus::{Bus, ConsumerSettings};
+use alphadome_core::config::Config;
+use alphadome_core::{db, health, CancellationToken};
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+/// A service of the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    Ingress,
+    Responder,
+    Sender,
+    Logger,
+    Admin,
+}
+
+impl Service {
+    pub const ALL: [Service; 5] = [Service::Ingress, Service::Responder, Service::Sender, Service::Logger, Service::Admin];
+}
+
+/// Options of a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub services: Vec<Service>,
+    /// Apply pending migrations first (the local default).
+    pub migrate: bool,
+    pub responder: ConsumerSettings,
+    pub sender: ConsumerSettings,
+}
+
+impl RunOptions {
+    pub fn new(services: &[Service]) -> Self {
+        Self {
+            services: services.to_vec(),
+            migrate: false,
+            responder: ConsumerSettings::default(),
+            sender: ConsumerSettings { concurrency: 128, max_ack_pending: 4096, ..ConsumerSettings::default() },
+        }
+    }
+}
+
+/// Runs `opts.services` until `shutdown`, serving HTTP (webhook when
+/// ingress runs, admin API when admin runs, `/healthz` and `/readyz`
+/// always) on `listener`. In-flight work is finished before it returns.
+pub async fn run(config: Config, opts: RunOptions, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database_url, 32).await.context("cannot connect to Postgres (DATABASE_URL)")?;
+    if opts.migrate {
+        db::migrate(&pool).await.context("migrations failed")?;
+    }
+    let bus = Bus::connect(&config.nats_url, &config.nats_prefix).await?;
+    bus.ensure_streams().await?;
+
+    let mut router = health::router(health::Readiness { db: pool.clone(), nats: bus.client.clone() });
+    let mut tasks = tokio::task::JoinSet::new();
+    let has = |s: Service| opts.services.contains(&s);
+
+    if has(Service::Ingress) {
+        let ingress = alphadome_ingress::Ingress::start(&config, pool.clone(), bus.clone(), shutdown.clone())
+            .await
+            .context("ingress start-up")?;
+        router = router.merge(alphadome_ingress::router(ingress));
+    }
+    if has(Service::Admin) {
+        if let Some(api) = alphadome_admin::router(pool.clone()) {
+            router = router.merge(api);
+        }
+    }
+    if has(Service::Responder) {
+        let r = alphadome_responder::Responder::start(&config, pool.clone(), bus.clone(), shutdown.clone())
+            .await
+            .context("responder start-up")?;
+        let (s, settings) = (shutdown.clone(), opts.responder);
+        tasks.spawn(async move { r.run(settings, s).await.map_err(anyhow::Error::from).context("responder") });
+    }
+    if has(Service::Sender) {
+        let snd = alphadome_sender::Sender::start(&config, pool.clone(), bus.clone(), shutdown.clone())
+            .await
+            .context("sender start-up")?;
+        let (s, settings) = (shutdown.clone(), opts.sender);
+        tasks.spawn(async move { snd.run(settings, s).await.map_err(anyhow::Error::from).context("sender") });
+    }
+    if has(Service::Logger) {
+        let (p, b, s) = (pool.clone(), bus.clone(), shutdown.clone());
+        tasks.spawn(async move { alphadome_logger::run(p, b, s).await.map_err(anyhow::Error::from).context("logger") });
+    }
+    let names: Vec<String> = opts.services.iter().map(|s| format!("{s:?}").to_lowercase()).collect();
+    tracing::info!(services = ?names, addr = %listener.local_addr()?, "alphadome running");
+
+    let server = health::serve(listener, router, shutdown.clone());
+    let server_result = {
+        let shutdown = shutdown.clone();
+        let mut server = Box::pin(server);
+        tokio::select! {
+            r = &mut server => r,
+            Some(done) = tasks.join_next() => {
+                // A service ended before shutdown: stop everything.
+                shutdown.cancel();
+                let r = server.await;
+                done.context("service task panicked")??;
+                r
+            }
+        }
+    };
+    shutdown.cancel();
+    while let Some(done) = tasks.join_next().await {
+        done.context("service task panicked")??;
+    }
+    bus.client.flush().await.ok();
+    pool.close().await;
+    server_result.context("HTTP server")?;
+    tracing::info!("alphadome stopped");
+    Ok(())
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down: finishing in-flight work");
+        token.cancel();
+    });
+}
+
+/// Shared handle type for tests that hold a running stack.
+pub type Shutdown = Arc<CancellationToken>;

@@ -1,0 +1,187 @@
+//! A local stand-in for the Graph API send endpoint
+//! (`POST /{version}/{phone_number_id}/messages`), speaking Meta's formats
+//! (protocols.md 2.6, 2.7). It records every request with the time it
+//! arrived, and can be told to answer with Meta's errors or to hang, so
+//! `alphadome simulate`, the tests and the load generator can see exactly
+//! what the platform sent, without a Meta account.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// One request the stand-in received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub phone_number_id: String,
+    /// The bearer token it carried.
+    pub token: String,
+    pub body: serde_json::Value,
+    /// The wamid the stand-in answered with (empty if it answered an error).
+    pub wamid: String,
+    pub at: Instant,
+}
+
+impl Received {
+    /// `to` without the leading `+`.
+    pub fn to(&self) -> String {
+        self.body["to"].as_str().unwrap_or_default().trim_start_matches('+').to_owned()
+    }
+    /// The text body.
+    pub fn text(&self) -> String {
+        self.body["text"]["body"].as_str().unwrap_or_default().to_owned()
+    }
+    /// `context.message_id`: the inbound wamid answered.
+    pub fn in_reply_to(&self) -> String {
+        self.body["context"]["message_id"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// A scripted answer.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// Answer with Meta's error body for `code` and HTTP `status`.
+    Error { status: u16, code: i64 },
+    /// Do not answer for this long (the client times out).
+    Hang(Duration),
+}
+
+/// Shared state of a running stand-in.
+#[derive(Default)]
+pub struct GraphStandIn {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<Behaviour>>,
+    counter: AtomicU64,
+    notify: Notify,
+    /// Requests answered with an error or not answered.
+    pub refused: AtomicU64,
+}
+
+impl GraphStandIn {
+    /// Queues behaviours for the next requests (then back to success).
+    pub fn script(&self, behaviours: impl IntoIterator<Item = Behaviour>) {
+        if let Ok(mut s) = self.script.lock() {
+            s.extend(behaviours);
+        }
+    }
+
+    /// Everything accepted so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Waits until at least `n` messages were accepted, or `timeout`.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.received();
+            }
+        }
+    }
+
+    /// Serves the stand-in on `listener` until `shutdown`.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/{version}/{phone_number_id}/messages", post(send))
+            .with_state(self.clone())
+    }
+
+    /// Starts a stand-in on `addr` (port 0 for any); returns it and its base
+    /// URL including the API version, as `WHATSAPP_GRAPH_URL` takes it.
+    pub async fn start(addr: SocketAddr, shutdown: CancellationToken) -> std::io::Result<(Arc<Self>, String)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let url = format!("http://{}/v24.0", listener.local_addr()?);
+        let me = Arc::new(Self::default());
+        let router = me.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await;
+        });
+        Ok((me, url))
+    }
+}
+
+fn meta_error(status: u16, code: i64) -> Response {
+    let body = serde_json::json!({"error": {
+        "message": format!("(#{code}) stand-in error"),
+        "type": "OAuthException",
+        "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": "stand-in error"},
+        "fbtrace_id": "StandInTrace"}});
+    (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), axum::Json(body)).into_response()
+}
+
+async fn send(
+    State(me): State<Arc<GraphStandIn>>,
+    Path((_version, phone_number_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    if token.is_empty() {
+        me.refused.fetch_add(1, Ordering::Relaxed);
+        return meta_error(401, 190);
+    }
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        me.refused.fetch_add(1, Ordering::Relaxed);
+        return meta_error(400, 100);
+    };
+    if json["messaging_product"] != "whatsapp" {
+        me.refused.fetch_add(1, Ordering::Relaxed);
+        return meta_error(400, 131009);
+    }
+    let next = me.script.lock().ok().and_then(|mut s| s.pop_front());
+    match next {
+        Some(Behaviour::Error { status, code }) => {
+            me.refused.fetch_add(1, Ordering::Relaxed);
+            return meta_error(status, code);
+        }
+        Some(Behaviour::Hang(d)) => {
+            me.refused.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(d).await;
+            return meta_error(500, 131000);
+        }
+        None => {}
+    }
+    let n = me.counter.fetch_add(1, Ordering::Relaxed);
+    let wamid = format!("wamid.standin.{phone_number_id}.{n}");
+    let to = json["to"].as_str().unwrap_or_default().to_owned();
+    if let Ok(mut r) = me.received.lock() {
+        r.push(Received {
+            phone_number_id,
+            token,
+            body: json,
+            wamid: wamid.clone(),
+            at: Instant::now(),
+        });
+    }
+    me.notify.notify_waiters();
+    axum::Json(serde_json::json!({
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": to, "wa_id": to.trim_start_matches('+')}],
+        "messages": [{"id": wamid}],
+    }))
+    .into_response()
+}
