@@ -54,7 +54,7 @@ pub async fn run(config: Config, opts: RunOptions, listener: TcpListener, shutdo
         db::migrate(&pool).await.context("migrations failed")?;
     }
     let bus = Bus::connect(&config.nats_url, &config.nats_prefix).await?;
-    bus.ensure_streams().await?;
+    bus.ensure_streams(config.duplicate_window).await?;
 
     let mut router = health::router(health::Readiness { db: pool.clone(), nats: bus.client.clone() });
     let mut tasks = tokio::task::JoinSet::new();

@@ -128,14 +128,14 @@ impl Bus {
     }
 
     /// Creates every stream if missing (idempotent; safe from every instance).
-    pub async fn ensure_streams(&self) -> Result<(), BusError> {
+    pub async fn ensure_streams(&self, duplicate_window: Duration) -> Result<(), BusError> {
         for kind in StreamKind::ALL {
             let name = self.stream_name(kind);
             let mut cfg = StreamConfig {
                 name: name.clone(),
                 subjects: vec![format!("{}.{}.>", self.prefix, kind.token())],
                 storage: StorageType::File,
-                duplicate_window: Duration::from_secs(120),
+                duplicate_window,
                 ..Default::default()
             };
             if kind == StreamKind::DeadLetter {

@@ -52,6 +52,10 @@ pub struct Config {
     /// `ALPHADOME_DEFAULT_FALLBACK_REPLY`: reply when nothing matches and the
     /// tenant set no fallback of its own.
     pub default_fallback_reply: String,
+    /// `ALPHADOME_DUPLICATE_WINDOW_SECS`, default 120: JetStream's
+    /// publish-deduplication window for streams this deployment creates.
+    /// Durable records in Postgres cover what happens after it.
+    pub duplicate_window: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -139,6 +143,7 @@ impl Config {
             tenant_refresh: Duration::from_millis(parse("ALPHADOME_TENANT_REFRESH_MS", 2_000u64)?),
             default_fallback_reply: var("ALPHADOME_DEFAULT_FALLBACK_REPLY")
                 .unwrap_or_else(|| DEFAULT_FALLBACK_REPLY.to_owned()),
+            duplicate_window: Duration::from_secs(parse("ALPHADOME_DUPLICATE_WINDOW_SECS", 120u64)?),
         })
     }
 }

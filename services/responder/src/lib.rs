@@ -111,6 +111,8 @@ pub struct Responder {
     db: PgPool,
     contexts: Arc<TenantCache<TenantContext>>,
     default_fallback: String,
+    /// Messages this instance handled (for `/metrics` and tests).
+    pub handled: std::sync::atomic::AtomicU64,
 }
 
 impl Responder {
@@ -120,7 +122,13 @@ impl Responder {
         let load = |db: PgPool, id: Uuid| async move { tenant::load_context(&db, id).await };
         contexts.refresh(&db, &load).await?;
         contexts.spawn_refresher(db.clone(), bus.clone(), config.tenant_refresh, shutdown, load);
-        Ok(Arc::new(Self { bus, db, contexts, default_fallback: config.default_fallback_reply.clone() }))
+        Ok(Arc::new(Self {
+            bus,
+            db,
+            contexts,
+            default_fallback: config.default_fallback_reply.clone(),
+            handled: Default::default(),
+        }))
     }
 
     /// Consumes the inbound stream until `shutdown`.
@@ -161,6 +169,7 @@ impl Responder {
             Err(e) => return Outcome::Retry { delay: Duration::from_secs(2), reason: format!("loading tenant context: {e}") },
         };
         let decision = decide(&ctx, &msg, &self.default_fallback);
+        self.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(reason = decision.reason, reply = decision.reply.is_some(), "decided");
         if let Err(e) = self.publish(&ctx, &msg, &decision).await {
             return Outcome::Retry { delay: Duration::from_secs(1), reason: e.to_string() };

@@ -139,7 +139,8 @@ impl Sender {
             tenants,
             per_number: RateLimiter::keyed(Quota::per_second(mps)),
             per_recipient: RateLimiter::keyed(per_recipient),
-            claim_lease: config.send_timeout + Duration::from_secs(20),
+            // A claim outlives any request it covers (the timeout), with margin.
+            claim_lease: config.send_timeout * 2 + Duration::from_secs(5),
         }))
     }
 

@@ -1,0 +1,387 @@
+//! Test harness: a fresh Postgres database per test (on the shared server),
+//! a NATS prefix per test (on the shared server), the platform started
+//! in-process or as a child process, a Graph API stand-in, tenants from
+//! manifests and correctly signed webhooks.
+//!
+//! `ALPHADOME_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and
+//! `ALPHADOME_TEST_NATS_URL` (default `nats://127.0.0.1:4222`) name the
+//! servers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alphadome_cli::stack::{self, RunOptions, Service};
+use alphadome_core::bus::Bus;
+use alphadome_core::config::Config;
+use alphadome_core::crypto::Keyring;
+use alphadome_core::manifest::{self, Manifest};
+use alphadome_core::standin::GraphStandIn;
+use alphadome_core::{db, meta, CancellationToken};
+use secrecy::SecretString;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// URL of the Postgres server's maintenance database.
+pub fn admin_database_url() -> String {
+    std::env::var("ALPHADOME_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// URL of the NATS server.
+pub fn nats_url() -> String {
+    std::env::var("ALPHADOME_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A database of its own for one test, dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    /// An empty database (no migrations applied).
+    pub async fn empty() -> Self {
+        let name = format!("alphadome_t_{}", Uuid::new_v4().simple());
+        let admin = PgPool::connect(&admin_database_url()).await.expect("connect to the test Postgres server");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create test database");
+        admin.close().await;
+        let base = admin_database_url();
+        let url = match base.rfind('/') {
+            Some(i) => format!("{}/{}", &base[..i], name),
+            None => panic!("ALPHADOME_TEST_DATABASE_URL has no database part"),
+        };
+        let pool = db::connect(&SecretString::from(url.clone()), 10).await.expect("connect to test database");
+        Self { name, url, pool }
+    }
+
+    /// A database with every migration applied.
+    pub async fn migrated() -> Self {
+        let db = Self::empty().await;
+        db::migrate(&db.pool).await.expect("migrations apply");
+        db
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop needs async work; do it on a thread of its own. FORCE ends
+        // the test's own pooled connections.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                if let Ok(admin) = PgPool::connect(&admin_database_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A fresh master key ring.
+pub fn keyring() -> (String, Arc<Keyring>) {
+    let key = Keyring::generate_key();
+    let ring = Keyring::from_base64(&key, &[]).expect("generated key is valid");
+    (key, Arc::new(ring))
+}
+
+/// A NATS prefix of its own for one test; its streams are deleted on drop.
+pub struct TestNats {
+    pub prefix: String,
+}
+
+impl TestNats {
+    pub fn new() -> Self {
+        Self { prefix: format!("t{}", &Uuid::new_v4().simple().to_string()[..12]) }
+    }
+
+    /// A bus on the test's prefix.
+    pub async fn bus(&self) -> Bus {
+        Bus::connect(&nats_url(), &self.prefix).await.expect("connect to NATS")
+    }
+}
+
+impl Default for TestNats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                if let Ok(bus) = Bus::connect(&nats_url(), &prefix).await {
+                    for kind in alphadome_core::bus::StreamKind::ALL {
+                        let _ = bus.js.delete_stream(bus.stream_name(kind)).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The platform's configuration for a test.
+pub fn config(db: &TestDb, nats: &TestNats, keyring: Arc<Keyring>, graph_url: &str) -> Config {
+    Config {
+        database_url: SecretString::from(db.url.clone()),
+        nats_url: nats_url(),
+        nats_prefix: nats.prefix.clone(),
+        keyring,
+        meta_app_secret: Some(SecretString::from(PLATFORM_APP_SECRET.to_owned())),
+        graph_url: graph_url.to_owned(),
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        send_timeout: Duration::from_secs(2),
+        tenant_refresh: Duration::from_millis(500),
+        default_fallback_reply: alphadome_core::config::DEFAULT_FALLBACK_REPLY.to_owned(),
+        duplicate_window: Duration::from_secs(120),
+    }
+}
+
+/// The platform-wide Meta app secret the tests use.
+pub const PLATFORM_APP_SECRET: &str = "platform-app-secret-for-tests";
+
+/// A running in-process stack.
+pub struct RunningStack {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow_free::Result>,
+}
+
+/// Avoids a dev-dependency on anyhow: the stack's result as a string.
+pub mod anyhow_free {
+    pub type Result = std::result::Result<(), String>;
+}
+
+impl RunningStack {
+    /// Starts `services` in this process.
+    pub async fn start(config: Config, services: &[Service]) -> Self {
+        Self::start_with(config, RunOptions::new(services)).await
+    }
+
+    pub async fn start_with(config: Config, opts: RunOptions) -> Self {
+        let listener = tokio::net::TcpListener::bind(config.http_addr).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        let task = tokio::spawn(async move { stack::run(config, opts, listener, s).await.map_err(|e| format!("{e:#}")) });
+        let me = Self { addr, shutdown, task };
+        me.wait_ready().await;
+        me
+    }
+
+    /// Waits for `/readyz`.
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.addr);
+        for _ in 0..100 {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("stack at {} never became ready", self.addr);
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}/webhook", self.addr)
+    }
+
+    /// Graceful stop; returns the stack's result.
+    pub async fn stop(self) -> anyhow_free::Result {
+        self.shutdown.cancel();
+        match tokio::time::timeout(Duration::from_secs(30), self.task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(format!("stack task failed: {e}")),
+            Err(_) => Err("stack did not stop within 30 s".into()),
+        }
+    }
+}
+
+/// A tenant created for a test.
+#[derive(Debug, Clone)]
+pub struct TestTenant {
+    pub id: Uuid,
+    pub phone: String,
+    pub phone_number_id: String,
+    pub token: String,
+    pub app_secret: Option<String>,
+}
+
+/// Options for [`tenant`].
+pub struct TenantSpec<'a> {
+    pub name: &'a str,
+    pub phone: &'a str,
+    pub phone_number_id: &'a str,
+    pub token: &'a str,
+    pub app_secret: Option<&'a str>,
+    pub active: bool,
+    /// (question, answer) FAQ pairs.
+    pub faq: &'a [(&'a str, &'a str)],
+    /// Extra YAML under control_settings.
+    pub control: &'a str,
+}
+
+impl Default for TenantSpec<'_> {
+    fn default() -> Self {
+        Self {
+            name: "Test Shop",
+            phone: "254700000001",
+            phone_number_id: "100000000000001",
+            token: "EAAG-test-token-1",
+            app_secret: None,
+            active: true,
+            faq: &[("What are your opening hours?", "We are open 9 to 5.")],
+            control: "",
+        }
+    }
+}
+
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// The manifest text for `spec`.
+pub fn manifest_yaml(spec: &TenantSpec<'_>) -> String {
+    let mut y = format!(
+        "tenant:\n  client_name: {}\n  client_phone: {}\n  whatsapp_phone_number_id: {}\n  whatsapp_access_token: {}\n  is_active: {}\n  webhook_verify_token: {}\n",
+        yaml_str(spec.name),
+        yaml_str(spec.phone),
+        yaml_str(spec.phone_number_id),
+        yaml_str(spec.token),
+        spec.active,
+        yaml_str(&format!("verify-{}", spec.phone_number_id)),
+    );
+    if let Some(s) = spec.app_secret {
+        y.push_str(&format!("  whatsapp_app_secret: {}\n", yaml_str(s)));
+    }
+    y.push_str("control_settings:\n  log_conversations: true\n");
+    for line in spec.control.lines().filter(|l| !l.trim().is_empty()) {
+        y.push_str(&format!("  {}\n", line.trim()));
+    }
+    y.push_str("templates:\n  - template_name: default\n    is_default: true\n    system_prompt: You are a helpful assistant.\n");
+    if !spec.faq.is_empty() {
+        y.push_str("training_data:\n");
+        for (q, a) in spec.faq {
+            y.push_str(&format!("  - data_type: faq\n    question: {}\n    answer: {}\n", yaml_str(q), yaml_str(a)));
+        }
+    }
+    y
+}
+
+/// Creates a tenant through the manifest path.
+pub async fn tenant(pool: &PgPool, keyring: &Keyring, spec: TenantSpec<'_>) -> TestTenant {
+    let m = Manifest::parse(&manifest_yaml(&spec)).expect("test manifest parses");
+    let r = manifest::apply(pool, keyring, &m).await.expect("test manifest applies");
+    TestTenant {
+        id: r.tenant_id,
+        phone: spec.phone.to_owned(),
+        phone_number_id: spec.phone_number_id.to_owned(),
+        token: spec.token.to_owned(),
+        app_secret: spec.app_secret.map(str::to_owned),
+    }
+}
+
+/// A text webhook body.
+pub fn text_webhook(phone_number_id: &str, from: &str, wamid: &str, text: &str) -> String {
+    alphadome_cli::simulate::text_webhook(phone_number_id, from, "Test User", wamid, text)
+}
+
+/// A status webhook body.
+pub fn status_webhook(phone_number_id: &str, wamid: &str, status: &str, ts: i64, error_code: Option<i64>) -> String {
+    let mut st = serde_json::json!({"id": wamid, "status": status, "timestamp": ts.to_string(), "recipient_id": "254711111111"});
+    if let Some(code) = error_code {
+        st["errors"] = serde_json::json!([{"code": code, "title": "Message failed", "message": "Message failed",
+            "error_data": {"details": "stand-in failure"}}]);
+    }
+    serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "0", "changes": [{"field": "messages",
+        "value": {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "0", "phone_number_id": phone_number_id},
+        "statuses": [st]}}]}]})
+    .to_string()
+}
+
+/// POSTs `body` to `url` signed with `secret`.
+pub async fn post_signed(url: &str, secret: &str, body: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", meta::sign(secret.as_bytes(), body.as_bytes()))
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("POST webhook")
+}
+
+/// Starts a Graph API stand-in on a free port.
+pub async fn graph() -> (Arc<GraphStandIn>, String, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let (g, url) = GraphStandIn::start(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone()).await.expect("stand-in");
+    (g, url, shutdown)
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Counts `bot_message_logs` rows of a tenant by direction.
+pub async fn log_counts(pool: &PgPool, tenant: Uuid) -> (i64, i64) {
+    let r: (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE direction = 'incoming'), count(*) FILTER (WHERE direction = 'outgoing') \
+         FROM alphadome.bot_message_logs WHERE bot_tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+    .expect("count logs");
+    r
+}
+
+/// Path of the built `alphadome` binary (built by `cargo build --bins`
+/// before the tests run, as the README's test command does).
+pub fn alphadome_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("alphadome");
+    assert!(bin.exists(), "{} is missing: run `cargo build --bins` before the tests", bin.display());
+    bin
+}
+
+/// Runs the `alphadome` binary with `args` and `env`; returns (exit code, stdout, stderr).
+pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(alphadome_bin());
+    cmd.args(args);
+    for var in ["DATABASE_URL", "ALPHADOME_MASTER_KEY", "ALPHADOME_PREVIOUS_MASTER_KEYS", "NATS_URL", "ALPHADOME_NATS_PREFIX"] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run alphadome");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
