@@ -167,6 +167,7 @@ impl RunningStack {
     }
 
     pub async fn start_with(config: Config, opts: RunOptions) -> Self {
+        init_logs();
         let listener = tokio::net::TcpListener::bind(config.http_addr).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
@@ -384,4 +385,14 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Sends the services' logs to the test output when `RUST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
 }

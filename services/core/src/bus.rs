@@ -292,34 +292,75 @@ where
                 }
             }
         };
-        let ended = messages
-            .take_until(shutdown.cancelled())
-            .for_each_concurrent(settings.concurrency, |msg| {
-                let handle = handle.clone();
-                let bus = bus.clone();
-                let stream_name = stream_name.clone();
-                async move {
-                    let msg = match msg {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "pull stream error");
-                            return;
-                        }
-                    };
-                    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-                    let meta = MessageMeta {
-                        subject: msg.subject.to_string(),
-                        delivered,
-                        headers: msg.headers.clone(),
-                    };
-                    let outcome = handle(msg.payload.clone(), meta.clone()).await;
-                    settle(&bus, &stream_name, &settings, &msg, &meta, outcome).await;
-                }
-            });
-        ended.await;
+        let mut messages = std::pin::pin!(messages);
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        let mut stream_ended = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                next = messages.next(), if in_flight.len() < settings.concurrency.max(1) => match next {
+                    Some(Ok(msg)) => {
+                        let handle = handle.clone();
+                        let bus = bus.clone();
+                        let stream_name = stream_name.clone();
+                        in_flight.push(async move {
+                            let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+                            let meta = MessageMeta {
+                                subject: msg.subject.to_string(),
+                                delivered,
+                                headers: msg.headers.clone(),
+                            };
+                            let outcome = handle(msg.payload.clone(), meta.clone()).await;
+                            settle(&bus, &stream_name, &settings, &msg, &meta, outcome).await;
+                        });
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(stream = %stream_name, error = %e, "pull stream error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    None => {
+                        stream_ended = true;
+                        break;
+                    }
+                },
+            }
+        }
+        // Finish what was started, then hand back what was pulled but not
+        // started, so another instance gets it now rather than after ack_wait.
+        while in_flight.next().await.is_some() {}
+        if !stream_ended {
+            hand_back(&mut messages, settings.concurrency.max(1) * 2).await;
+        }
         if shutdown.is_cancelled() {
             return Ok(());
         }
+    }
+}
+
+/// Naks every message already pulled into `messages` but not handled, so
+/// another instance gets it in a moment rather than after `ack_wait`. The
+/// short nak delay keeps the server from handing it straight back to this
+/// still-open pull; at most `max` messages or one second are spent here.
+pub async fn hand_back<S>(messages: &mut S, max: usize)
+where
+    S: futures_util::Stream<Item = Result<jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let mut n = 0usize;
+    while n < max {
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(Duration::from_millis(25));
+        match tokio::time::timeout(wait, messages.next()).await {
+            Ok(Some(Ok(msg))) => {
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await;
+                n += 1;
+            }
+            _ => break,
+        }
+    }
+    if n > 0 {
+        tracing::info!(messages = n, "handed back unstarted messages");
     }
 }
 

@@ -229,6 +229,13 @@ async fn receive(State(s): State<Arc<Ingress>>, headers: HeaderMap, body: Bytes)
         tracing::warn!("webhook refused: signature does not match");
         return plain(StatusCode::UNAUTHORIZED, "X-Hub-Signature-256 does not match the body");
     };
+    // One body comes from one Meta app: every tenant it names must be one
+    // whose applicable secret is the one that verified it.
+    if routes.iter().any(|(_, r)| r.as_ref().is_some_and(|r| !signed_for(r, &verified_by))) {
+        s.counters.bad_signature.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("webhook refused: signed with a secret that does not apply to its tenant");
+        return plain(StatusCode::UNAUTHORIZED, "X-Hub-Signature-256 does not match the tenant's app secret");
+    }
     let parsed = match parsed {
         Ok(p) => p,
         Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("invalid webhook payload: {e}")),

@@ -111,9 +111,14 @@ async fn consume(
                 }
             }
         };
-        let mut chunks = std::pin::pin!(messages.ready_chunks(1000).take_until(shutdown.cancelled()));
-        while let Some(chunk) = chunks.next().await {
-            let batch: Vec<jetstream::Message> = chunk.into_iter().filter_map(Result::ok).collect();
+        let mut messages = std::pin::pin!(messages);
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                c = next_chunk(&mut messages) => c,
+            };
+            let Some(batch) = chunk else { break };
             if batch.is_empty() {
                 continue;
             }
@@ -133,8 +138,39 @@ async fn consume(
             });
             futures_util::future::join_all(settle).await;
         }
+        if shutdown.is_cancelled() {
+            bus::hand_back(&mut messages, 1000).await;
+        }
     }
     Ok(())
+}
+
+/// Waits for at least one message, then takes whatever else is already
+/// buffered (up to a batch); `None` when the pull stream ended.
+async fn next_chunk<S>(messages: &mut S) -> Option<Vec<jetstream::Message>>
+where
+    S: futures_util::Stream<Item = Result<jetstream::Message, jetstream::consumer::pull::MessagesError>> + Unpin,
+{
+    let first = messages.next().await?;
+    let mut batch: Vec<jetstream::Message> = match first {
+        Ok(m) => vec![m],
+        Err(e) => {
+            tracing::warn!(error = %e, "pull stream error");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Some(Vec::new());
+        }
+    };
+    while batch.len() < 1000 {
+        match futures_util::FutureExt::now_or_never(messages.next()) {
+            Some(Some(Ok(m))) => batch.push(m),
+            Some(Some(Err(e))) => {
+                tracing::warn!(error = %e, "pull stream error");
+                break;
+            }
+            _ => break,
+        }
+    }
+    Some(batch)
 }
 
 fn backoff(msg: &jetstream::Message) -> Duration {
