@@ -26,7 +26,8 @@ use uuid::Uuid;
 
 /// URL of the Postgres server's maintenance database.
 pub fn admin_database_url() -> String {
-    std::env::var("ALPHADOME_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("ALPHADOME_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// URL of the NATS server.
@@ -45,15 +46,22 @@ impl TestDb {
     /// An empty database (no migrations applied).
     pub async fn empty() -> Self {
         let name = format!("alphadome_t_{}", Uuid::new_v4().simple());
-        let admin = PgPool::connect(&admin_database_url()).await.expect("connect to the test Postgres server");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create test database");
+        let admin = PgPool::connect(&admin_database_url())
+            .await
+            .expect("connect to the test Postgres server");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
         admin.close().await;
         let base = admin_database_url();
         let url = match base.rfind('/') {
             Some(i) => format!("{}/{}", &base[..i], name),
             None => panic!("ALPHADOME_TEST_DATABASE_URL has no database part"),
         };
-        let pool = db::connect(&SecretString::from(url.clone()), 10).await.expect("connect to test database");
+        let pool = db::connect(&SecretString::from(url.clone()), 10)
+            .await
+            .expect("connect to test database");
         Self { name, url, pool }
     }
 
@@ -71,10 +79,17 @@ impl Drop for TestDb {
         // Drop needs async work; do it on a thread of its own. FORCE ends
         // the test's own pooled connections.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async move {
                 if let Ok(admin) = PgPool::connect(&admin_database_url()).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&admin)
+                        .await;
                 }
             });
         })
@@ -96,12 +111,16 @@ pub struct TestNats {
 
 impl TestNats {
     pub fn new() -> Self {
-        Self { prefix: format!("t{}", &Uuid::new_v4().simple().to_string()[..12]) }
+        Self {
+            prefix: format!("t{}", &Uuid::new_v4().simple().to_string()[..12]),
+        }
     }
 
     /// A bus on the test's prefix.
     pub async fn bus(&self) -> Bus {
-        Bus::connect(&nats_url(), &self.prefix).await.expect("connect to NATS")
+        Bus::connect(&nats_url(), &self.prefix)
+            .await
+            .expect("connect to NATS")
     }
 }
 
@@ -115,7 +134,12 @@ impl Drop for TestNats {
     fn drop(&mut self) {
         let prefix = self.prefix.clone();
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async move {
                 if let Ok(bus) = Bus::connect(&nats_url(), &prefix).await {
                     for kind in alphadome_core::bus::StreamKind::ALL {
@@ -168,12 +192,22 @@ impl RunningStack {
 
     pub async fn start_with(config: Config, opts: RunOptions) -> Self {
         init_logs();
-        let listener = tokio::net::TcpListener::bind(config.http_addr).await.expect("bind");
+        let listener = tokio::net::TcpListener::bind(config.http_addr)
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
-        let task = tokio::spawn(async move { stack::run(config, opts, listener, s).await.map_err(|e| format!("{e:#}")) });
-        let me = Self { addr, shutdown, task };
+        let task = tokio::spawn(async move {
+            stack::run(config, opts, listener, s)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        });
+        let me = Self {
+            addr,
+            shutdown,
+            task,
+        };
         me.wait_ready().await;
         me
     }
@@ -272,7 +306,11 @@ pub fn manifest_yaml(spec: &TenantSpec<'_>) -> String {
     if !spec.faq.is_empty() {
         y.push_str("training_data:\n");
         for (q, a) in spec.faq {
-            y.push_str(&format!("  - data_type: faq\n    question: {}\n    answer: {}\n", yaml_str(q), yaml_str(a)));
+            y.push_str(&format!(
+                "  - data_type: faq\n    question: {}\n    answer: {}\n",
+                yaml_str(q),
+                yaml_str(a)
+            ));
         }
     }
     y
@@ -281,7 +319,9 @@ pub fn manifest_yaml(spec: &TenantSpec<'_>) -> String {
 /// Creates a tenant through the manifest path.
 pub async fn tenant(pool: &PgPool, keyring: &Keyring, spec: TenantSpec<'_>) -> TestTenant {
     let m = Manifest::parse(&manifest_yaml(&spec)).expect("test manifest parses");
-    let r = manifest::apply(pool, keyring, &m).await.expect("test manifest applies");
+    let r = manifest::apply(pool, keyring, &m)
+        .await
+        .expect("test manifest applies");
     TestTenant {
         id: r.tenant_id,
         phone: spec.phone.to_owned(),
@@ -297,7 +337,13 @@ pub fn text_webhook(phone_number_id: &str, from: &str, wamid: &str, text: &str) 
 }
 
 /// A status webhook body.
-pub fn status_webhook(phone_number_id: &str, wamid: &str, status: &str, ts: i64, error_code: Option<i64>) -> String {
+pub fn status_webhook(
+    phone_number_id: &str,
+    wamid: &str,
+    status: &str,
+    ts: i64,
+    error_code: Option<i64>,
+) -> String {
     let mut st = serde_json::json!({"id": wamid, "status": status, "timestamp": ts.to_string(), "recipient_id": "254711111111"});
     if let Some(code) = error_code {
         st["errors"] = serde_json::json!([{"code": code, "title": "Message failed", "message": "Message failed",
@@ -314,7 +360,10 @@ pub async fn post_signed(url: &str, secret: &str, body: &str) -> reqwest::Respon
     reqwest::Client::new()
         .post(url)
         .header("content-type", "application/json")
-        .header("x-hub-signature-256", meta::sign(secret.as_bytes(), body.as_bytes()))
+        .header(
+            "x-hub-signature-256",
+            meta::sign(secret.as_bytes(), body.as_bytes()),
+        )
         .body(body.to_owned())
         .send()
         .await
@@ -324,7 +373,9 @@ pub async fn post_signed(url: &str, secret: &str, body: &str) -> reqwest::Respon
 /// Starts a Graph API stand-in on a free port.
 pub async fn graph() -> (Arc<GraphStandIn>, String, CancellationToken) {
     let shutdown = CancellationToken::new();
-    let (g, url) = GraphStandIn::start(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone()).await.expect("stand-in");
+    let (g, url) = GraphStandIn::start(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone())
+        .await
+        .expect("stand-in");
     (g, url, shutdown)
 }
 
@@ -365,7 +416,11 @@ pub fn alphadome_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("alphadome");
-    assert!(bin.exists(), "{} is missing: run `cargo build --bins` before the tests", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bins` before the tests",
+        bin.display()
+    );
     bin
 }
 
@@ -373,7 +428,13 @@ pub fn alphadome_bin() -> PathBuf {
 pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = std::process::Command::new(alphadome_bin());
     cmd.args(args);
-    for var in ["DATABASE_URL", "ALPHADOME_MASTER_KEY", "ALPHADOME_PREVIOUS_MASTER_KEYS", "NATS_URL", "ALPHADOME_NATS_PREFIX"] {
+    for var in [
+        "DATABASE_URL",
+        "ALPHADOME_MASTER_KEY",
+        "ALPHADOME_PREVIOUS_MASTER_KEYS",
+        "NATS_URL",
+        "ALPHADOME_NATS_PREFIX",
+    ] {
         cmd.env_remove(var);
     }
     for (k, v) in env {

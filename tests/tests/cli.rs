@@ -1,6 +1,8 @@
 //! The `alphadome` command: help on every command, one-line errors with a
 //! non-zero exit, tenant management end to end, secrets never printed.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use alphadome_tests::{cli, keyring, TestDb};
 
 #[test]
@@ -37,28 +39,57 @@ fn one_line_error(stderr: &str) -> &str {
 fn configuration_errors_name_the_variable() {
     let (code, _, err) = cli(&["migrate"], &[]);
     assert_eq!(code, 1);
-    assert!(one_line_error(&err).contains("DATABASE_URL is not set"), "{err}");
+    assert!(
+        one_line_error(&err).contains("DATABASE_URL is not set"),
+        "{err}"
+    );
     let (code, _, err) = cli(&["migrate"], &[("DATABASE_URL", "mysql://x")]);
     assert_eq!(code, 1);
-    assert!(one_line_error(&err).contains("DATABASE_URL is invalid"), "{err}");
+    assert!(
+        one_line_error(&err).contains("DATABASE_URL is invalid"),
+        "{err}"
+    );
     let dir = std::env::temp_dir().join(format!("alphadome-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("t.yaml");
-    std::fs::write(&file, "tenant:\n  client_name: x\n  client_phone: '254700000000'\n").unwrap();
+    std::fs::write(
+        &file,
+        "tenant:\n  client_name: x\n  client_phone: '254700000000'\n",
+    )
+    .unwrap();
     let f = file.to_str().unwrap();
-    let (code, _, err) = cli(&["tenant", "apply", "-f", f], &[("DATABASE_URL", "postgres://127.0.0.1/x")]);
+    let (code, _, err) = cli(
+        &["tenant", "apply", "-f", f],
+        &[("DATABASE_URL", "postgres://127.0.0.1/x")],
+    );
     assert_eq!(code, 1);
-    assert!(one_line_error(&err).contains("ALPHADOME_MASTER_KEY is not set"), "{err}");
-    let (code, _, err) = cli(&["tenant", "apply", "-f", f], &[("DATABASE_URL", "postgres://127.0.0.1/x"), ("ALPHADOME_MASTER_KEY", "c2hvcnQ=")]);
+    assert!(
+        one_line_error(&err).contains("ALPHADOME_MASTER_KEY is not set"),
+        "{err}"
+    );
+    let (code, _, err) = cli(
+        &["tenant", "apply", "-f", f],
+        &[
+            ("DATABASE_URL", "postgres://127.0.0.1/x"),
+            ("ALPHADOME_MASTER_KEY", "c2hvcnQ="),
+        ],
+    );
     assert_eq!(code, 1);
-    assert!(one_line_error(&err).contains("ALPHADOME_MASTER_KEY must decode to 32 bytes"), "{err}");
+    assert!(
+        one_line_error(&err).contains("ALPHADOME_MASTER_KEY must decode to 32 bytes"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn tenant_lifecycle_through_the_cli() {
     let db = TestDb::migrated().await;
     let (key, _) = keyring();
-    let env = [("DATABASE_URL", db.url.as_str()), ("ALPHADOME_MASTER_KEY", key.as_str()), ("NATS_URL", "nats://127.0.0.1:1")];
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("ALPHADOME_MASTER_KEY", key.as_str()),
+        ("NATS_URL", "nats://127.0.0.1:1"),
+    ];
     let dir = std::env::temp_dir().join(format!("alphadome-cli-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("shop.yaml");
@@ -73,7 +104,10 @@ async fn tenant_lifecycle_through_the_cli() {
     let (code, out, err) = cli(&["tenant", "apply", "-f", f], &env);
     assert_eq!(code, 0, "{err}");
     let id = out.trim().to_owned();
-    assert!(uuid::Uuid::parse_str(&id).is_ok(), "prints the tenant id: {out}");
+    assert!(
+        uuid::Uuid::parse_str(&id).is_ok(),
+        "prints the tenant id: {out}"
+    );
     assert!(err.contains("created"));
     let (code, out, err) = cli(&["tenant", "apply", "-f", f], &env);
     assert_eq!((code, out.trim()), (0, id.as_str()));
@@ -87,7 +121,11 @@ async fn tenant_lifecycle_through_the_cli() {
         assert_eq!(code, 0);
         assert!(out.contains("CLI Shop"));
         assert!(out.contains("******** (encrypted, key"));
-        for secret in ["EAAG-cli-secret-token", "sk-cli-secret-key", "cli-verify-secret"] {
+        for secret in [
+            "EAAG-cli-secret-token",
+            "sk-cli-secret-key",
+            "cli-verify-secret",
+        ] {
             assert!(!out.contains(secret), "`tenant show` printed a secret");
         }
     }
@@ -99,7 +137,10 @@ async fn tenant_lifecycle_through_the_cli() {
     let (code, out, _) = cli(&["tenant", "activate", "0722000111"], &env);
     assert_eq!(code, 0);
     assert!(out.contains("now active"));
-    let active: bool = sqlx::query_scalar("SELECT is_active FROM alphadome.bot_tenants").fetch_one(&db.pool).await.unwrap();
+    let active: bool = sqlx::query_scalar("SELECT is_active FROM alphadome.bot_tenants")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert!(active);
     // Re-applying the manifest (which says nothing of is_active) keeps the go-live.
     let (code, _, _) = cli(&["tenant", "apply", "-f", f], &env);
@@ -107,15 +148,24 @@ async fn tenant_lifecycle_through_the_cli() {
     let (code, out, _) = cli(&["tenant", "deactivate", &id], &env);
     assert_eq!(code, 0);
     assert!(out.contains("now inactive"));
-    let active: bool = sqlx::query_scalar("SELECT is_active FROM alphadome.bot_tenants").fetch_one(&db.pool).await.unwrap();
+    let active: bool = sqlx::query_scalar("SELECT is_active FROM alphadome.bot_tenants")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert!(!active);
 
     let (code, _, err) = cli(&["tenant", "show", "0799999999"], &env);
     assert_eq!(code, 1);
-    assert!(one_line_error(&err).contains("no tenant with id or phone"), "{err}");
+    assert!(
+        one_line_error(&err).contains("no tenant with id or phone"),
+        "{err}"
+    );
 
     // Bad manifests: a one-line error naming field and line, nothing written.
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome.bot_training_data").fetch_one(&db.pool).await.unwrap();
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome.bot_training_data")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     for (text, expect) in [
         ("tenant:\n  client_name: x\n  client_phone: '0722000111'\n  bogus: 1\n", "unknown field `bogus`"),
         ("tenant:\n  client_name: x\n", "missing field `client_phone`"),
@@ -132,8 +182,14 @@ async fn tenant_lifecycle_through_the_cli() {
         assert!(line.contains(expect) && line.contains(f), "{text:?} -> {line}");
         assert!(!line.contains("cli-verify-secret"), "error printed a secret: {line}");
     }
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome.bot_training_data").fetch_one(&db.pool).await.unwrap();
-    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome.bot_tenants").fetch_one(&db.pool).await.unwrap();
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome.bot_training_data")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome.bot_tenants")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!((before, tenants), (after, 1));
 }
 

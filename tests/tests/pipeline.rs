@@ -2,6 +2,8 @@
 //! ingress -> JetStream -> responder -> sender -> Graph API stand-in, and
 //! logger -> bot_message_logs / public.conversations.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,14 @@ async fn env() -> Env {
     let nats = TestNats::new();
     let (_, ring) = keyring();
     let (graph, graph_url, stop) = graph().await;
-    Env { db, nats, ring, graph, graph_url, _graph_stop: stop }
+    Env {
+        db,
+        nats,
+        ring,
+        graph,
+        graph_url,
+        _graph_stop: stop,
+    }
 }
 
 impl Env {
@@ -43,17 +52,29 @@ async fn faq_reply_end_to_end_with_the_tenants_token_and_number() {
     let e = env().await;
     let t = tenant(&e.db.pool, &e.ring, TenantSpec::default()).await;
     let stack = e.stack().await;
-    let body = text_webhook(&t.phone_number_id, USER, "wamid.e2e.1", "when are you OPEN? opening hours pls");
+    let body = text_webhook(
+        &t.phone_number_id,
+        USER,
+        "wamid.e2e.1",
+        "when are you OPEN? opening hours pls",
+    );
     let resp = post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await;
     assert_eq!(resp.status(), 200);
     let got = e.graph.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1);
     let r = &got[0];
-    assert_eq!(r.phone_number_id, t.phone_number_id, "sent from the tenant's number");
+    assert_eq!(
+        r.phone_number_id, t.phone_number_id,
+        "sent from the tenant's number"
+    );
     assert_eq!(r.token, t.token, "with the tenant's token");
     assert_eq!(r.to(), USER);
     assert_eq!(r.text(), "We are open 9 to 5.");
-    assert_eq!(r.in_reply_to(), "wamid.e2e.1", "a contextual reply to the inbound message");
+    assert_eq!(
+        r.in_reply_to(),
+        "wamid.e2e.1",
+        "a contextual reply to the inbound message"
+    );
     assert_eq!(r.body["messaging_product"], "whatsapp");
 
     // Both directions logged to the tenant, the outgoing row pointing at the inbound wamid.
@@ -72,10 +93,12 @@ async fn faq_reply_end_to_end_with_the_tenants_token_and_number() {
     assert!(training.is_some(), "the FAQ row used is recorded");
     assert_eq!(meta["in_reply_to"], "wamid.e2e.1");
     assert_eq!(wamid, r.wamid, "the outgoing row holds Meta's wamid");
-    let user_phone: String = sqlx::query_scalar("SELECT user_phone FROM alphadome.bot_message_logs WHERE direction = 'incoming'")
-        .fetch_one(&e.db.pool)
-        .await
-        .unwrap();
+    let user_phone: String = sqlx::query_scalar(
+        "SELECT user_phone FROM alphadome.bot_message_logs WHERE direction = 'incoming'",
+    )
+    .fetch_one(&e.db.pool)
+    .await
+    .unwrap();
     assert_eq!(user_phone, USER);
     // Mirrored to the existing system's conversations with the tenant's brand.
     let mirrored: Vec<(String, bool, bool)> = sqlx::query_as(
@@ -87,7 +110,13 @@ async fn faq_reply_end_to_end_with_the_tenants_token_and_number() {
     .fetch_all(&e.db.pool)
     .await
     .unwrap();
-    assert_eq!(mirrored, vec![("incoming".into(), true, true), ("outgoing".into(), true, true)]);
+    assert_eq!(
+        mirrored,
+        vec![
+            ("incoming".into(), true, true),
+            ("outgoing".into(), true, true)
+        ]
+    );
     stack.stop().await.unwrap();
 }
 
@@ -126,13 +155,29 @@ async fn bad_or_missing_signatures_are_refused_and_nothing_is_published() {
     let own = tenant(
         &e.db.pool,
         &e.ring,
-        TenantSpec { phone: "254700000002", phone_number_id: "200", token: "EAAG-2", app_secret: Some("own-secret"), ..Default::default() },
+        TenantSpec {
+            phone: "254700000002",
+            phone_number_id: "200",
+            token: "EAAG-2",
+            app_secret: Some("own-secret"),
+            ..Default::default()
+        },
     )
     .await;
     let body = text_webhook(&own.phone_number_id, USER, "wamid.sig.2", "opening hours");
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await.status(), 401);
-    assert_eq!(post_signed(&stack.webhook_url(), "own-secret", &body).await.status(), 200);
+    assert_eq!(
+        post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body)
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        post_signed(&stack.webhook_url(), "own-secret", &body)
+            .await
+            .status(),
+        200
+    );
     let got = e.graph.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].in_reply_to(), "wamid.sig.2");
@@ -145,22 +190,32 @@ async fn escaped_unicode_bodies_verify_on_the_raw_bytes() {
     let t = tenant(
         &e.db.pool,
         &e.ring,
-        TenantSpec { faq: &[("Habari za asubuhi, bei ya gitaa?", "Gitaa ni KES 15,000 — karibu!")], ..Default::default() },
+        TenantSpec {
+            faq: &[(
+                "Habari za asubuhi, bei ya gitaa?",
+                "Gitaa ni KES 15,000 — karibu!",
+            )],
+            ..Default::default()
+        },
     )
     .await;
     let stack = e.stack().await;
     // Meta signs the escaped form; the bytes must be hashed as received.
-    let body = text_webhook(&t.phone_number_id, USER, "wamid.uni.1", "PLACEHOLDER")
-        .replace("PLACEHOLDER", "bei ya gitaa? \\u00e4\\u00f6\\u00e5 \\ud83c\\udfb8");
+    let body = text_webhook(&t.phone_number_id, USER, "wamid.uni.1", "PLACEHOLDER").replace(
+        "PLACEHOLDER",
+        "bei ya gitaa? \\u00e4\\u00f6\\u00e5 \\ud83c\\udfb8",
+    );
     let resp = post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await;
     assert_eq!(resp.status(), 200);
     let got = e.graph.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got[0].text(), "Gitaa ni KES 15,000 — karibu!");
     let text: String = eventually(Duration::from_secs(10), "incoming row", || async {
-        sqlx::query_scalar::<_, String>("SELECT message_text FROM alphadome.bot_message_logs WHERE direction = 'incoming'")
-            .fetch_optional(&e.db.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar::<_, String>(
+            "SELECT message_text FROM alphadome.bot_message_logs WHERE direction = 'incoming'",
+        )
+        .fetch_optional(&e.db.pool)
+        .await
+        .unwrap()
     })
     .await;
     assert_eq!(text, "bei ya gitaa? äöå 🎸");
@@ -176,7 +231,12 @@ async fn the_same_webhook_three_times_and_again_after_the_window_and_a_restart_g
     let stack = RunningStack::start(cfg.clone(), &Service::ALL).await;
     let body = text_webhook(&t.phone_number_id, USER, "wamid.dup.1", "opening hours");
     for _ in 0..3 {
-        assert_eq!(post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await.status(), 200);
+        assert_eq!(
+            post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body)
+                .await
+                .status(),
+            200
+        );
     }
     let got = e.graph.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1);
@@ -184,13 +244,21 @@ async fn the_same_webhook_three_times_and_again_after_the_window_and_a_restart_g
     // Past JetStream's duplicate window, after a restart: Meta retries once more.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stack = RunningStack::start(cfg, &Service::ALL).await;
-    assert_eq!(post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await.status(), 200);
+    assert_eq!(
+        post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body)
+            .await
+            .status(),
+        200
+    );
     // The redelivered message is processed (its log event arrives again) ...
     tokio::time::sleep(Duration::from_secs(3)).await;
     // ... but no second reply is sent and no row is logged twice.
     assert_eq!(e.graph.received().len(), 1, "a second reply was sent");
     assert_eq!(log_counts(&e.db.pool, t.id).await, (1, 1));
-    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM alphadome.outbound_messages").fetch_one(&e.db.pool).await.unwrap();
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM alphadome.outbound_messages")
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap();
     assert_eq!(attempts, 1);
     stack.stop().await.unwrap();
 }
@@ -227,9 +295,19 @@ async fn two_tenants_asking_each_others_questions_get_only_their_own_answers() {
     )
     .await;
     let stack = e.stack().await;
-    for (t, wamid, text) in [(&a, "wamid.x.1", "do you bake bread"), (&b, "wamid.x.2", "do you sell guitars"), (&a, "wamid.x.3", "sell guitars?"), (&b, "wamid.x.4", "bake bread?")] {
+    for (t, wamid, text) in [
+        (&a, "wamid.x.1", "do you bake bread"),
+        (&b, "wamid.x.2", "do you sell guitars"),
+        (&a, "wamid.x.3", "sell guitars?"),
+        (&b, "wamid.x.4", "bake bread?"),
+    ] {
         let body = text_webhook(&t.phone_number_id, USER, wamid, text);
-        assert_eq!(post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await.status(), 200);
+        assert_eq!(
+            post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body)
+                .await
+                .status(),
+            200
+        );
     }
     let got = e.graph.wait_for(4, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 4);
@@ -238,12 +316,22 @@ async fn two_tenants_asking_each_others_questions_get_only_their_own_answers() {
     assert_eq!(by("wamid.x.2").text(), "B does not know.");
     assert_eq!(by("wamid.x.3").text(), "A: yes, guitars!");
     assert_eq!(by("wamid.x.4").text(), "B: fresh bread daily.");
-    for (w, t) in [("wamid.x.1", &a), ("wamid.x.2", &b), ("wamid.x.3", &a), ("wamid.x.4", &b)] {
+    for (w, t) in [
+        ("wamid.x.1", &a),
+        ("wamid.x.2", &b),
+        ("wamid.x.3", &a),
+        ("wamid.x.4", &b),
+    ] {
         let r = by(w);
-        assert_eq!((r.phone_number_id.as_str(), r.token.as_str()), (t.phone_number_id.as_str(), t.token.as_str()));
+        assert_eq!(
+            (r.phone_number_id.as_str(), r.token.as_str()),
+            (t.phone_number_id.as_str(), t.token.as_str())
+        );
     }
     eventually(Duration::from_secs(10), "logs", || async {
-        (log_counts(&e.db.pool, a.id).await == (2, 2) && log_counts(&e.db.pool, b.id).await == (2, 2)).then_some(())
+        (log_counts(&e.db.pool, a.id).await == (2, 2)
+            && log_counts(&e.db.pool, b.id).await == (2, 2))
+            .then_some(())
     })
     .await;
     // Each tenant's log holds only its own conversation.
@@ -267,20 +355,37 @@ async fn statuses_update_the_outgoing_row_without_regressing() {
     let stack = e.stack().await;
     let body = text_webhook(&t.phone_number_id, USER, "wamid.st.1", "opening hours");
     post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await;
-    let sent = e.graph.wait_for(1, Duration::from_secs(10)).await[0].wamid.clone();
-    eventually(Duration::from_secs(10), "outgoing row", || async { (log_counts(&e.db.pool, t.id).await.1 == 1).then_some(()) }).await;
+    let sent = e.graph.wait_for(1, Duration::from_secs(10)).await[0]
+        .wamid
+        .clone();
+    eventually(Duration::from_secs(10), "outgoing row", || async {
+        (log_counts(&e.db.pool, t.id).await.1 == 1).then_some(())
+    })
+    .await;
     // Out of order: read arrives before delivered; sent arrives last.
-    for (status, ts) in [("read", 300), ("delivered", 200), ("sent", 100), ("read", 300)] {
+    for (status, ts) in [
+        ("read", 300),
+        ("delivered", 200),
+        ("sent", 100),
+        ("read", 300),
+    ] {
         let s = status_webhook(&t.phone_number_id, &sent, status, 1_750_000_000 + ts, None);
-        assert_eq!(post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &s).await.status(), 200);
+        assert_eq!(
+            post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &s)
+                .await
+                .status(),
+            200
+        );
     }
     let st: String = eventually(Duration::from_secs(10), "read status", || async {
-        sqlx::query_scalar::<_, Option<String>>("SELECT delivery_status FROM alphadome.bot_message_logs WHERE whatsapp_message_id = $1")
-            .bind(&sent)
-            .fetch_one(&e.db.pool)
-            .await
-            .unwrap()
-            .filter(|s| s == "read")
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT delivery_status FROM alphadome.bot_message_logs WHERE whatsapp_message_id = $1",
+        )
+        .bind(&sent)
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap()
+        .filter(|s| s == "read")
     })
     .await;
     assert_eq!(st, "read");
@@ -292,14 +397,29 @@ async fn statuses_update_the_outgoing_row_without_regressing() {
     .fetch_one(&e.db.pool)
     .await
     .unwrap();
-    assert_eq!((st.as_str(), at), ("read", 1_750_000_300), "a later lower status moved the row back");
+    assert_eq!(
+        (st.as_str(), at),
+        ("read", 1_750_000_300),
+        "a later lower status moved the row back"
+    );
 
     // A failed status records Meta's error.
     let body = text_webhook(&t.phone_number_id, USER, "wamid.st.2", "opening hours");
     post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await;
-    let second = e.graph.wait_for(2, Duration::from_secs(10)).await[1].wamid.clone();
-    eventually(Duration::from_secs(10), "second outgoing row", || async { (log_counts(&e.db.pool, t.id).await.1 == 2).then_some(()) }).await;
-    let s = status_webhook(&t.phone_number_id, &second, "failed", 1_750_000_500, Some(131049));
+    let second = e.graph.wait_for(2, Duration::from_secs(10)).await[1]
+        .wamid
+        .clone();
+    eventually(Duration::from_secs(10), "second outgoing row", || async {
+        (log_counts(&e.db.pool, t.id).await.1 == 2).then_some(())
+    })
+    .await;
+    let s = status_webhook(
+        &t.phone_number_id,
+        &second,
+        "failed",
+        1_750_000_500,
+        Some(131049),
+    );
     post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &s).await;
     let err: String = eventually(Duration::from_secs(10), "failed status", || async {
         sqlx::query_scalar::<_, Option<String>>(
@@ -319,39 +439,91 @@ async fn statuses_update_the_outgoing_row_without_regressing() {
 #[tokio::test]
 async fn inactive_tenants_and_disabled_bots_log_but_do_not_answer() {
     let e = env().await;
-    let inactive = tenant(&e.db.pool, &e.ring, TenantSpec { active: false, ..Default::default() }).await;
+    let inactive = tenant(
+        &e.db.pool,
+        &e.ring,
+        TenantSpec {
+            active: false,
+            ..Default::default()
+        },
+    )
+    .await;
     let disabled = tenant(
         &e.db.pool,
         &e.ring,
-        TenantSpec { phone: "254700000003", phone_number_id: "300", token: "EAAG-3", control: "is_bot_enabled: false", ..Default::default() },
+        TenantSpec {
+            phone: "254700000003",
+            phone_number_id: "300",
+            token: "EAAG-3",
+            control: "is_bot_enabled: false",
+            ..Default::default()
+        },
     )
     .await;
     let no_auto = tenant(
         &e.db.pool,
         &e.ring,
-        TenantSpec { phone: "254700000004", phone_number_id: "400", token: "EAAG-4", control: "enable_auto_reply: false", ..Default::default() },
+        TenantSpec {
+            phone: "254700000004",
+            phone_number_id: "400",
+            token: "EAAG-4",
+            control: "enable_auto_reply: false",
+            ..Default::default()
+        },
     )
     .await;
     let stack = e.stack().await;
-    for (t, w) in [(&inactive, "wamid.in.1"), (&disabled, "wamid.in.2"), (&no_auto, "wamid.in.3")] {
+    for (t, w) in [
+        (&inactive, "wamid.in.1"),
+        (&disabled, "wamid.in.2"),
+        (&no_auto, "wamid.in.3"),
+    ] {
         let body = text_webhook(&t.phone_number_id, USER, w, "opening hours");
-        assert_eq!(post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await.status(), 200);
+        assert_eq!(
+            post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body)
+                .await
+                .status(),
+            200
+        );
     }
     for t in [&inactive, &disabled, &no_auto] {
-        eventually(Duration::from_secs(10), "incoming row", || async { (log_counts(&e.db.pool, t.id).await == (1, 0)).then_some(()) }).await;
+        eventually(Duration::from_secs(10), "incoming row", || async {
+            (log_counts(&e.db.pool, t.id).await == (1, 0)).then_some(())
+        })
+        .await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(e.graph.received().is_empty(), "an inactive or disabled tenant answered");
-    let reasons: Vec<String> = sqlx::query_scalar("SELECT metadata->>'reason' FROM alphadome.bot_message_logs ORDER BY 1")
-        .fetch_all(&e.db.pool)
-        .await
-        .unwrap();
-    assert_eq!(reasons, ["auto_reply_disabled", "bot_disabled", "tenant_inactive"]);
+    assert!(
+        e.graph.received().is_empty(),
+        "an inactive or disabled tenant answered"
+    );
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT metadata->>'reason' FROM alphadome.bot_message_logs ORDER BY 1")
+            .fetch_all(&e.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        reasons,
+        ["auto_reply_disabled", "bot_disabled", "tenant_inactive"]
+    );
     // Unknown phone number id: 200, counted, nothing published.
     let body = text_webhook("999999", USER, "wamid.unknown", "hello");
-    assert_eq!(post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await.status(), 200);
-    let metrics = reqwest::get(format!("http://{}/metrics", stack.addr)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("alphadome_ingress_unknown_tenant_total 1"), "{metrics}");
+    assert_eq!(
+        post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body)
+            .await
+            .status(),
+        200
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", stack.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("alphadome_ingress_unknown_tenant_total 1"),
+        "{metrics}"
+    );
     stack.stop().await.unwrap();
 }
 
@@ -366,13 +538,24 @@ async fn deactivating_with_the_cli_reaches_running_instances_within_seconds() {
     post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await;
     assert_eq!(e.graph.wait_for(1, Duration::from_secs(10)).await.len(), 1);
     let bus = e.nats.bus().await;
-    alphadome_admin::set_active(&e.db.pool, Some(&bus), &t.phone, false).await.unwrap();
+    alphadome_admin::set_active(&e.db.pool, Some(&bus), &t.phone, false)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let body = text_webhook(&t.phone_number_id, USER, "wamid.live.2", "opening hours");
     post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await;
-    eventually(Duration::from_secs(10), "the second incoming row", || async { (log_counts(&e.db.pool, t.id).await.0 == 2).then_some(()) }).await;
+    eventually(
+        Duration::from_secs(10),
+        "the second incoming row",
+        || async { (log_counts(&e.db.pool, t.id).await.0 == 2).then_some(()) },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(e.graph.received().len(), 1, "the deactivated tenant still answered");
+    assert_eq!(
+        e.graph.received().len(),
+        1,
+        "the deactivated tenant still answered"
+    );
     stack.stop().await.unwrap();
 }
 
@@ -380,7 +563,16 @@ async fn deactivating_with_the_cli_reaches_running_instances_within_seconds() {
 async fn graph_throughput_error_then_success_sends_one_reply() {
     let e = env().await;
     let t = tenant(&e.db.pool, &e.ring, TenantSpec::default()).await;
-    e.graph.script([Behaviour::Error { status: 400, code: 130429 }, Behaviour::Error { status: 500, code: 131000 }]);
+    e.graph.script([
+        Behaviour::Error {
+            status: 400,
+            code: 130429,
+        },
+        Behaviour::Error {
+            status: 500,
+            code: 131000,
+        },
+    ]);
     let stack = e.stack().await;
     let body = text_webhook(&t.phone_number_id, USER, "wamid.rl.1", "opening hours");
     post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await;
@@ -389,7 +581,11 @@ async fn graph_throughput_error_then_success_sends_one_reply() {
     assert_eq!(e.graph.refused.load(Ordering::Relaxed), 2);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(e.graph.received().len(), 1);
-    let (state, attempts): (String, i32) = sqlx::query_as("SELECT state, attempts FROM alphadome.outbound_messages").fetch_one(&e.db.pool).await.unwrap();
+    let (state, attempts): (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM alphadome.outbound_messages")
+            .fetch_one(&e.db.pool)
+            .await
+            .unwrap();
     assert_eq!((state.as_str(), attempts), ("sent", 3));
     stack.stop().await.unwrap();
 }
@@ -398,9 +594,23 @@ async fn graph_throughput_error_then_success_sends_one_reply() {
 async fn a_permanent_error_is_dead_lettered_and_a_190_holds_the_tenant() {
     let e = env().await;
     let t = tenant(&e.db.pool, &e.ring, TenantSpec::default()).await;
-    e.graph.script([Behaviour::Error { status: 400, code: 131026 }, Behaviour::Error { status: 401, code: 190 }]);
+    e.graph.script([
+        Behaviour::Error {
+            status: 400,
+            code: 131026,
+        },
+        Behaviour::Error {
+            status: 401,
+            code: 190,
+        },
+    ]);
     let stack = e.stack().await;
-    post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &text_webhook(&t.phone_number_id, USER, "wamid.p.1", "opening hours")).await;
+    post_signed(
+        &stack.webhook_url(),
+        PLATFORM_APP_SECRET,
+        &text_webhook(&t.phone_number_id, USER, "wamid.p.1", "opening hours"),
+    )
+    .await;
     let bus = e.nats.bus().await;
     let dlq = bus.stream_name(alphadome_core::bus::StreamKind::DeadLetter);
     eventually(Duration::from_secs(10), "a dead letter", || async {
@@ -408,27 +618,44 @@ async fn a_permanent_error_is_dead_lettered_and_a_190_holds_the_tenant() {
         (s.info().await.ok()?.state.messages == 1).then_some(())
     })
     .await;
-    let err: String = eventually(Duration::from_secs(10), "the failed outgoing row", || async {
-        sqlx::query_scalar::<_, Option<String>>("SELECT error_message FROM alphadome.bot_message_logs WHERE direction = 'outgoing'")
+    let err: String = eventually(
+        Duration::from_secs(10),
+        "the failed outgoing row",
+        || async {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT error_message FROM alphadome.bot_message_logs WHERE direction = 'outgoing'",
+            )
             .fetch_optional(&e.db.pool)
             .await
             .unwrap()
             .flatten()
-    })
+        },
+    )
     .await;
     assert!(err.contains("131026"), "{err}");
     // 190: the tenant's token is marked invalid and its sends are held.
-    post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &text_webhook(&t.phone_number_id, USER, "wamid.p.2", "opening hours")).await;
+    post_signed(
+        &stack.webhook_url(),
+        PLATFORM_APP_SECRET,
+        &text_webhook(&t.phone_number_id, USER, "wamid.p.2", "opening hours"),
+    )
+    .await;
     eventually(Duration::from_secs(10), "token marked invalid", || async {
-        sqlx::query_scalar::<_, bool>("SELECT whatsapp_token_invalid_at IS NOT NULL FROM alphadome.bot_tenants")
-            .fetch_one(&e.db.pool)
-            .await
-            .unwrap()
-            .then_some(())
+        sqlx::query_scalar::<_, bool>(
+            "SELECT whatsapp_token_invalid_at IS NOT NULL FROM alphadome.bot_tenants",
+        )
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap()
+        .then_some(())
     })
     .await;
     let list = alphadome_admin::list(&e.db.pool).await.unwrap();
-    assert!(list[0].degraded.as_deref().unwrap_or_default().contains("190"));
+    assert!(list[0]
+        .degraded
+        .as_deref()
+        .unwrap_or_default()
+        .contains("190"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(e.graph.received().is_empty(), "sent despite a held tenant");
     stack.stop().await.unwrap();
@@ -439,20 +666,40 @@ async fn two_responder_instances_share_the_load_and_answer_each_message_once() {
     let e = env().await;
     let t = tenant(&e.db.pool, &e.ring, TenantSpec::default()).await;
     let cfg = e.config();
-    let edge = RunningStack::start(cfg.clone(), &[Service::Ingress, Service::Sender, Service::Logger]).await;
+    let edge = RunningStack::start(
+        cfg.clone(),
+        &[Service::Ingress, Service::Sender, Service::Logger],
+    )
+    .await;
     let mut responders = Vec::new();
     let shutdown = alphadome_core::CancellationToken::new();
     for _ in 0..2 {
         let bus = e.nats.bus().await;
-        let r = alphadome_responder::Responder::start(&cfg, e.db.pool.clone(), bus, shutdown.clone()).await.unwrap();
-        let settings = alphadome_core::bus::ConsumerSettings { concurrency: 4, ..Default::default() };
+        let r =
+            alphadome_responder::Responder::start(&cfg, e.db.pool.clone(), bus, shutdown.clone())
+                .await
+                .unwrap();
+        let settings = alphadome_core::bus::ConsumerSettings {
+            concurrency: 4,
+            ..Default::default()
+        };
         let run = tokio::spawn(r.clone().run(settings, shutdown.clone()));
         responders.push((r, run));
     }
     let n = 60;
     for i in 0..n {
-        let body = text_webhook(&t.phone_number_id, &format!("2547110{i:05}"), &format!("wamid.share.{i}"), "opening hours");
-        assert_eq!(post_signed(&edge.webhook_url(), PLATFORM_APP_SECRET, &body).await.status(), 200);
+        let body = text_webhook(
+            &t.phone_number_id,
+            &format!("2547110{i:05}"),
+            &format!("wamid.share.{i}"),
+            "opening hours",
+        );
+        assert_eq!(
+            post_signed(&edge.webhook_url(), PLATFORM_APP_SECRET, &body)
+                .await
+                .status(),
+            200
+        );
     }
     let got = e.graph.wait_for(n, Duration::from_secs(20)).await;
     assert_eq!(got.len(), n);
@@ -460,8 +707,14 @@ async fn two_responder_instances_share_the_load_and_answer_each_message_once() {
     replied.sort();
     replied.dedup();
     assert_eq!(replied.len(), n, "a message was answered twice");
-    let handled: Vec<u64> = responders.iter().map(|(r, _)| r.handled.load(Ordering::Relaxed)).collect();
-    assert!(handled.iter().all(|&h| h > 0), "one instance did no work: {handled:?}");
+    let handled: Vec<u64> = responders
+        .iter()
+        .map(|(r, _)| r.handled.load(Ordering::Relaxed))
+        .collect();
+    assert!(
+        handled.iter().all(|&h| h > 0),
+        "one instance did no work: {handled:?}"
+    );
     assert_eq!(handled.iter().sum::<u64>(), n as u64);
     shutdown.cancel();
     for (_, run) in responders {
@@ -477,8 +730,18 @@ async fn graceful_shutdown_finishes_in_flight_work() {
     let stack = e.stack().await;
     let n = 20;
     for i in 0..n {
-        let body = text_webhook(&t.phone_number_id, USER, &format!("wamid.gs.{i}"), "opening hours");
-        assert_eq!(post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await.status(), 200);
+        let body = text_webhook(
+            &t.phone_number_id,
+            USER,
+            &format!("wamid.gs.{i}"),
+            "opening hours",
+        );
+        assert_eq!(
+            post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body)
+                .await
+                .status(),
+            200
+        );
     }
     eprintln!("posted; stopping");
     stack.stop().await.unwrap();
@@ -486,6 +749,9 @@ async fn graceful_shutdown_finishes_in_flight_work() {
     let stack = RunningStack::start_with(e.config(), RunOptions::new(&Service::ALL)).await;
     let got = e.graph.wait_for(n, Duration::from_secs(20)).await;
     assert_eq!(got.len(), n);
-    eventually(Duration::from_secs(10), "all logs", || async { (log_counts(&e.db.pool, t.id).await == (n as i64, n as i64)).then_some(()) }).await;
+    eventually(Duration::from_secs(10), "all logs", || async {
+        (log_counts(&e.db.pool, t.id).await == (n as i64, n as i64)).then_some(())
+    })
+    .await;
     stack.stop().await.unwrap();
 }

@@ -2,12 +2,17 @@
 //! database, leave the live system's tables and rows untouched, and are a
 //! no-op the second time.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use alphadome_core::db;
 use alphadome_tests::TestDb;
 
 /// Every column of the public and alphadome schemas, with type, default and
 /// nullability: a fingerprint of the schema.
-async fn columns(pool: &sqlx::PgPool, schema: &str) -> Vec<(String, String, String, Option<String>, String)> {
+async fn columns(
+    pool: &sqlx::PgPool,
+    schema: &str,
+) -> Vec<(String, String, String, Option<String>, String)> {
     sqlx::query_as(
         "SELECT table_name::text, column_name::text, data_type::text, column_default::text, is_nullable::text \
          FROM information_schema.columns WHERE table_schema = $1 ORDER BY table_name, ordinal_position",
@@ -41,21 +46,107 @@ async fn migrations_build_the_report_schema_on_an_empty_database() {
     let cols = columns(&db.pool, "alphadome").await;
     let has = |t: &str, c: &str| cols.iter().any(|(tt, cc, ..)| tt == t && cc == c);
     let report: &[(&str, &[&str])] = &[
-        ("bot_tenants", &["id", "client_name", "client_phone", "client_email", "brand_id", "point_of_contact_name",
-            "point_of_contact_phone", "whatsapp_phone_number_id", "whatsapp_business_account_id", "whatsapp_access_token",
-            "whatsapp_token_expires_at", "ai_provider", "ai_api_key", "ai_model", "is_active", "is_verified",
-            "webhook_verify_token", "webhook_url", "metadata", "created_at", "updated_at", "whatsapp_app_secret"]),
-        ("bot_templates", &["id", "bot_tenant_id", "template_name", "description", "system_prompt", "conversation_context",
-            "tone", "max_response_length", "is_active", "is_default", "metadata", "created_at", "updated_at"]),
-        ("bot_training_data", &["id", "bot_tenant_id", "data_type", "question", "answer", "category", "priority",
-            "confidence_score", "is_active", "created_at", "updated_at"]),
-        ("bot_control_settings", &["id", "bot_tenant_id", "is_bot_enabled", "max_messages_per_hour",
-            "max_messages_per_user_per_day", "enable_ai_responses", "enable_payment_flow", "enable_training_mode",
-            "enable_auto_reply", "log_conversations", "log_errors", "escalation_phone", "escalation_email", "metadata",
-            "created_at", "updated_at"]),
-        ("bot_message_logs", &["id", "bot_tenant_id", "user_phone", "user_id", "direction", "message_text",
-            "whatsapp_message_id", "ai_processed", "ai_response", "error_message", "template_used", "training_data_id",
-            "metadata", "created_at"]),
+        (
+            "bot_tenants",
+            &[
+                "id",
+                "client_name",
+                "client_phone",
+                "client_email",
+                "brand_id",
+                "point_of_contact_name",
+                "point_of_contact_phone",
+                "whatsapp_phone_number_id",
+                "whatsapp_business_account_id",
+                "whatsapp_access_token",
+                "whatsapp_token_expires_at",
+                "ai_provider",
+                "ai_api_key",
+                "ai_model",
+                "is_active",
+                "is_verified",
+                "webhook_verify_token",
+                "webhook_url",
+                "metadata",
+                "created_at",
+                "updated_at",
+                "whatsapp_app_secret",
+            ],
+        ),
+        (
+            "bot_templates",
+            &[
+                "id",
+                "bot_tenant_id",
+                "template_name",
+                "description",
+                "system_prompt",
+                "conversation_context",
+                "tone",
+                "max_response_length",
+                "is_active",
+                "is_default",
+                "metadata",
+                "created_at",
+                "updated_at",
+            ],
+        ),
+        (
+            "bot_training_data",
+            &[
+                "id",
+                "bot_tenant_id",
+                "data_type",
+                "question",
+                "answer",
+                "category",
+                "priority",
+                "confidence_score",
+                "is_active",
+                "created_at",
+                "updated_at",
+            ],
+        ),
+        (
+            "bot_control_settings",
+            &[
+                "id",
+                "bot_tenant_id",
+                "is_bot_enabled",
+                "max_messages_per_hour",
+                "max_messages_per_user_per_day",
+                "enable_ai_responses",
+                "enable_payment_flow",
+                "enable_training_mode",
+                "enable_auto_reply",
+                "log_conversations",
+                "log_errors",
+                "escalation_phone",
+                "escalation_email",
+                "metadata",
+                "created_at",
+                "updated_at",
+            ],
+        ),
+        (
+            "bot_message_logs",
+            &[
+                "id",
+                "bot_tenant_id",
+                "user_phone",
+                "user_id",
+                "direction",
+                "message_text",
+                "whatsapp_message_id",
+                "ai_processed",
+                "ai_response",
+                "error_message",
+                "template_used",
+                "training_data_id",
+                "metadata",
+                "created_at",
+            ],
+        ),
     ];
     for (table, wanted) in report {
         for c in *wanted {
@@ -77,7 +168,10 @@ async fn migrations_build_the_report_schema_on_an_empty_database() {
         "bot_message_logs_training_data_id_fkey",
         "bot_message_logs_user_id_fkey",
     ] {
-        assert!(cons.iter().any(|(n, _)| n == name), "constraint {name} is missing");
+        assert!(
+            cons.iter().any(|(n, _)| n == name),
+            "constraint {name} is missing"
+        );
     }
     let idx = indexes(&db.pool).await;
     for name in [
@@ -85,7 +179,10 @@ async fn migrations_build_the_report_schema_on_an_empty_database() {
         "bot_message_logs_tenant_time_idx",
         "bot_message_logs_wamid_idx",
     ] {
-        assert!(idx.iter().any(|(n, _)| n == name), "index {name} is missing");
+        assert!(
+            idx.iter().any(|(n, _)| n == name),
+            "index {name} is missing"
+        );
     }
     // Defaults: inactive tenants, timestamps now().
     let tenant: (bool, bool) = sqlx::query_as(
@@ -107,9 +204,18 @@ async fn migrations_build_the_report_schema_on_an_empty_database() {
         assert!(sqlx::query(bad).execute(&db.pool).await.is_err(), "accepted: {bad}");
     }
     // updated_at is maintained by trigger.
-    let (before,): (String,) = sqlx::query_as("SELECT updated_at::text FROM alphadome.bot_tenants").fetch_one(&db.pool).await.unwrap();
-    sqlx::query("UPDATE alphadome.bot_tenants SET client_name = 'y'").execute(&db.pool).await.unwrap();
-    let (after,): (String,) = sqlx::query_as("SELECT updated_at::text FROM alphadome.bot_tenants").fetch_one(&db.pool).await.unwrap();
+    let (before,): (String,) = sqlx::query_as("SELECT updated_at::text FROM alphadome.bot_tenants")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE alphadome.bot_tenants SET client_name = 'y'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (after,): (String,) = sqlx::query_as("SELECT updated_at::text FROM alphadome.bot_tenants")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_ne!(before, after, "updated_at did not move");
     // The bookkeeping table lives in alphadome, not public.
     let in_public: i64 = sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name = '_sqlx_migrations'")
@@ -122,11 +228,22 @@ async fn migrations_build_the_report_schema_on_an_empty_database() {
 #[tokio::test]
 async fn running_migrations_twice_is_a_no_op() {
     let db = TestDb::migrated().await;
-    let before = (columns(&db.pool, "alphadome").await, constraints(&db.pool).await, indexes(&db.pool).await);
+    let before = (
+        columns(&db.pool, "alphadome").await,
+        constraints(&db.pool).await,
+        indexes(&db.pool).await,
+    );
     db::migrate(&db.pool).await.expect("second run");
-    let after = (columns(&db.pool, "alphadome").await, constraints(&db.pool).await, indexes(&db.pool).await);
+    let after = (
+        columns(&db.pool, "alphadome").await,
+        constraints(&db.pool).await,
+        indexes(&db.pool).await,
+    );
     assert_eq!(before, after);
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome._sqlx_migrations").fetch_one(&db.pool).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome._sqlx_migrations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(applied as usize, db::MIGRATOR.iter().count());
 }
 
@@ -158,11 +275,19 @@ INSERT INTO public.user_sessions VALUES ('254702245555', '{"state":"menu"}', '20
 
 async fn public_rows(pool: &sqlx::PgPool) -> Vec<String> {
     let mut out = Vec::new();
-    for t in ["users", "brands", "conversations", "subscriptions", "user_sessions"] {
-        let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT to_jsonb(x)::text FROM public.{t} x ORDER BY 1"))
-            .fetch_all(pool)
-            .await
-            .unwrap();
+    for t in [
+        "users",
+        "brands",
+        "conversations",
+        "subscriptions",
+        "user_sessions",
+    ] {
+        let rows: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT to_jsonb(x)::text FROM public.{t} x ORDER BY 1"
+        ))
+        .fetch_all(pool)
+        .await
+        .unwrap();
         out.extend(rows.into_iter().map(|r| format!("{t}: {r}")));
     }
     out
@@ -175,21 +300,39 @@ async fn migrations_leave_the_live_schema_and_its_rows_unchanged() {
     let cols_before = columns(&db.pool, "public").await;
     let cons_before: Vec<_> = constraints(&db.pool).await;
     let rows_before = public_rows(&db.pool).await;
-    assert!(rows_before.iter().any(|r| r.contains("823c3bcd-b66f-4010-9922-4a3b411226cc") && r.contains("254702245555")));
+    assert!(rows_before
+        .iter()
+        .any(|r| r.contains("823c3bcd-b66f-4010-9922-4a3b411226cc") && r.contains("254702245555")));
 
-    db::migrate(&db.pool).await.expect("migrations apply over the live schema");
+    db::migrate(&db.pool)
+        .await
+        .expect("migrations apply over the live schema");
     db::migrate(&db.pool).await.expect("and again");
 
-    assert_eq!(columns(&db.pool, "public").await, cols_before, "a public column changed");
+    assert_eq!(
+        columns(&db.pool, "public").await,
+        cols_before,
+        "a public column changed"
+    );
     let cons_after = constraints(&db.pool).await;
     for c in &cons_before {
         assert!(cons_after.contains(c), "constraint {c:?} changed");
     }
-    assert_eq!(public_rows(&db.pool).await, rows_before, "a live row changed");
+    assert_eq!(
+        public_rows(&db.pool).await,
+        rows_before,
+        "a live row changed"
+    );
     // The live system's own alphadome tables are still there.
-    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome.bot_configs").fetch_one(&db.pool).await.unwrap();
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome.bot_configs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(kept, 0);
     // And the new tables exist beside them.
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome.bot_tenants").fetch_one(&db.pool).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome.bot_tenants")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(n, 0);
 }

@@ -161,16 +161,23 @@ pub async fn show(db: &PgPool, id_or_phone: &str) -> Result<TenantView, AdminErr
 /// Sets `is_active` (go-live or rollback) and announces the change so every
 /// running service picks it up at once. Returns the tenant id and whether
 /// anything changed.
-pub async fn set_active(db: &PgPool, bus: Option<&Bus>, id_or_phone: &str, active: bool) -> Result<(Uuid, bool), AdminError> {
+pub async fn set_active(
+    db: &PgPool,
+    bus: Option<&Bus>,
+    id_or_phone: &str,
+    active: bool,
+) -> Result<(Uuid, bool), AdminError> {
     let t = tenant::find_tenant(db, id_or_phone)
         .await?
         .ok_or_else(|| AdminError::NotFound(id_or_phone.to_owned()))?;
-    let changed = sqlx::query("UPDATE alphadome.bot_tenants SET is_active = $2 WHERE id = $1 AND is_active <> $2")
-        .bind(t.id)
-        .bind(active)
-        .execute(db)
-        .await?
-        .rows_affected()
+    let changed = sqlx::query(
+        "UPDATE alphadome.bot_tenants SET is_active = $2 WHERE id = $1 AND is_active <> $2",
+    )
+    .bind(t.id)
+    .bind(active)
+    .execute(db)
+    .await?
+    .rows_affected()
         > 0;
     if let Some(bus) = bus {
         tenant::announce_change(bus, t.id).await;
@@ -187,7 +194,9 @@ struct Api {
 
 /// The admin API routes; `None` when `ALPHADOME_ADMIN_TOKEN` is unset.
 pub fn router(db: PgPool) -> Option<Router> {
-    let token = std::env::var("ALPHADOME_ADMIN_TOKEN").ok().filter(|t| t.len() >= 16)?;
+    let token = std::env::var("ALPHADOME_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| t.len() >= 16)?;
     Some(
         Router::new()
             .route("/admin/tenants", get(api_list))
@@ -211,27 +220,46 @@ fn error(status: StatusCode, message: String) -> Response {
 
 async fn api_list(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
     if !authorized(&api, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into());
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        );
     }
     match list(&api.db).await {
         Ok(l) => Json(l).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "admin list failed");
-            error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable".into())
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable".into(),
+            )
         }
     }
 }
 
-async fn api_show(State(api): State<Arc<Api>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn api_show(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     if !authorized(&api, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into());
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        );
     }
     match show(&api.db, &id).await {
         Ok(v) => Json(v).into_response(),
-        Err(AdminError::NotFound(x)) => error(StatusCode::NOT_FOUND, format!("no tenant with id or phone {x:?}")),
+        Err(AdminError::NotFound(x)) => error(
+            StatusCode::NOT_FOUND,
+            format!("no tenant with id or phone {x:?}"),
+        ),
         Err(e) => {
             tracing::error!(error = %e, "admin show failed");
-            error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable".into())
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable".into(),
+            )
         }
     }
 }

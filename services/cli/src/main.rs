@@ -120,7 +120,10 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -138,14 +141,22 @@ fn main() -> ExitCode {
 
 async fn pool() -> anyhow::Result<sqlx::PgPool> {
     let url = config::database_url()?;
-    db::connect(&url, 4).await.context("cannot connect to Postgres (DATABASE_URL)")
+    db::connect(&url, 4)
+        .await
+        .context("cannot connect to Postgres (DATABASE_URL)")
 }
 
 /// A NATS connection for announcing tenant changes; the CLI works without
 /// one (services catch up by polling within seconds).
 async fn bus_if_reachable() -> Option<Bus> {
     let prefix = config::nats_prefix().ok()?;
-    tokio::time::timeout(Duration::from_secs(2), Bus::connect(&config::nats_url(), &prefix)).await.ok()?.ok()
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        Bus::connect(&config::nats_url(), &prefix),
+    )
+    .await
+    .ok()?
+    .ok()
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -153,9 +164,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let pool = pool().await?;
             db::migrate(&pool).await.context("migrations failed")?;
-            let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome._sqlx_migrations WHERE success")
-                .fetch_one(&pool)
-                .await?;
+            let applied: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM alphadome._sqlx_migrations WHERE success")
+                    .fetch_one(&pool)
+                    .await?;
             println!("migrations applied: {applied}");
         }
         Command::Tenant(cmd) => tenant_command(cmd).await?,
@@ -177,12 +189,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _telemetry = telemetry::init(name);
             serve(RunOptions::new(&[service])).await?;
         }
-        Command::Simulate { tenant, ingress, graph_listen, from, name, messages, timeout } => {
+        Command::Simulate {
+            tenant,
+            ingress,
+            graph_listen,
+            from,
+            name,
+            messages,
+            timeout,
+        } => {
             let pool = pool().await?;
             let keyring = Keyring::from_env()?;
-            let platform = std::env::var("META_APP_SECRET").ok().filter(|s| !s.is_empty()).map(secrecy::SecretString::from);
-            let from = alphadome_core::phone::normalize(&from, &alphadome_core::phone::default_country_code())
-                .context("--from")?;
+            let platform = std::env::var("META_APP_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(secrecy::SecretString::from);
+            let from = alphadome_core::phone::normalize(
+                &from,
+                &alphadome_core::phone::default_country_code(),
+            )
+            .context("--from")?;
             simulate::run(
                 &pool,
                 &keyring,
@@ -207,7 +233,12 @@ async fn serve(opts: RunOptions) -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
-        .with_context(|| format!("cannot listen on {} (ALPHADOME_HTTP_ADDR)", config.http_addr))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (ALPHADOME_HTTP_ADDR)",
+                config.http_addr
+            )
+        })?;
     let shutdown = CancellationToken::new();
     stack::cancel_on_signals(shutdown.clone());
     stack::run(config, opts, listener, shutdown).await
@@ -217,9 +248,12 @@ async fn tenant_command(cmd: TenantCommand) -> anyhow::Result<()> {
     match cmd {
         TenantCommand::Apply { file } => {
             let keyring = Keyring::from_env()?;
-            let manifest = Manifest::from_file(&file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            let manifest =
+                Manifest::from_file(&file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
             let pool = pool().await?;
-            let report = manifest::apply(&pool, &keyring, &manifest).await.map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            let report = manifest::apply(&pool, &keyring, &manifest)
+                .await
+                .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
             if let Some(bus) = bus_if_reachable().await {
                 tenant::announce_change(&bus, report.tenant_id).await;
             }
@@ -239,7 +273,10 @@ async fn tenant_command(cmd: TenantCommand) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&tenants)?);
             } else {
-                println!("{:<36}  {:<28}  {:<13}  {:<8}  {:>4}  STATUS", "ID", "NAME", "PHONE", "ACTIVE", "FAQ");
+                println!(
+                    "{:<36}  {:<28}  {:<13}  {:<8}  {:>4}  STATUS",
+                    "ID", "NAME", "PHONE", "ACTIVE", "FAQ"
+                );
                 for t in tenants {
                     let status = match (&t.degraded, t.is_bot_enabled) {
                         (Some(d), _) => format!("DEGRADED: {d}"),

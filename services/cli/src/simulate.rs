@@ -28,7 +28,13 @@ pub struct SimulateOptions {
 }
 
 /// A Meta-shaped text webhook from `from` to `phone_number_id`.
-pub fn text_webhook(phone_number_id: &str, from: &str, name: &str, wamid: &str, text: &str) -> String {
+pub fn text_webhook(
+    phone_number_id: &str,
+    from: &str,
+    name: &str,
+    wamid: &str,
+    text: &str,
+) -> String {
     serde_json::json!({
         "object": "whatsapp_business_account",
         "entry": [{"id": "0", "changes": [{"field": "messages", "value": {
@@ -50,21 +56,37 @@ fn chrono_now() -> i64 {
 }
 
 /// Runs the simulation; prints each reply to stdout.
-pub async fn run(db: &PgPool, keyring: &Keyring, platform_secret: Option<SecretString>, opts: SimulateOptions) -> anyhow::Result<()> {
+pub async fn run(
+    db: &PgPool,
+    keyring: &Keyring,
+    platform_secret: Option<SecretString>,
+    opts: SimulateOptions,
+) -> anyhow::Result<()> {
     let tenant = alphadome_core::tenant::find_tenant(db, &opts.tenant)
         .await?
         .with_context(|| format!("no tenant with id or phone {:?}", opts.tenant))?;
     let Some(pnid) = tenant.whatsapp_phone_number_id.clone() else {
-        bail!("tenant {} has no whatsapp_phone_number_id", tenant.client_name);
+        bail!(
+            "tenant {} has no whatsapp_phone_number_id",
+            tenant.client_name
+        );
     };
     let secret = match tenant.whatsapp_app_secret.as_deref() {
-        Some(s) => keyring.decrypt(tenant.id, SecretColumn::WhatsappAppSecret, s).context("decrypting the tenant's app secret")?,
-        None => platform_secret.context("the tenant has no app secret and META_APP_SECRET is not set")?,
+        Some(s) => keyring
+            .decrypt(tenant.id, SecretColumn::WhatsappAppSecret, s)
+            .context("decrypting the tenant's app secret")?,
+        None => platform_secret
+            .context("the tenant has no app secret and META_APP_SECRET is not set")?,
     };
     let shutdown = CancellationToken::new();
     let (standin, url) = GraphStandIn::start(opts.graph_listen, shutdown.clone())
         .await
-        .with_context(|| format!("cannot listen on {} for the Graph API stand-in", opts.graph_listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for the Graph API stand-in",
+                opts.graph_listen
+            )
+        })?;
     eprintln!(
         "Chatting with {} ({}) as {}. Replies are captured at {url} (run the platform with WHATSAPP_GRAPH_URL={url}).",
         tenant.client_name, tenant.client_phone, opts.from
@@ -104,7 +126,11 @@ pub async fn run(db: &PgPool, keyring: &Keyring, platform_secret: Option<SecretS
             .await
             .with_context(|| format!("cannot reach the ingress at {}", opts.ingress_url))?;
         if !resp.status().is_success() {
-            bail!("ingress answered {}: {}", resp.status(), resp.text().await.unwrap_or_default().trim());
+            bail!(
+                "ingress answered {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default().trim()
+            );
         }
         let deadline = tokio::time::Instant::now() + opts.timeout;
         let mut answered = false;

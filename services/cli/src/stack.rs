@@ -21,7 +21,13 @@ pub enum Service {
 }
 
 impl Service {
-    pub const ALL: [Service; 5] = [Service::Ingress, Service::Responder, Service::Sender, Service::Logger, Service::Admin];
+    pub const ALL: [Service; 5] = [
+        Service::Ingress,
+        Service::Responder,
+        Service::Sender,
+        Service::Logger,
+        Service::Admin,
+    ];
 }
 
 /// Options of a run.
@@ -40,7 +46,11 @@ impl RunOptions {
             services: services.to_vec(),
             migrate: false,
             responder: ConsumerSettings::default(),
-            sender: ConsumerSettings { concurrency: 128, max_ack_pending: 4096, ..ConsumerSettings::default() },
+            sender: ConsumerSettings {
+                concurrency: 128,
+                max_ack_pending: 4096,
+                ..ConsumerSettings::default()
+            },
         }
     }
 }
@@ -48,22 +58,33 @@ impl RunOptions {
 /// Runs `opts.services` until `shutdown`, serving HTTP (webhook when
 /// ingress runs, admin API when admin runs, `/healthz` and `/readyz`
 /// always) on `listener`. In-flight work is finished before it returns.
-pub async fn run(config: Config, opts: RunOptions, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = db::connect(&config.database_url, 32).await.context("cannot connect to Postgres (DATABASE_URL)")?;
+pub async fn run(
+    config: Config,
+    opts: RunOptions,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database_url, 32)
+        .await
+        .context("cannot connect to Postgres (DATABASE_URL)")?;
     if opts.migrate {
         db::migrate(&pool).await.context("migrations failed")?;
     }
     let bus = Bus::connect(&config.nats_url, &config.nats_prefix).await?;
     bus.ensure_streams(config.duplicate_window).await?;
 
-    let mut router = health::router(health::Readiness { db: pool.clone(), nats: bus.client.clone() });
+    let mut router = health::router(health::Readiness {
+        db: pool.clone(),
+        nats: bus.client.clone(),
+    });
     let mut tasks = tokio::task::JoinSet::new();
     let has = |s: Service| opts.services.contains(&s);
 
     if has(Service::Ingress) {
-        let ingress = alphadome_ingress::Ingress::start(&config, pool.clone(), bus.clone(), shutdown.clone())
-            .await
-            .context("ingress start-up")?;
+        let ingress =
+            alphadome_ingress::Ingress::start(&config, pool.clone(), bus.clone(), shutdown.clone())
+                .await
+                .context("ingress start-up")?;
         router = router.merge(alphadome_ingress::router(ingress));
     }
     if has(Service::Admin) {
@@ -72,24 +93,49 @@ pub async fn run(config: Config, opts: RunOptions, listener: TcpListener, shutdo
         }
     }
     if has(Service::Responder) {
-        let r = alphadome_responder::Responder::start(&config, pool.clone(), bus.clone(), shutdown.clone())
-            .await
-            .context("responder start-up")?;
+        let r = alphadome_responder::Responder::start(
+            &config,
+            pool.clone(),
+            bus.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .context("responder start-up")?;
         let (s, settings) = (shutdown.clone(), opts.responder);
-        tasks.spawn(async move { r.run(settings, s).await.map_err(anyhow::Error::from).context("responder") });
+        tasks.spawn(async move {
+            r.run(settings, s)
+                .await
+                .map_err(anyhow::Error::from)
+                .context("responder")
+        });
     }
     if has(Service::Sender) {
-        let snd = alphadome_sender::Sender::start(&config, pool.clone(), bus.clone(), shutdown.clone())
-            .await
-            .context("sender start-up")?;
+        let snd =
+            alphadome_sender::Sender::start(&config, pool.clone(), bus.clone(), shutdown.clone())
+                .await
+                .context("sender start-up")?;
         let (s, settings) = (shutdown.clone(), opts.sender);
-        tasks.spawn(async move { snd.run(settings, s).await.map_err(anyhow::Error::from).context("sender") });
+        tasks.spawn(async move {
+            snd.run(settings, s)
+                .await
+                .map_err(anyhow::Error::from)
+                .context("sender")
+        });
     }
     if has(Service::Logger) {
         let (p, b, s) = (pool.clone(), bus.clone(), shutdown.clone());
-        tasks.spawn(async move { alphadome_logger::run(p, b, s).await.map_err(anyhow::Error::from).context("logger") });
+        tasks.spawn(async move {
+            alphadome_logger::run(p, b, s)
+                .await
+                .map_err(anyhow::Error::from)
+                .context("logger")
+        });
     }
-    let names: Vec<String> = opts.services.iter().map(|s| format!("{s:?}").to_lowercase()).collect();
+    let names: Vec<String> = opts
+        .services
+        .iter()
+        .map(|s| format!("{s:?}").to_lowercase())
+        .collect();
     tracing::info!(services = ?names, addr = %listener.local_addr()?, "alphadome running");
 
     let server = health::serve(listener, router, shutdown.clone());

@@ -96,7 +96,10 @@ impl Bus {
             .max_reconnects(None)
             .connect(url)
             .await
-            .map_err(|source| BusError::Connect { url: url.to_owned(), source })?;
+            .map_err(|source| BusError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
         Ok(Self::new(client, prefix))
     }
 
@@ -104,7 +107,11 @@ impl Bus {
     pub fn new(client: async_nats::Client, prefix: &str) -> Self {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_secs(10));
-        Self { client, js, prefix: prefix.into() }
+        Self {
+            client,
+            js,
+            prefix: prefix.into(),
+        }
     }
 
     /// Subject prefix.
@@ -114,7 +121,11 @@ impl Bus {
 
     /// Stream name of `kind`.
     pub fn stream_name(&self, kind: StreamKind) -> String {
-        format!("{}_{}", self.prefix.to_uppercase().replace('-', "_"), kind.token().to_uppercase())
+        format!(
+            "{}_{}",
+            self.prefix.to_uppercase().replace('-', "_"),
+            kind.token().to_uppercase()
+        )
     }
 
     /// Subject of `kind` for `key` (usually a tenant id).
@@ -148,7 +159,10 @@ impl Bus {
             self.js
                 .get_or_create_stream(cfg)
                 .await
-                .map_err(|e| BusError::Setup { what: name, reason: e.to_string() })?;
+                .map_err(|e| BusError::Setup {
+                    what: name,
+                    reason: e.to_string(),
+                })?;
         }
         Ok(())
     }
@@ -166,7 +180,10 @@ impl Bus {
             .js
             .get_stream(&stream_name)
             .await
-            .map_err(|e| BusError::Setup { what: stream_name.clone(), reason: e.to_string() })?;
+            .map_err(|e| BusError::Setup {
+                what: stream_name.clone(),
+                reason: e.to_string(),
+            })?;
         stream
             .get_or_create_consumer(
                 durable,
@@ -188,11 +205,19 @@ impl Bus {
     /// Publishes `payload` to `subject` with `Nats-Msg-Id` = `msg_id` and the
     /// current trace context, and waits for JetStream's acknowledgement.
     /// Returns whether it was a duplicate.
-    pub async fn publish(&self, subject: String, msg_id: &str, payload: Bytes) -> Result<bool, BusError> {
+    pub async fn publish(
+        &self,
+        subject: String,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<bool, BusError> {
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
         telemetry::inject(&mut headers);
-        let err = |reason: String| BusError::Publish { subject: subject.clone(), reason };
+        let err = |reason: String| BusError::Publish {
+            subject: subject.clone(),
+            reason,
+        };
         let ack = self
             .js
             .publish_with_headers(subject.clone(), headers, payload)
@@ -206,10 +231,17 @@ impl Bus {
     /// Keeps a message that could not be processed in the dead-letter stream.
     pub async fn dead_letter(&self, letter: DeadLetter) -> Result<(), BusError> {
         let source = letter.source_stream.to_lowercase();
-        let id = format!("{}:{}:{}", letter.source_subject, letter.wamid, letter.failed_at_ms);
-        self.publish(self.subject(StreamKind::DeadLetter, &source), &id, letter.encode_to_vec().into())
-            .await
-            .map(|_| ())
+        let id = format!(
+            "{}:{}:{}",
+            letter.source_subject, letter.wamid, letter.failed_at_ms
+        );
+        self.publish(
+            self.subject(StreamKind::DeadLetter, &source),
+            &id,
+            letter.encode_to_vec().into(),
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -229,7 +261,7 @@ pub struct ConsumerSettings {
 impl Default for ConsumerSettings {
     fn default() -> Self {
         Self {
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(15),
             max_ack_pending: 2048,
             max_deliver: 20,
             concurrency: 64,
@@ -345,15 +377,21 @@ where
 /// still-open pull; at most `max` messages or one second are spent here.
 pub async fn hand_back<S>(messages: &mut S, max: usize)
 where
-    S: futures_util::Stream<Item = Result<jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>> + Unpin,
+    S: futures_util::Stream<
+            Item = Result<jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>,
+        > + Unpin,
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     let mut n = 0usize;
     while n < max {
-        let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(Duration::from_millis(25));
+        let wait = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(Duration::from_millis(25));
         match tokio::time::timeout(wait, messages.next()).await {
             Ok(Some(Ok(msg))) => {
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await;
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                    .await;
                 n += 1;
             }
             _ => break,
@@ -388,7 +426,9 @@ pub async fn settle(
             }
             return;
         }
-        Outcome::Retry { reason, .. } => format!("gave up after {} deliveries: {reason}", meta.delivered),
+        Outcome::Retry { reason, .. } => {
+            format!("gave up after {} deliveries: {reason}", meta.delivered)
+        }
         Outcome::Poison { reason } => reason,
     };
     let (tenant_id, wamid) = ids_from_subject_and_headers(&meta.subject, meta.headers.as_ref());

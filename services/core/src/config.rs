@@ -64,7 +64,10 @@ impl std::fmt::Debug for Config {
             .field("nats_url", &self.nats_url)
             .field("nats_prefix", &self.nats_prefix)
             .field("keyring", &self.keyring)
-            .field("meta_app_secret", &self.meta_app_secret.as_ref().map(|_| "********"))
+            .field(
+                "meta_app_secret",
+                &self.meta_app_secret.as_ref().map(|_| "********"),
+            )
             .field("graph_url", &self.graph_url)
             .field("http_addr", &self.http_addr)
             .finish_non_exhaustive()
@@ -111,7 +114,9 @@ pub fn nats_url() -> String {
 /// `ALPHADOME_NATS_PREFIX`, default `alphadome`; letters, digits, `_`, `-`.
 pub fn nats_prefix() -> Result<String, ConfigError> {
     let p = var("ALPHADOME_NATS_PREFIX").unwrap_or_else(|| "alphadome".to_owned());
-    if p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if p.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         Ok(p)
     } else {
         Err(ConfigError::Invalid {
@@ -138,12 +143,18 @@ impl Config {
             keyring: Arc::new(Keyring::from_env()?),
             meta_app_secret: var("META_APP_SECRET").map(SecretString::from),
             graph_url: graph_url.trim_end_matches('/').to_owned(),
-            http_addr: parse("ALPHADOME_HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            http_addr: parse(
+                "ALPHADOME_HTTP_ADDR",
+                SocketAddr::from(([0, 0, 0, 0], 8080)),
+            )?,
             send_timeout: Duration::from_millis(parse("ALPHADOME_SEND_TIMEOUT_MS", 10_000u64)?),
             tenant_refresh: Duration::from_millis(parse("ALPHADOME_TENANT_REFRESH_MS", 2_000u64)?),
             default_fallback_reply: var("ALPHADOME_DEFAULT_FALLBACK_REPLY")
                 .unwrap_or_else(|| DEFAULT_FALLBACK_REPLY.to_owned()),
-            duplicate_window: Duration::from_secs(parse("ALPHADOME_DUPLICATE_WINDOW_SECS", 120u64)?),
+            duplicate_window: Duration::from_secs(parse(
+                "ALPHADOME_DUPLICATE_WINDOW_SECS",
+                120u64,
+            )?),
         })
     }
 }

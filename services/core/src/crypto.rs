@@ -82,7 +82,10 @@ impl MasterKey {
             .decode(value.trim())
             .map_err(|_| KeyError::NotBase64(var))?;
         if bytes.len() != 32 {
-            return Err(KeyError::WrongLength { var, len: bytes.len() });
+            return Err(KeyError::WrongLength {
+                var,
+                len: bytes.len(),
+            });
         }
         let id = hex::encode(&Sha256::digest(&bytes)[..4]);
         let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| KeyError::WrongLength {
@@ -102,7 +105,11 @@ pub struct Keyring {
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ids: Vec<&str> = self.previous.iter().map(|k| k.id.as_str()).collect();
-        write!(out, "Keyring {{ current: {}, previous: {ids:?} }}", self.current.id)
+        write!(
+            out,
+            "Keyring {{ current: {}, previous: {ids:?} }}",
+            self.current.id
+        )
     }
 }
 
@@ -161,14 +168,21 @@ impl Keyring {
             .cipher
             .encrypt(
                 Nonce::from_slice(&nonce),
-                Payload { msg: plaintext.as_bytes(), aad: aad.as_bytes() },
+                Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: aad.as_bytes(),
+                },
             )
             // AES-GCM encryption only fails for inputs beyond 64 GiB.
             .unwrap_or_default();
         let mut blob = Vec::with_capacity(NONCE_LEN + sealed.len());
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(&sealed);
-        format!("{PREFIX}{}:{}", self.current.id, URL_SAFE_NO_PAD.encode(blob))
+        format!(
+            "{PREFIX}{}:{}",
+            self.current.id,
+            URL_SAFE_NO_PAD.encode(blob)
+        )
     }
 
     /// Decrypts a stored value of `tenant`'s `column`.
@@ -184,7 +198,9 @@ impl Keyring {
             .chain(self.previous.iter())
             .find(|k| k.id == key_id)
             .ok_or_else(|| CryptoError::UnknownKey(key_id.to_owned()))?;
-        let blob = URL_SAFE_NO_PAD.decode(body).map_err(|_| CryptoError::Malformed)?;
+        let blob = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| CryptoError::Malformed)?;
         if blob.len() < NONCE_LEN + 16 {
             return Err(CryptoError::Malformed);
         }
@@ -192,7 +208,13 @@ impl Keyring {
         let aad = column.aad(tenant);
         let plain = key
             .cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: aad.as_bytes() })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| CryptoError::Tampered)?;
         let text = String::from_utf8(plain).map_err(|_| CryptoError::Malformed)?;
         Ok(SecretString::from(text))
@@ -200,7 +222,10 @@ impl Keyring {
 
     /// The key id a stored value was encrypted with, if it is well-formed.
     pub fn key_id_of(stored: &str) -> Option<&str> {
-        stored.strip_prefix(PREFIX)?.split_once(':').map(|(id, _)| id)
+        stored
+            .strip_prefix(PREFIX)?
+            .split_once(':')
+            .map(|(id, _)| id)
     }
 
     /// Whether `stored` already holds `plaintext` for this tenant and column
@@ -249,13 +274,22 @@ mod tests {
         let k = ring();
         let t = Uuid::new_v4();
         let v = k.encrypt(t, SecretColumn::AiApiKey, "sk-1");
-        assert_eq!(k.decrypt(Uuid::new_v4(), SecretColumn::AiApiKey, &v).err(), Some(CryptoError::Tampered));
-        assert_eq!(k.decrypt(t, SecretColumn::WhatsappAccessToken, &v).err(), Some(CryptoError::Tampered));
+        assert_eq!(
+            k.decrypt(Uuid::new_v4(), SecretColumn::AiApiKey, &v).err(),
+            Some(CryptoError::Tampered)
+        );
+        assert_eq!(
+            k.decrypt(t, SecretColumn::WhatsappAccessToken, &v).err(),
+            Some(CryptoError::Tampered)
+        );
         let mut bad = v.clone();
         bad.pop();
         bad.push(if v.ends_with('A') { 'B' } else { 'A' });
         assert!(k.decrypt(t, SecretColumn::AiApiKey, &bad).is_err());
-        assert_eq!(k.decrypt(t, SecretColumn::AiApiKey, "plain").err(), Some(CryptoError::Malformed));
+        assert_eq!(
+            k.decrypt(t, SecretColumn::AiApiKey, "plain").err(),
+            Some(CryptoError::Malformed)
+        );
     }
 
     #[test]
@@ -265,9 +299,17 @@ mod tests {
         let t = Uuid::new_v4();
         let v = old.encrypt(t, SecretColumn::AiApiKey, "sk-old");
         let new_only = ring();
-        assert!(matches!(new_only.decrypt(t, SecretColumn::AiApiKey, &v), Err(CryptoError::UnknownKey(_))));
+        assert!(matches!(
+            new_only.decrypt(t, SecretColumn::AiApiKey, &v),
+            Err(CryptoError::UnknownKey(_))
+        ));
         let both = Keyring::from_base64(&Keyring::generate_key(), &[old_b64.as_str()]).unwrap();
-        assert_eq!(both.decrypt(t, SecretColumn::AiApiKey, &v).unwrap().expose_secret(), "sk-old");
+        assert_eq!(
+            both.decrypt(t, SecretColumn::AiApiKey, &v)
+                .unwrap()
+                .expose_secret(),
+            "sk-old"
+        );
     }
 
     #[test]
@@ -278,7 +320,10 @@ mod tests {
         );
         assert_eq!(
             Keyring::from_base64("c2hvcnQ=", &[]).unwrap_err(),
-            KeyError::WrongLength { var: MASTER_KEY_VAR, len: 5 }
+            KeyError::WrongLength {
+                var: MASTER_KEY_VAR,
+                len: 5
+            }
         );
         let msg = format!("{:?}", ring());
         assert!(msg.starts_with("Keyring { current: "));

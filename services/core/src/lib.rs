@@ -14,7 +14,7 @@ pub mod matcher;
 pub mod meta;
 pub mod phone;
 pub mod standin;
-pub mod tenant;
 pub mod telemetry;
+pub mod tenant;
 
 pub use tokio_util::sync::CancellationToken;

@@ -32,7 +32,11 @@ pub enum ManifestError {
     #[error("{0}")]
     Parse(String),
     #[error("{field}{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
-    Invalid { field: String, line: Option<usize>, message: String },
+    Invalid {
+        field: String,
+        line: Option<usize>,
+        message: String,
+    },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -189,7 +193,9 @@ impl<'de> Deserialize<'de> for Confidence {
         if (0.0..=1.0).contains(&v) {
             Ok(Confidence(v))
         } else {
-            Err(serde::de::Error::custom(format!("{v} is outside 0.0 to 1.0")))
+            Err(serde::de::Error::custom(format!(
+                "{v} is outside 0.0 to 1.0"
+            )))
         }
     }
 }
@@ -204,7 +210,9 @@ impl<'de> Deserialize<'de> for ResponseLength {
         if (1..=4096).contains(&v) {
             Ok(ResponseLength(v as i32))
         } else {
-            Err(serde::de::Error::custom(format!("{v} is outside 1 to 4096")))
+            Err(serde::de::Error::custom(format!(
+                "{v} is outside 1 to 4096"
+            )))
         }
     }
 }
@@ -220,7 +228,9 @@ impl<'de> Deserialize<'de> for Limit {
             .ok()
             .filter(|v| *v >= 0)
             .map(Limit)
-            .ok_or_else(|| serde::de::Error::custom(format!("{v} must be between 0 and 2147483647")))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("{v} must be between 0 and 2147483647"))
+            })
     }
 }
 
@@ -238,7 +248,9 @@ impl<'de> Deserialize<'de> for Email {
         if ok {
             Ok(Email(v))
         } else {
-            Err(serde::de::Error::custom(format!("{v:?} is not an e-mail address")))
+            Err(serde::de::Error::custom(format!(
+                "{v:?} is not an e-mail address"
+            )))
         }
     }
 }
@@ -426,19 +438,38 @@ impl Manifest {
 
     /// Reads and parses the manifest at `path`.
     pub fn from_file(path: &str) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text)
     }
 
-    fn invalid(&self, section: &str, key: &str, hint: &str, field: String, message: String) -> ManifestError {
-        ManifestError::Invalid { field, line: line_of(&self.source.0, section, key, hint), message }
+    fn invalid(
+        &self,
+        section: &str,
+        key: &str,
+        hint: &str,
+        field: String,
+        message: String,
+    ) -> ManifestError {
+        ManifestError::Invalid {
+            field,
+            line: line_of(&self.source.0, section, key, hint),
+            message,
+        }
     }
 
     fn validate(&self) -> Result<(), ManifestError> {
         let t = &self.tenant;
         if t.client_name.trim().is_empty() {
-            return Err(self.invalid("tenant", "client_name", "", "tenant.client_name".into(), "must not be empty".into()));
+            return Err(self.invalid(
+                "tenant",
+                "client_name",
+                "",
+                "tenant.client_name".into(),
+                "must not be empty".into(),
+            ));
         }
         if t.ai_provider == Some(AiProvider::OpenaiCompatible) && t.ai_base_url.is_none() {
             return Err(self.invalid(
@@ -451,7 +482,13 @@ impl Manifest {
         }
         if let Some(url) = &t.ai_base_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(self.invalid("tenant", "ai_base_url", "", "tenant.ai_base_url".into(), format!("{url:?} is not an http(s) URL")));
+                return Err(self.invalid(
+                    "tenant",
+                    "ai_base_url",
+                    "",
+                    "tenant.ai_base_url".into(),
+                    format!("{url:?} is not an http(s) URL"),
+                ));
             }
         }
         let mut names = HashSet::new();
@@ -459,7 +496,13 @@ impl Manifest {
         for (i, tpl) in self.templates.iter().enumerate() {
             let field = format!("templates[{i}].template_name");
             if tpl.template_name.trim().is_empty() {
-                return Err(self.invalid("templates", "template_name", "", field, "must not be empty".into()));
+                return Err(self.invalid(
+                    "templates",
+                    "template_name",
+                    "",
+                    field,
+                    "must not be empty".into(),
+                ));
             }
             if !names.insert(tpl.template_name.trim()) {
                 return Err(self.invalid(
@@ -487,10 +530,22 @@ impl Manifest {
         for (i, row) in self.training_data.iter().enumerate() {
             let q = row.question.trim();
             if q.is_empty() {
-                return Err(self.invalid("training_data", "question", "", format!("training_data[{i}].question"), "must not be empty".into()));
+                return Err(self.invalid(
+                    "training_data",
+                    "question",
+                    "",
+                    format!("training_data[{i}].question"),
+                    "must not be empty".into(),
+                ));
             }
             if row.answer.trim().is_empty() {
-                return Err(self.invalid("training_data", "question", q, format!("training_data[{i}].answer"), "must not be empty".into()));
+                return Err(self.invalid(
+                    "training_data",
+                    "question",
+                    q,
+                    format!("training_data[{i}].answer"),
+                    "must not be empty".into(),
+                ));
             }
             if !keys.insert((row.data_type, q.to_owned())) {
                 return Err(self.invalid(
@@ -516,21 +571,34 @@ pub struct ApplyReport {
 }
 
 /// Applies `manifest` in one transaction.
-pub async fn apply(pool: &PgPool, keyring: &Keyring, manifest: &Manifest) -> Result<ApplyReport, ManifestError> {
+pub async fn apply(
+    pool: &PgPool,
+    keyring: &Keyring,
+    manifest: &Manifest,
+) -> Result<ApplyReport, ManifestError> {
     let mut tx = pool.begin().await?;
-    let report = apply_in(&mut tx, keyring, manifest).await.map_err(|e| match e {
-        ManifestError::Database(ref db) => constraint_error(manifest, db).unwrap_or(e),
-        other => other,
-    })?;
+    let report = apply_in(&mut tx, keyring, manifest)
+        .await
+        .map_err(|e| match e {
+            ManifestError::Database(ref db) => constraint_error(manifest, db).unwrap_or(e),
+            other => other,
+        })?;
     tx.commit().await?;
     Ok(report)
 }
 
 fn constraint_error(m: &Manifest, e: &sqlx::Error) -> Option<ManifestError> {
-    let sqlx::Error::Database(d) = e else { return None };
+    let sqlx::Error::Database(d) = e else {
+        return None;
+    };
     let (key, message) = match d.constraint()? {
-        "bot_tenants_webhook_verify_token_key" => ("webhook_verify_token", "is already used by another tenant"),
-        "bot_tenants_whatsapp_phone_number_id_key" => ("whatsapp_phone_number_id", "is already used by another tenant"),
+        "bot_tenants_webhook_verify_token_key" => {
+            ("webhook_verify_token", "is already used by another tenant")
+        }
+        "bot_tenants_whatsapp_phone_number_id_key" => (
+            "whatsapp_phone_number_id",
+            "is already used by another tenant",
+        ),
         "bot_tenants_client_phone_key" => ("client_phone", "is already used by another tenant"),
         _ => return None,
     };
@@ -551,7 +619,16 @@ async fn apply_in(
     m: &Manifest,
 ) -> Result<ApplyReport, ManifestError> {
     let t = &m.tenant;
-    let existing = sqlx::query_as::<_, (Uuid, Option<Uuid>, Option<String>, Option<String>, Option<String>)>(
+    let existing = sqlx::query_as::<
+        _,
+        (
+            Uuid,
+            Option<Uuid>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        ),
+    >(
         "SELECT id, brand_id, whatsapp_access_token, whatsapp_app_secret, ai_api_key \
          FROM alphadome.bot_tenants WHERE client_phone = $1 FOR UPDATE",
     )
@@ -569,7 +646,10 @@ async fn apply_in(
     let id = existing.as_ref().map(|e| e.id).unwrap_or_else(Uuid::new_v4);
 
     // Uniqueness against other tenants, reported by field before writing.
-    let verify = t.webhook_verify_token.as_ref().map(|s| s.0.expose_secret().to_owned());
+    let verify = t
+        .webhook_verify_token
+        .as_ref()
+        .map(|s| s.0.expose_secret().to_owned());
     if let Some(v) = &verify {
         let other: Option<Uuid> = sqlx::query_scalar(
             "SELECT id FROM alphadome.bot_tenants WHERE webhook_verify_token = $1 AND id <> $2",
@@ -579,7 +659,13 @@ async fn apply_in(
         .fetch_optional(&mut **tx)
         .await?;
         if other.is_some() {
-            return Err(m.invalid("tenant", "webhook_verify_token", "", "tenant.webhook_verify_token".into(), "is already used by another tenant".into()));
+            return Err(m.invalid(
+                "tenant",
+                "webhook_verify_token",
+                "",
+                "tenant.webhook_verify_token".into(),
+                "is already used by another tenant".into(),
+            ));
         }
     }
     if let Some(p) = &t.whatsapp_phone_number_id {
@@ -604,27 +690,41 @@ async fn apply_in(
     let mut rows_changed = 0u64;
     let brand_id = match (t.brand_id, existing.as_ref().and_then(|e| e.brand_id)) {
         (Some(b), _) => {
-            let exists: Option<Uuid> = sqlx::query_scalar("SELECT id FROM public.brands WHERE id = $1")
-                .bind(b)
-                .fetch_optional(&mut **tx)
-                .await?;
+            let exists: Option<Uuid> =
+                sqlx::query_scalar("SELECT id FROM public.brands WHERE id = $1")
+                    .bind(b)
+                    .fetch_optional(&mut **tx)
+                    .await?;
             if exists.is_none() {
-                return Err(m.invalid("tenant", "brand_id", "", "tenant.brand_id".into(), format!("brand {b} does not exist in public.brands")));
+                return Err(m.invalid(
+                    "tenant",
+                    "brand_id",
+                    "",
+                    "tenant.brand_id".into(),
+                    format!("brand {b} does not exist in public.brands"),
+                ));
             }
             b
         }
         (None, Some(b)) => b,
         (None, None) => {
             rows_changed += 1;
-            sqlx::query_scalar("INSERT INTO public.brands (is_platform_owner) VALUES (false) RETURNING id")
-                .fetch_one(&mut **tx)
-                .await?
+            sqlx::query_scalar(
+                "INSERT INTO public.brands (is_platform_owner) VALUES (false) RETURNING id",
+            )
+            .fetch_one(&mut **tx)
+            .await?
         }
     };
 
-    let seal = |col: SecretColumn, input: &Option<SecretInput>, stored: Option<&String>| -> Option<String> {
+    let seal = |col: SecretColumn,
+                input: &Option<SecretInput>,
+                stored: Option<&String>|
+     -> Option<String> {
         match (input, stored) {
-            (Some(new), Some(old)) if keyring.holds(id, col, old, new.0.expose_secret()) => Some(old.clone()),
+            (Some(new), Some(old)) if keyring.holds(id, col, old, new.0.expose_secret()) => {
+                Some(old.clone())
+            }
             (Some(new), _) => Some(keyring.encrypt(id, col, new.0.expose_secret())),
             (None, old) => old.cloned(),
         }
@@ -632,14 +732,22 @@ async fn apply_in(
     let token = seal(
         SecretColumn::WhatsappAccessToken,
         &t.whatsapp_access_token,
-        existing.as_ref().and_then(|e| e.whatsapp_access_token.as_ref()),
+        existing
+            .as_ref()
+            .and_then(|e| e.whatsapp_access_token.as_ref()),
     );
     let app_secret = seal(
         SecretColumn::WhatsappAppSecret,
         &t.whatsapp_app_secret,
-        existing.as_ref().and_then(|e| e.whatsapp_app_secret.as_ref()),
+        existing
+            .as_ref()
+            .and_then(|e| e.whatsapp_app_secret.as_ref()),
     );
-    let ai_key = seal(SecretColumn::AiApiKey, &t.ai_api_key, existing.as_ref().and_then(|e| e.ai_api_key.as_ref()));
+    let ai_key = seal(
+        SecretColumn::AiApiKey,
+        &t.ai_api_key,
+        existing.as_ref().and_then(|e| e.ai_api_key.as_ref()),
+    );
 
     let r = sqlx::query(
         "INSERT INTO alphadome.bot_tenants AS t (id, client_name, client_phone, client_email, brand_id, \
@@ -703,7 +811,11 @@ async fn apply_in(
     rows_changed += apply_settings(tx, id, m.control_settings.as_ref()).await?;
     rows_changed += apply_templates(tx, id, &m.templates).await?;
     rows_changed += apply_training(tx, id, &m.training_data).await?;
-    Ok(ApplyReport { tenant_id: id, created, rows_changed })
+    Ok(ApplyReport {
+        tenant_id: id,
+        created,
+        rows_changed,
+    })
 }
 
 async fn apply_settings(
@@ -767,8 +879,14 @@ async fn apply_templates(
     id: Uuid,
     templates: &[TemplateSpec],
 ) -> Result<u64, ManifestError> {
-    let names: Vec<String> = templates.iter().map(|t| t.template_name.trim().to_owned()).collect();
-    let default = templates.iter().find(|t| t.is_default).map(|t| t.template_name.trim().to_owned());
+    let names: Vec<String> = templates
+        .iter()
+        .map(|t| t.template_name.trim().to_owned())
+        .collect();
+    let default = templates
+        .iter()
+        .find(|t| t.is_default)
+        .map(|t| t.template_name.trim().to_owned());
     // Rows leaving the manifest, or losing the default, first: the
     // one-default index must hold after every statement.
     let mut changed = sqlx::query(
@@ -879,28 +997,50 @@ mod tests {
 
     #[test]
     fn errors_name_field_and_line() {
-        let e = Manifest::parse("tenant:\n  client_name: Shop\n  client_phone: '0702245555'\n  colour: red\n")
+        let e = Manifest::parse(
+            "tenant:\n  client_name: Shop\n  client_phone: '0702245555'\n  colour: red\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("unknown field `colour`") && e.contains("line 4"),
+            "{e}"
+        );
+        let e = Manifest::parse(&format!(
+            "{MIN}training_data:\n  - data_type: faqq\n    question: q\n    answer: a\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("training_data[0].data_type") && e.contains("faqq") && e.contains("line 5"),
+            "{e}"
+        );
+        let e = Manifest::parse("tenant:\n  client_name: Shop\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown field `colour`") && e.contains("line 4"), "{e}");
-        let e = Manifest::parse(&format!("{MIN}training_data:\n  - data_type: faqq\n    question: q\n    answer: a\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("training_data[0].data_type") && e.contains("faqq") && e.contains("line 5"), "{e}");
-        let e = Manifest::parse("tenant:\n  client_name: Shop\n").unwrap_err().to_string();
         assert!(e.contains("missing field `client_phone`"), "{e}");
         let e = Manifest::parse("tenant: [1, 2\n").unwrap_err().to_string();
         assert!(e.contains("line"), "{e}");
-        let e = Manifest::parse(&format!("{MIN}templates:\n  - template_name: a\n    tone: grumpy\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("templates[0].tone") && e.contains("grumpy"), "{e}");
+        let e = Manifest::parse(&format!(
+            "{MIN}templates:\n  - template_name: a\n    tone: grumpy\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("templates[0].tone") && e.contains("grumpy"),
+            "{e}"
+        );
         let e = Manifest::parse(&format!(
             "{MIN}training_data:\n  - data_type: faq\n    question: q\n    answer: a\n    confidence_score: 1.5\n"
         ))
         .unwrap_err()
         .to_string();
-        assert!(e.contains("training_data[0].confidence_score") && e.contains("outside") && e.contains("line 5"), "{e}");
+        assert!(
+            e.contains("training_data[0].confidence_score")
+                && e.contains("outside")
+                && e.contains("line 5"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -909,14 +1049,22 @@ mod tests {
             "{MIN}training_data:\n  - data_type: faq\n    question: Hours?\n    answer: a\n  - data_type: faq\n    question: Hours?\n    answer: b\n"
         );
         let e = Manifest::parse(&src).unwrap_err().to_string();
-        assert!(e.contains("training_data[1].question") && e.contains("appears twice") && e.contains("line 9"), "{e}");
+        assert!(
+            e.contains("training_data[1].question")
+                && e.contains("appears twice")
+                && e.contains("line 9"),
+            "{e}"
+        );
     }
 
     #[test]
     fn secrets_come_from_the_environment() {
         let src = format!("{MIN}  ai_api_key: ${{ALPHADOME_TEST_UNSET_VARIABLE}}\n");
         let e = Manifest::parse(&src).unwrap_err().to_string();
-        assert!(e.contains("ALPHADOME_TEST_UNSET_VARIABLE is not set"), "{e}");
+        assert!(
+            e.contains("ALPHADOME_TEST_UNSET_VARIABLE is not set"),
+            "{e}"
+        );
         let src = format!("{MIN}  ai_api_key: sk-inline-secret\n");
         let m = Manifest::parse(&src).unwrap();
         assert!(!format!("{m:?}").contains("sk-inline-secret"));
@@ -924,7 +1072,10 @@ mod tests {
 
     #[test]
     fn json_manifests_parse_too() {
-        let m = Manifest::parse(r#"{"tenant": {"client_name": "Shop", "client_phone": "+254702245555"}}"#).unwrap();
+        let m = Manifest::parse(
+            r#"{"tenant": {"client_name": "Shop", "client_phone": "+254702245555"}}"#,
+        )
+        .unwrap();
         assert_eq!(m.tenant.client_phone.0, "254702245555");
     }
 }

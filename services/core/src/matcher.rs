@@ -66,9 +66,9 @@ const FILLER: &[&str] = &[
     "could", "would", "should", "will", "shall", "may", "might", "please", "pls", "plz", "kindly",
     "tell", "know", "want", "wanted", "like", "need", "just", "some", "any", "there", "what",
     "whats", "which", "who", "whom", "how", "hows", "when", "where", "wheres", "why", "have",
-    "has", "had", "get", "got", "about", "also", "too", "very", "really", "ok", "okay", "um",
-    "uh", "hey", "dear", "sir", "madam", "maam", "guys", "anyone", "someone", "let", "give",
-    "am", "im", "id", "ill", "youre", "them", "they", "their", "from", "by", "as", "into",
+    "has", "had", "get", "got", "about", "also", "too", "very", "really", "ok", "okay", "um", "uh",
+    "hey", "dear", "sir", "madam", "maam", "guys", "anyone", "someone", "let", "give", "am", "im",
+    "id", "ill", "youre", "them", "they", "their", "from", "by", "as", "into",
 ];
 
 fn fold_char(c: char) -> Option<char> {
@@ -95,7 +95,9 @@ fn stem(word: &str) -> String {
         format!("{}y", &w[..n - 3])
     } else if n > 5 && w.ends_with("ing") {
         w[..n - 3].to_owned()
-    } else if n > 4 && (w.ends_with("ses") || w.ends_with("xes") || w.ends_with("ches") || w.ends_with("shes")) {
+    } else if n > 4
+        && (w.ends_with("ses") || w.ends_with("xes") || w.ends_with("ches") || w.ends_with("shes"))
+    {
         w[..n - 2].to_owned()
     } else if n > 3 && w.ends_with('s') && !w.ends_with("ss") && !w.ends_with("us") {
         w[..n - 1].to_owned()
@@ -134,7 +136,14 @@ pub fn terms(text: &str) -> Vec<String> {
 fn deletions(term: &str) -> Vec<String> {
     let chars: Vec<char> = term.chars().collect();
     (0..chars.len())
-        .map(|i| chars.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| c).collect())
+        .map(|i| {
+            chars
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, c)| c)
+                .collect()
+        })
         .collect()
 }
 
@@ -161,7 +170,10 @@ impl FaqIndex {
             }
         }
         let n = entries.len().max(1) as f32;
-        let idf: Vec<f32> = df.iter().map(|&d| (1.0 + n / d.max(1) as f32).ln()).collect();
+        let idf: Vec<f32> = df
+            .iter()
+            .map(|&d| (1.0 + n / d.max(1) as f32).ln())
+            .collect();
         let mut postings = vec![Vec::new(); vocab.len()];
         let mut norms = Vec::with_capacity(entries.len());
         for (doc, ids) in doc_terms.iter().enumerate() {
@@ -181,7 +193,14 @@ impl FaqIndex {
                 }
             }
         }
-        Self { entries, postings, vocab, deletes, idf, norms }
+        Self {
+            entries,
+            postings,
+            vocab,
+            deletes,
+            idf,
+            norms,
+        }
     }
 
     /// Number of entries.
@@ -243,7 +262,10 @@ impl FaqIndex {
                 query_sq += avg * avg;
                 continue;
             }
-            let q = ids.iter().map(|&t| self.idf[t as usize]).fold(0.0f32, f32::max);
+            let q = ids
+                .iter()
+                .map(|&t| self.idf[t as usize])
+                .fold(0.0f32, f32::max);
             query_sq += q * q;
             for &t in &ids {
                 for &(doc, w) in &self.postings[t as usize] {
@@ -258,7 +280,10 @@ impl FaqIndex {
             .filter_map(|(doc, dot)| {
                 let norm = self.norms[doc as usize] * qn;
                 let score = if norm > 0.0 { (dot / norm) as f64 } else { 0.0 };
-                (score >= THRESHOLD).then(|| Match { entry: &self.entries[doc as usize], score: score.min(1.0) })
+                (score >= THRESHOLD).then(|| Match {
+                    entry: &self.entries[doc as usize],
+                    score: score.min(1.0),
+                })
             })
             .collect();
         out.sort_by(|a, b| {
@@ -307,20 +332,44 @@ mod tests {
     #[test]
     fn robust_to_case_punctuation_order_and_filler() {
         let i = shop();
-        assert_eq!(i.best("WHAT INSTRUMENTS DO YOU SELL").unwrap().entry.answer, "guitars");
-        assert_eq!(i.best("instruments... sell??").unwrap().entry.answer, "guitars");
-        assert_eq!(i.best("please tell me, which instruments do you sell").unwrap().entry.answer, "guitars");
+        assert_eq!(
+            i.best("WHAT INSTRUMENTS DO YOU SELL").unwrap().entry.answer,
+            "guitars"
+        );
+        assert_eq!(
+            i.best("instruments... sell??").unwrap().entry.answer,
+            "guitars"
+        );
+        assert_eq!(
+            i.best("please tell me, which instruments do you sell")
+                .unwrap()
+                .entry
+                .answer,
+            "guitars"
+        );
         assert_eq!(i.best("sell instruments?").unwrap().entry.answer, "guitars");
-        assert_eq!(i.best("your opening hours please").unwrap().entry.answer, "hours");
+        assert_eq!(
+            i.best("your opening hours please").unwrap().entry.answer,
+            "hours"
+        );
         assert_eq!(i.best("Hello!").unwrap().entry.answer, "greeting");
     }
 
     #[test]
     fn robust_to_typos() {
         let i = shop();
-        assert_eq!(i.best("what instrumnets do you sel").unwrap().entry.answer, "guitars");
+        assert_eq!(
+            i.best("what instrumnets do you sel").unwrap().entry.answer,
+            "guitars"
+        );
         assert_eq!(i.best("openning hours").unwrap().entry.answer, "hours");
-        assert_eq!(i.best("do you delivr outside nairobi").unwrap().entry.answer, "delivery");
+        assert_eq!(
+            i.best("do you delivr outside nairobi")
+                .unwrap()
+                .entry
+                .answer,
+            "delivery"
+        );
         assert_eq!(i.best("gutiar lessons").unwrap().entry.answer, "lessons");
     }
 

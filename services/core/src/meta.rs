@@ -273,7 +273,8 @@ pub fn parse_webhook(body: &[u8]) -> Result<ParsedWebhook, WebhookError> {
                 }
             };
             let Some(meta) = value.metadata else {
-                out.rejected.push("change value without metadata.phone_number_id".into());
+                out.rejected
+                    .push("change value without metadata.phone_number_id".into());
                 continue;
             };
             let pnid = meta.phone_number_id;
@@ -331,23 +332,39 @@ fn parse_message(
         .or_else(|| contact.and_then(|c| c.user_id.clone()))
         .unwrap_or_default();
     let caption = |media: &Option<Media>| {
-        media.as_ref().and_then(|x| x.caption.clone()).unwrap_or_default()
+        media
+            .as_ref()
+            .and_then(|x| x.caption.clone())
+            .unwrap_or_default()
     };
     let (kind, text, reply_id) = match m.kind.as_str() {
-        "text" => (MessageKind::Text, m.text.map(|t| t.body).unwrap_or_default(), String::new()),
+        "text" => (
+            MessageKind::Text,
+            m.text.map(|t| t.body).unwrap_or_default(),
+            String::new(),
+        ),
         "interactive" => match m.interactive {
             Some(i) if i.kind == "button_reply" => {
-                let r = i.button_reply.unwrap_or(Reply { id: String::new(), title: String::new() });
+                let r = i.button_reply.unwrap_or(Reply {
+                    id: String::new(),
+                    title: String::new(),
+                });
                 (MessageKind::InteractiveButtonReply, r.title, r.id)
             }
             Some(i) if i.kind == "list_reply" => {
-                let r = i.list_reply.unwrap_or(Reply { id: String::new(), title: String::new() });
+                let r = i.list_reply.unwrap_or(Reply {
+                    id: String::new(),
+                    title: String::new(),
+                });
                 (MessageKind::InteractiveListReply, r.title, r.id)
             }
             _ => (MessageKind::Other, String::new(), String::new()),
         },
         "button" => {
-            let b = m.button.unwrap_or(ButtonTap { payload: String::new(), text: String::new() });
+            let b = m.button.unwrap_or(ButtonTap {
+                payload: String::new(),
+                text: String::new(),
+            });
             (MessageKind::Button, b.text, b.payload)
         }
         "image" => (MessageKind::Image, caption(&m.image), String::new()),
@@ -367,7 +384,9 @@ fn parse_message(
         return Err(serde::de::Error::custom("empty message id"));
     }
     if from.is_empty() && from_user_id.is_empty() {
-        return Err(serde::de::Error::custom("message has neither `from` nor `from_user_id`"));
+        return Err(serde::de::Error::custom(
+            "message has neither `from` nor `from_user_id`",
+        ));
     }
     Ok(ParsedMessage {
         phone_number_id: pnid.to_owned(),
@@ -454,11 +473,22 @@ pub fn sent_wamid(body: &[u8]) -> Option<String> {
     struct Id {
         id: String,
     }
-    serde_json::from_slice::<Ok>(body).ok()?.messages.into_iter().next().map(|m| m.id)
+    serde_json::from_slice::<Ok>(body)
+        .ok()?
+        .messages
+        .into_iter()
+        .next()
+        .map(|m| m.id)
 }
 
 /// Builds the body of a contextual text reply (protocols.md 2.2, 2.3).
-pub fn text_reply_body(to: &str, to_user_id: &str, text: &str, in_reply_to: &str, callback: &str) -> serde_json::Value {
+pub fn text_reply_body(
+    to: &str,
+    to_user_id: &str,
+    text: &str,
+    in_reply_to: &str,
+    callback: &str,
+) -> serde_json::Value {
     let mut body = serde_json::json!({
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
@@ -487,7 +517,11 @@ pub fn split_text(text: &str, max: usize) -> Vec<String> {
     let mut parts = Vec::new();
     let mut rest = text.trim();
     while rest.chars().count() > max {
-        let byte_max = rest.char_indices().nth(max).map(|(i, _)| i).unwrap_or(rest.len());
+        let byte_max = rest
+            .char_indices()
+            .nth(max)
+            .map(|(i, _)| i)
+            .unwrap_or(rest.len());
         let window = &rest[..byte_max];
         let cut = window
             .rmatch_indices(['.', '!', '?', '\n'])
@@ -554,7 +588,10 @@ mod tests {
         assert_eq!(p.messages.len(), 1);
         assert_eq!(p.rejected.len(), 1);
         assert!(parse_webhook(b"[1,2]").is_err());
-        assert!(matches!(parse_webhook(br#"{"object":"page"}"#), Err(WebhookError::WrongObject(_))));
+        assert!(matches!(
+            parse_webhook(br#"{"object":"page"}"#),
+            Err(WebhookError::WrongObject(_))
+        ));
     }
 
     #[test]
@@ -570,12 +607,28 @@ mod tests {
 
     #[test]
     fn classifies_send_errors() {
-        let e = |code: i64| format!(r#"{{"error":{{"message":"m","code":{code},"fbtrace_id":"x"}}}}"#);
-        assert_eq!(classify_send_error(400, e(130429).as_bytes()).0, SendFailure::Retry);
-        assert_eq!(classify_send_error(400, e(131056).as_bytes()).0, SendFailure::PairRate);
-        assert_eq!(classify_send_error(401, e(190).as_bytes()).0, SendFailure::TokenInvalid);
-        assert_eq!(classify_send_error(400, e(131026).as_bytes()).0, SendFailure::Permanent);
-        assert_eq!(classify_send_error(400, e(100).as_bytes()).0, SendFailure::Permanent);
+        let e =
+            |code: i64| format!(r#"{{"error":{{"message":"m","code":{code},"fbtrace_id":"x"}}}}"#);
+        assert_eq!(
+            classify_send_error(400, e(130429).as_bytes()).0,
+            SendFailure::Retry
+        );
+        assert_eq!(
+            classify_send_error(400, e(131056).as_bytes()).0,
+            SendFailure::PairRate
+        );
+        assert_eq!(
+            classify_send_error(401, e(190).as_bytes()).0,
+            SendFailure::TokenInvalid
+        );
+        assert_eq!(
+            classify_send_error(400, e(131026).as_bytes()).0,
+            SendFailure::Permanent
+        );
+        assert_eq!(
+            classify_send_error(400, e(100).as_bytes()).0,
+            SendFailure::Permanent
+        );
         assert_eq!(classify_send_error(500, b"oops").0, SendFailure::Retry);
         assert_eq!(classify_send_error(503, b"").0, SendFailure::Retry);
     }

@@ -8,11 +8,15 @@
 pub enum PhoneError {
     #[error("phone number is empty")]
     Empty,
-    #[error("phone number {0:?} contains characters other than digits, spaces, '+', '-', '(' and ')'")]
+    #[error(
+        "phone number {0:?} contains characters other than digits, spaces, '+', '-', '(' and ')'"
+    )]
     BadCharacters(String),
     #[error("phone number {0:?} must have 7 to 15 digits in international form")]
     BadLength(String),
-    #[error("phone number {0:?} is national (leading 0) and no default country code is configured")]
+    #[error(
+        "phone number {0:?} is national (leading 0) and no default country code is configured"
+    )]
     NoCountry(String),
 }
 
@@ -63,7 +67,13 @@ mod tests {
 
     #[test]
     fn kenyan_forms_agree() {
-        for form in ["254702245555", "0702245555", "+254 702 245 555", "00254702245555", "+254-702-245-555"] {
+        for form in [
+            "254702245555",
+            "0702245555",
+            "+254 702 245 555",
+            "00254702245555",
+            "+254-702-245-555",
+        ] {
             assert_eq!(normalize(form, "254").unwrap(), "254702245555", "{form}");
         }
     }
@@ -71,9 +81,21 @@ mod tests {
     #[test]
     fn refuses_garbage() {
         assert_eq!(normalize("", "254"), Err(PhoneError::Empty));
-        assert!(matches!(normalize("07o2", "254"), Err(PhoneError::BadCharacters(_))));
-        assert!(matches!(normalize("12", "254"), Err(PhoneError::BadLength(_))));
-        assert!(matches!(normalize("0702245555", ""), Err(PhoneError::NoCountry(_))));
-        assert!(matches!(normalize("+1234567890123456", "254"), Err(PhoneError::BadLength(_))));
+        assert!(matches!(
+            normalize("07o2", "254"),
+            Err(PhoneError::BadCharacters(_))
+        ));
+        assert!(matches!(
+            normalize("12", "254"),
+            Err(PhoneError::BadLength(_))
+        ));
+        assert!(matches!(
+            normalize("0702245555", ""),
+            Err(PhoneError::NoCountry(_))
+        ));
+        assert!(matches!(
+            normalize("+1234567890123456", "254"),
+            Err(PhoneError::BadLength(_))
+        ));
     }
 }

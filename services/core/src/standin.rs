@@ -35,15 +35,25 @@ pub struct Received {
 impl Received {
     /// `to` without the leading `+`.
     pub fn to(&self) -> String {
-        self.body["to"].as_str().unwrap_or_default().trim_start_matches('+').to_owned()
+        self.body["to"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches('+')
+            .to_owned()
     }
     /// The text body.
     pub fn text(&self) -> String {
-        self.body["text"]["body"].as_str().unwrap_or_default().to_owned()
+        self.body["text"]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
     /// `context.message_id`: the inbound wamid answered.
     pub fn in_reply_to(&self) -> String {
-        self.body["context"]["message_id"].as_str().unwrap_or_default().to_owned()
+        self.body["context"]["message_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -104,7 +114,10 @@ impl GraphStandIn {
 
     /// Starts a stand-in on `addr` (port 0 for any); returns it and its base
     /// URL including the API version, as `WHATSAPP_GRAPH_URL` takes it.
-    pub async fn start(addr: SocketAddr, shutdown: CancellationToken) -> std::io::Result<(Arc<Self>, String)> {
+    pub async fn start(
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<(Arc<Self>, String)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let url = format!("http://{}/v24.0", listener.local_addr()?);
         let me = Arc::new(Self::default());
@@ -125,7 +138,11 @@ fn meta_error(status: u16, code: i64) -> Response {
         "code": code,
         "error_data": {"messaging_product": "whatsapp", "details": "stand-in error"},
         "fbtrace_id": "StandInTrace"}});
-    (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), axum::Json(body)).into_response()
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 async fn send(

@@ -37,13 +37,20 @@ pub fn init(service: &'static str) -> TelemetryGuard {
     let otlp = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.is_empty());
     let mut export_error = None;
     if otlp {
-        match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
             Ok(exporter) => builder = builder.with_batch_exporter(exporter),
             Err(e) => export_error = Some(e.to_string()),
         }
     }
     let provider = builder
-        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
         .build();
     let tracer = provider.tracer("alphadome");
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -51,7 +58,10 @@ pub fn init(service: &'static str) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("ALPHADOME_LOG_FORMAT").is_ok_and(|v| v == "json");
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_target(false);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false);
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(tracing_opentelemetry::layer().with_tracer(tracer));
@@ -98,8 +108,14 @@ pub fn current_trace() -> TraceContext {
     let mut headers = HeaderMap::new();
     inject(&mut headers);
     TraceContext {
-        traceparent: headers.get("traceparent").map(|v| v.to_string()).unwrap_or_default(),
-        tracestate: headers.get("tracestate").map(|v| v.to_string()).unwrap_or_default(),
+        traceparent: headers
+            .get("traceparent")
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+        tracestate: headers
+            .get("tracestate")
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
     }
 }
 

@@ -207,7 +207,13 @@ pub async fn load_context(pool: &PgPool, id: Uuid) -> Result<Option<TenantContex
             _ => None,
         }
     }));
-    Ok(Some(TenantContext { tenant, settings, templates, training, index }))
+    Ok(Some(TenantContext {
+        tenant,
+        settings,
+        templates,
+        training,
+        index,
+    }))
 }
 
 type Loaded<T> = (Arc<T>, DateTime<Utc>, Instant);
@@ -300,7 +306,10 @@ impl<T: Send + Sync + 'static> TenantCache<T> {
         };
         let gone: Vec<Uuid> = {
             let held = self.by_id.read().map_err(|_| sqlx::Error::PoolClosed)?;
-            held.keys().filter(|id| !versions.iter().any(|(v, _)| v == *id)).copied().collect()
+            held.keys()
+                .filter(|id| !versions.iter().any(|(v, _)| v == *id))
+                .copied()
+                .collect()
         };
         for id in gone {
             self.put(id, None, DateTime::<Utc>::MIN_UTC);
@@ -329,7 +338,11 @@ impl<T: Send + Sync + 'static> TenantCache<T> {
     {
         let cache = self.clone();
         tokio::spawn(async move {
-            let mut changes = bus.client.subscribe(bus.tenant_changed_subject()).await.ok();
+            let mut changes = bus
+                .client
+                .subscribe(bus.tenant_changed_subject())
+                .await
+                .ok();
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

@@ -69,7 +69,11 @@ pub struct Ingress {
     pub counters: Counters,
 }
 
-async fn load_route(db: PgPool, keyring: Arc<Keyring>, id: Uuid) -> Result<Option<Route>, sqlx::Error> {
+async fn load_route(
+    db: PgPool,
+    keyring: Arc<Keyring>,
+    id: Uuid,
+) -> Result<Option<Route>, sqlx::Error> {
     let t = alphadome_core::tenant::load_tenant(&db, id).await?;
     Ok(t.map(|t| route_of(&keyring, t)))
 }
@@ -93,7 +97,12 @@ fn route_of(keyring: &Keyring, t: alphadome_core::tenant::Tenant) -> Route {
 impl Ingress {
     /// Builds the state, fills the tenant cache and keeps it current until
     /// `shutdown`.
-    pub async fn start(config: &Config, db: PgPool, bus: Bus, shutdown: CancellationToken) -> Result<Arc<Self>, sqlx::Error> {
+    pub async fn start(
+        config: &Config,
+        db: PgPool,
+        bus: Bus,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, sqlx::Error> {
         let routes = TenantCache::new(|r: &Route| r.phone_number_id.clone(), None);
         let keyring = config.keyring.clone();
         let load = {
@@ -101,7 +110,13 @@ impl Ingress {
             move |db: PgPool, id: Uuid| load_route(db, keyring.clone(), id)
         };
         routes.refresh(&db, &load).await?;
-        routes.spawn_refresher(db.clone(), bus.clone(), config.tenant_refresh, shutdown, load);
+        routes.spawn_refresher(
+            db.clone(),
+            bus.clone(),
+            config.tenant_refresh,
+            shutdown,
+            load,
+        );
         Ok(Arc::new(Self {
             db,
             bus,
@@ -155,7 +170,11 @@ struct Handshake {
 
 async fn verify(State(s): State<Arc<Ingress>>, Query(q): Query<Handshake>) -> Response {
     let (Some(mode), Some(token), Some(challenge)) = (q.mode, q.verify_token, q.challenge) else {
-        return (StatusCode::BAD_REQUEST, "missing hub.mode, hub.verify_token or hub.challenge\n").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing hub.mode, hub.verify_token or hub.challenge\n",
+        )
+            .into_response();
     };
     if mode != "subscribe" {
         return (StatusCode::FORBIDDEN, "hub.mode must be subscribe\n").into_response();
@@ -192,15 +211,32 @@ async fn match_verify_token(s: &Ingress, token: &str) -> Option<Uuid> {
 }
 
 fn plain(status: StatusCode, msg: &str) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain")], format!("{msg}\n")).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain")],
+        format!("{msg}\n"),
+    )
+        .into_response()
 }
 
 async fn receive(State(s): State<Arc<Ingress>>, headers: HeaderMap, body: Bytes) -> Response {
-    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !ctype.trim().to_ascii_lowercase().starts_with("application/json") {
-        return plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ctype
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("application/json")
+    {
+        return plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        );
     }
-    let signature = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
     if signature.is_none() {
         s.counters.bad_signature.fetch_add(1, Ordering::Relaxed);
         return plain(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
@@ -227,25 +263,42 @@ async fn receive(State(s): State<Arc<Ingress>>, headers: HeaderMap, body: Bytes)
     let Some(verified_by) = verified_by else {
         s.counters.bad_signature.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("webhook refused: signature does not match");
-        return plain(StatusCode::UNAUTHORIZED, "X-Hub-Signature-256 does not match the body");
+        return plain(
+            StatusCode::UNAUTHORIZED,
+            "X-Hub-Signature-256 does not match the body",
+        );
     };
     // One body comes from one Meta app: every tenant it names must be one
     // whose applicable secret is the one that verified it.
-    if routes.iter().any(|(_, r)| r.as_ref().is_some_and(|r| !signed_for(r, &verified_by))) {
+    if routes
+        .iter()
+        .any(|(_, r)| r.as_ref().is_some_and(|r| !signed_for(r, &verified_by)))
+    {
         s.counters.bad_signature.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("webhook refused: signed with a secret that does not apply to its tenant");
-        return plain(StatusCode::UNAUTHORIZED, "X-Hub-Signature-256 does not match the tenant's app secret");
+        return plain(
+            StatusCode::UNAUTHORIZED,
+            "X-Hub-Signature-256 does not match the tenant's app secret",
+        );
     }
     let parsed = match parsed {
         Ok(p) => p,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("invalid webhook payload: {e}")),
+        Err(e) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid webhook payload: {e}"),
+            )
+        }
     };
     match publish_all(&s, parsed, &routes, &verified_by).await {
         Ok(()) => plain(StatusCode::OK, "ok"),
         Err(e) => {
             s.counters.publish_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "webhook not accepted: publish failed; Meta will retry");
-            plain(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable, retry later")
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily unavailable, retry later",
+            )
         }
     }
 }
@@ -287,7 +340,10 @@ async fn publish_all(
     verified_by: &Option<Uuid>,
 ) -> Result<(), alphadome_core::bus::BusError> {
     let route_for = |pnid: &str| -> Option<&Arc<Route>> {
-        routes.iter().find(|(p, _)| p == pnid).and_then(|(_, r)| r.as_ref())
+        routes
+            .iter()
+            .find(|(p, _)| p == pnid)
+            .and_then(|(_, r)| r.as_ref())
     };
     for reason in &parsed.rejected {
         s.counters.rejected_items.fetch_add(1, Ordering::Relaxed);
@@ -332,7 +388,9 @@ async fn publish_all(
                     raw_json: m.raw_json,
                     trace: Some(telemetry::current_trace()),
                 };
-                bus.publish(subject, &m.wamid, event.encode_to_vec().into()).await.map(|dup| (true, dup))
+                bus.publish(subject, &m.wamid, event.encode_to_vec().into())
+                    .await
+                    .map(|dup| (true, dup))
             }
             .instrument(span),
         );
@@ -368,7 +426,9 @@ async fn publish_all(
                     received_at_ms,
                     trace: Some(telemetry::current_trace()),
                 };
-                bus.publish(subject, &id, event.encode_to_vec().into()).await.map(|dup| (false, dup))
+                bus.publish(subject, &id, event.encode_to_vec().into())
+                    .await
+                    .map(|dup| (false, dup))
             }
             .instrument(span),
         );
@@ -381,7 +441,11 @@ async fn publish_all(
                 if dup {
                     s.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
-                let c = if is_message { &s.counters.accepted_messages } else { &s.counters.accepted_statuses };
+                let c = if is_message {
+                    &s.counters.accepted_messages
+                } else {
+                    &s.counters.accepted_statuses
+                };
                 c.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
@@ -394,7 +458,9 @@ async fn publish_all(
 
 async fn metrics(State(s): State<Arc<Ingress>>) -> String {
     let c = &s.counters;
-    let line = |name: &str, v: &AtomicU64| format!("alphadome_ingress_{name} {}\n", v.load(Ordering::Relaxed));
+    let line = |name: &str, v: &AtomicU64| {
+        format!("alphadome_ingress_{name} {}\n", v.load(Ordering::Relaxed))
+    };
     [
         line("accepted_messages_total", &c.accepted_messages),
         line("accepted_statuses_total", &c.accepted_statuses),

@@ -19,8 +19,8 @@ use alphadome_core::CancellationToken;
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use tracing::Instrument;
 use sqlx::PgPool;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Durable consumer on the log stream.
@@ -32,7 +32,7 @@ pub const STATUS_CONSUMER: &str = "logger-status";
 /// deliveries, since its failures are database outages, not bad messages.
 pub fn settings() -> ConsumerSettings {
     ConsumerSettings {
-        ack_wait: Duration::from_secs(60),
+        ack_wait: Duration::from_secs(15),
         max_ack_pending: 20_000,
         max_deliver: 10_000,
         concurrency: 1000,
@@ -78,7 +78,13 @@ pub async fn run(db: PgPool, bus: Bus, shutdown: CancellationToken) -> Result<()
     let s = settings();
     let logs = bus.consumer(StreamKind::Log, LOG_CONSUMER, s).await?;
     let statuses = bus.consumer(StreamKind::Status, STATUS_CONSUMER, s).await?;
-    let a = consume(db.clone(), bus.clone(), StreamKind::Log, logs, shutdown.clone());
+    let a = consume(
+        db.clone(),
+        bus.clone(),
+        StreamKind::Log,
+        logs,
+        shutdown.clone(),
+    );
     let b = consume(db, bus, StreamKind::Status, statuses, shutdown);
     let (a, b) = futures_util::future::join(a, b).await;
     a.and(b)
@@ -149,7 +155,9 @@ async fn consume(
 /// buffered (up to a batch); `None` when the pull stream ended.
 async fn next_chunk<S>(messages: &mut S) -> Option<Vec<jetstream::Message>>
 where
-    S: futures_util::Stream<Item = Result<jetstream::Message, jetstream::consumer::pull::MessagesError>> + Unpin,
+    S: futures_util::Stream<
+            Item = Result<jetstream::Message, jetstream::consumer::pull::MessagesError>,
+        > + Unpin,
 {
     let first = messages.next().await?;
     let mut batch: Vec<jetstream::Message> = match first {
@@ -196,9 +204,13 @@ async fn write_logs(db: &PgPool, batch: &[jetstream::Message]) -> Vec<Outcome> {
                     index.push(i);
                     outcomes.push(None);
                 }
-                Err(_) => outcomes.push(Some(Outcome::Poison { reason: format!("tenant id {:?} is not a uuid", event.tenant_id) })),
+                Err(_) => outcomes.push(Some(Outcome::Poison {
+                    reason: format!("tenant id {:?} is not a uuid", event.tenant_id),
+                })),
             },
-            Err(e) => outcomes.push(Some(Outcome::Poison { reason: format!("undecodable LogEvent: {e}") })),
+            Err(e) => outcomes.push(Some(Outcome::Poison {
+                reason: format!("undecodable LogEvent: {e}"),
+            })),
         }
     }
     match insert_rows(db, &rows).await {
@@ -210,12 +222,17 @@ async fn write_logs(db: &PgPool, batch: &[jetstream::Message]) -> Vec<Outcome> {
         Err(BatchError::Unavailable(e)) => {
             tracing::warn!(error = %e, rows = rows.len(), "database unavailable; log batch will be retried");
             for i in index {
-                outcomes[i] = Some(Outcome::Retry { delay: backoff(&batch[i]), reason: format!("database unavailable: {e}") });
+                outcomes[i] = Some(Outcome::Retry {
+                    delay: backoff(&batch[i]),
+                    reason: format!("database unavailable: {e}"),
+                });
             }
         }
         Err(BatchError::Refused(e)) if rows.len() == 1 => {
             if let Some(&i) = index.first() {
-                outcomes[i] = Some(Outcome::Poison { reason: format!("database refused the log row: {e}") });
+                outcomes[i] = Some(Outcome::Poison {
+                    reason: format!("database refused the log row: {e}"),
+                });
             }
         }
         Err(BatchError::Refused(e)) => {
@@ -223,13 +240,21 @@ async fn write_logs(db: &PgPool, batch: &[jetstream::Message]) -> Vec<Outcome> {
             for (row, i) in rows.into_iter().zip(index) {
                 outcomes[i] = Some(match insert_rows(db, std::slice::from_ref(&row)).await {
                     Ok(()) => Outcome::Ack,
-                    Err(BatchError::Unavailable(e)) => Outcome::Retry { delay: backoff(&batch[i]), reason: e.to_string() },
-                    Err(BatchError::Refused(e)) => Outcome::Poison { reason: format!("database refused the log row: {e}") },
+                    Err(BatchError::Unavailable(e)) => Outcome::Retry {
+                        delay: backoff(&batch[i]),
+                        reason: e.to_string(),
+                    },
+                    Err(BatchError::Refused(e)) => Outcome::Poison {
+                        reason: format!("database refused the log row: {e}"),
+                    },
                 });
             }
         }
     }
-    outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Ack)).collect()
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Ack))
+        .collect()
 }
 
 async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
@@ -240,7 +265,11 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
     // Resolve (or register) the customers in public.users, as the existing
     // system does; an advisory lock per phone keeps concurrent loggers from
     // registering the same phone twice.
-    let mut phones: Vec<String> = rows.iter().map(|r| clean(&r.event.user_phone)).filter(|p| !p.is_empty()).collect();
+    let mut phones: Vec<String> = rows
+        .iter()
+        .map(|r| clean(&r.event.user_phone))
+        .filter(|p| !p.is_empty())
+        .collect();
     phones.sort();
     phones.dedup();
     let mut users: std::collections::HashMap<String, Uuid> = std::collections::HashMap::new();
@@ -258,7 +287,11 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
         .await
         .map_err(classify)?;
         users.extend(found);
-        let missing: Vec<String> = phones.iter().filter(|p| !users.contains_key(*p)).cloned().collect();
+        let missing: Vec<String> = phones
+            .iter()
+            .filter(|p| !users.contains_key(*p))
+            .cloned()
+            .collect();
         if !missing.is_empty() {
             let created: Vec<(String, Uuid)> = sqlx::query_as(
                 "INSERT INTO public.users (phone, full_name) SELECT p, 'Unknown User' FROM unnest($1::text[]) AS p RETURNING phone, id",
@@ -292,7 +325,11 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
         let p = clean(&e.user_phone);
         user.push(users.get(&p).copied());
         phone.push((!p.is_empty()).then_some(p));
-        direction.push(if e.direction == Direction::Outgoing as i32 { "outgoing" } else { "incoming" });
+        direction.push(if e.direction == Direction::Outgoing as i32 {
+            "outgoing"
+        } else {
+            "incoming"
+        });
         text.push(opt(&e.message_text));
         wamid.push(opt(&e.wamid));
         ai.push(e.ai_processed);
@@ -300,8 +337,16 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
         error.push(opt(&e.error_message));
         template.push(opt(&e.template_used));
         training.push(Uuid::parse_str(&e.training_data_id).ok());
-        metadata.push(json(&e.metadata_json).filter(|v| v.is_object()).unwrap_or_else(|| serde_json::json!({})));
-        at.push(DateTime::<Utc>::from_timestamp_millis(e.occurred_at_ms).filter(|_| e.occurred_at_ms > 0).unwrap_or_else(Utc::now));
+        metadata.push(
+            json(&e.metadata_json)
+                .filter(|v| v.is_object())
+                .unwrap_or_else(|| serde_json::json!({})),
+        );
+        at.push(
+            DateTime::<Utc>::from_timestamp_millis(e.occurred_at_ms)
+                .filter(|_| e.occurred_at_ms > 0)
+                .unwrap_or_else(Utc::now),
+        );
         key.push(clean(&e.dedup_key));
         raw.push(json(&e.raw_json));
     }
@@ -372,7 +417,9 @@ async fn apply_statuses(db: &PgPool, batch: &[jetstream::Message]) -> Vec<Outcom
     for msg in batch {
         let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
         let outcome = match StatusUpdate::decode(msg.payload.clone()) {
-            Err(e) => Outcome::Poison { reason: format!("undecodable StatusUpdate: {e}") },
+            Err(e) => Outcome::Poison {
+                reason: format!("undecodable StatusUpdate: {e}"),
+            },
             Ok(st) => {
                 let span = tracing::info_span!("logger.status", tenant_id = %st.tenant_id, wamid = %st.wamid, status = %st.status);
                 telemetry::set_parent_from_headers(&span, msg.headers.as_ref());
@@ -387,8 +434,13 @@ async fn apply_statuses(db: &PgPool, batch: &[jetstream::Message]) -> Vec<Outcom
                         reason: "outgoing log row not written yet".into(),
                     },
                     Err(e) => match classify(e) {
-                        BatchError::Unavailable(e) => Outcome::Retry { delay: backoff(msg), reason: e.to_string() },
-                        BatchError::Refused(e) => Outcome::Poison { reason: format!("database refused the status: {e}") },
+                        BatchError::Unavailable(e) => Outcome::Retry {
+                            delay: backoff(msg),
+                            reason: e.to_string(),
+                        },
+                        BatchError::Refused(e) => Outcome::Poison {
+                            reason: format!("database refused the status: {e}"),
+                        },
                     },
                 }
             }
@@ -400,9 +452,15 @@ async fn apply_statuses(db: &PgPool, batch: &[jetstream::Message]) -> Vec<Outcom
 
 /// Applies one status; `Ok(false)` when the outgoing row does not exist.
 async fn apply_status(db: &PgPool, st: &StatusUpdate) -> Result<bool, sqlx::Error> {
-    let Ok(tenant) = Uuid::parse_str(&st.tenant_id) else { return Ok(true) };
-    let at = DateTime::<Utc>::from_timestamp(st.timestamp, 0).filter(|_| st.timestamp > 0).unwrap_or_else(Utc::now);
-    let error = (st.error_code != 0).then(|| clean(&format!("{}: {} {}", st.error_code, st.error_title, st.error_details).trim().to_owned()));
+    let Ok(tenant) = Uuid::parse_str(&st.tenant_id) else {
+        return Ok(true);
+    };
+    let at = DateTime::<Utc>::from_timestamp(st.timestamp, 0)
+        .filter(|_| st.timestamp > 0)
+        .unwrap_or_else(Utc::now);
+    let error = (st.error_code != 0).then(|| {
+        clean(format!("{}: {} {}", st.error_code, st.error_title, st.error_details).trim())
+    });
     let r: Option<(bool,)> = sqlx::query_as(
         "WITH target AS ( \
            SELECT id, delivery_status FROM alphadome.bot_message_logs \

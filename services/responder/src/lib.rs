@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use alphadome_core::bus::{Bus, ConsumerSettings, MessageMeta, Outcome, StreamKind};
 use alphadome_core::config::Config;
-use alphadome_core::events::v1::{Direction, InboundMessage, LogEvent, MessageKind, OutboundMessage};
+use alphadome_core::events::v1::{
+    Direction, InboundMessage, LogEvent, MessageKind, OutboundMessage,
+};
 use alphadome_core::events::{now_ms, Message as _};
 use alphadome_core::telemetry;
 use alphadome_core::tenant::{self, TenantCache, TenantContext};
@@ -45,7 +47,13 @@ pub struct Decision {
 
 impl Decision {
     fn silent(reason: &'static str) -> Self {
-        Self { reply: None, reason, training_data_id: None, template_used: None, score: None }
+        Self {
+            reply: None,
+            reason,
+            training_data_id: None,
+            template_used: None,
+            score: None,
+        }
     }
 }
 
@@ -65,7 +73,9 @@ pub fn decide(ctx: &TenantContext, msg: &InboundMessage, default_fallback: &str)
     }
     let kind = MessageKind::try_from(msg.kind).unwrap_or(MessageKind::Other);
     match kind {
-        MessageKind::Reaction | MessageKind::System => return Decision::silent("no_reply_for_kind"),
+        MessageKind::Reaction | MessageKind::System => {
+            return Decision::silent("no_reply_for_kind")
+        }
         MessageKind::Text
         | MessageKind::InteractiveButtonReply
         | MessageKind::InteractiveListReply
@@ -98,7 +108,11 @@ pub fn decide(ctx: &TenantContext, msg: &InboundMessage, default_fallback: &str)
         .unwrap_or_else(|| default_fallback.to_owned());
     Decision {
         reply: Some(fallback),
-        reason: if ctx.settings.enable_ai_responses { "no_match_ai_unavailable" } else { "fallback" },
+        reason: if ctx.settings.enable_ai_responses {
+            "no_match_ai_unavailable"
+        } else {
+            "fallback"
+        },
         training_data_id: None,
         template_used: None,
         score: None,
@@ -117,11 +131,22 @@ pub struct Responder {
 
 impl Responder {
     /// Loads every tenant's context and keeps it current until `shutdown`.
-    pub async fn start(config: &Config, db: PgPool, bus: Bus, shutdown: CancellationToken) -> Result<Arc<Self>, sqlx::Error> {
+    pub async fn start(
+        config: &Config,
+        db: PgPool,
+        bus: Bus,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, sqlx::Error> {
         let contexts = TenantCache::new(|_: &TenantContext| None, None);
         let load = |db: PgPool, id: Uuid| async move { tenant::load_context(&db, id).await };
         contexts.refresh(&db, &load).await?;
-        contexts.spawn_refresher(db.clone(), bus.clone(), config.tenant_refresh, shutdown, load);
+        contexts.spawn_refresher(
+            db.clone(),
+            bus.clone(),
+            config.tenant_refresh,
+            shutdown,
+            load,
+        );
         Ok(Arc::new(Self {
             bus,
             db,
@@ -132,13 +157,27 @@ impl Responder {
     }
 
     /// Consumes the inbound stream until `shutdown`.
-    pub async fn run(self: Arc<Self>, settings: ConsumerSettings, shutdown: CancellationToken) -> Result<(), alphadome_core::bus::BusError> {
-        let consumer = self.bus.consumer(StreamKind::Inbound, CONSUMER, settings).await?;
+    pub async fn run(
+        self: Arc<Self>,
+        settings: ConsumerSettings,
+        shutdown: CancellationToken,
+    ) -> Result<(), alphadome_core::bus::BusError> {
+        let consumer = self
+            .bus
+            .consumer(StreamKind::Inbound, CONSUMER, settings)
+            .await?;
         let me = self.clone();
-        alphadome_core::bus::run_consumer(self.bus.clone(), StreamKind::Inbound, consumer, settings, shutdown, move |payload, meta| {
-            let me = me.clone();
-            async move { me.handle(payload, meta).await }
-        })
+        alphadome_core::bus::run_consumer(
+            self.bus.clone(),
+            StreamKind::Inbound,
+            consumer,
+            settings,
+            shutdown,
+            move |payload, meta| {
+                let me = me.clone();
+                async move { me.handle(payload, meta).await }
+            },
+        )
         .await
     }
 
@@ -152,7 +191,11 @@ impl Responder {
     async fn handle(&self, payload: Bytes, meta: MessageMeta) -> Outcome {
         let msg = match InboundMessage::decode(payload) {
             Ok(m) => m,
-            Err(e) => return Outcome::Poison { reason: format!("undecodable InboundMessage: {e}") },
+            Err(e) => {
+                return Outcome::Poison {
+                    reason: format!("undecodable InboundMessage: {e}"),
+                }
+            }
         };
         let span = tracing::info_span!("responder.message", tenant_id = %msg.tenant_id, wamid = %msg.wamid);
         telemetry::set_parent_from_headers(&span, meta.headers.as_ref());
@@ -161,23 +204,47 @@ impl Responder {
 
     async fn answer(&self, msg: InboundMessage) -> Outcome {
         let Ok(tenant_id) = Uuid::parse_str(&msg.tenant_id) else {
-            return Outcome::Poison { reason: format!("tenant id {:?} is not a uuid", msg.tenant_id) };
+            return Outcome::Poison {
+                reason: format!("tenant id {:?} is not a uuid", msg.tenant_id),
+            };
         };
         let ctx = match self.context(tenant_id).await {
             Ok(Some(c)) => c,
-            Ok(None) => return Outcome::Poison { reason: format!("tenant {tenant_id} does not exist") },
-            Err(e) => return Outcome::Retry { delay: Duration::from_secs(2), reason: format!("loading tenant context: {e}") },
+            Ok(None) => {
+                return Outcome::Poison {
+                    reason: format!("tenant {tenant_id} does not exist"),
+                }
+            }
+            Err(e) => {
+                return Outcome::Retry {
+                    delay: Duration::from_secs(2),
+                    reason: format!("loading tenant context: {e}"),
+                }
+            }
         };
         let decision = decide(&ctx, &msg, &self.default_fallback);
-        self.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(reason = decision.reason, reply = decision.reply.is_some(), "decided");
+        self.handled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            reason = decision.reason,
+            reply = decision.reply.is_some(),
+            "decided"
+        );
         if let Err(e) = self.publish(&ctx, &msg, &decision).await {
-            return Outcome::Retry { delay: Duration::from_secs(1), reason: e.to_string() };
+            return Outcome::Retry {
+                delay: Duration::from_secs(1),
+                reason: e.to_string(),
+            };
         }
         Outcome::Ack
     }
 
-    async fn publish(&self, ctx: &TenantContext, msg: &InboundMessage, d: &Decision) -> Result<(), alphadome_core::bus::BusError> {
+    async fn publish(
+        &self,
+        ctx: &TenantContext,
+        msg: &InboundMessage,
+        d: &Decision,
+    ) -> Result<(), alphadome_core::bus::BusError> {
         let tenant_id = msg.tenant_id.clone();
         if ctx.settings.log_conversations {
             let mut metadata = serde_json::json!({
@@ -207,15 +274,26 @@ impl Responder {
                 ai_response: String::new(),
                 error_message: String::new(),
                 template_used: String::new(),
-                training_data_id: d.training_data_id.map(|i| i.to_string()).unwrap_or_default(),
+                training_data_id: d
+                    .training_data_id
+                    .map(|i| i.to_string())
+                    .unwrap_or_default(),
                 metadata_json: metadata.to_string(),
-                occurred_at_ms: if msg.sent_at > 0 { msg.sent_at * 1000 } else { msg.received_at_ms },
+                occurred_at_ms: if msg.sent_at > 0 {
+                    msg.sent_at * 1000
+                } else {
+                    msg.received_at_ms
+                },
                 raw_json: msg.raw_json.clone(),
                 trace: Some(telemetry::current_trace()),
             };
             let key = log.dedup_key.clone();
             self.bus
-                .publish(self.bus.subject(StreamKind::Log, &tenant_id), &key, log.encode_to_vec().into())
+                .publish(
+                    self.bus.subject(StreamKind::Log, &tenant_id),
+                    &key,
+                    log.encode_to_vec().into(),
+                )
                 .await?;
         }
         if let Some(text) = &d.reply {
@@ -224,19 +302,31 @@ impl Responder {
                 tenant_id: tenant_id.clone(),
                 in_reply_to: msg.wamid.clone(),
                 to: msg.from.clone(),
-                to_user_id: if msg.from.is_empty() { msg.from_user_id.clone() } else { String::new() },
+                to_user_id: if msg.from.is_empty() {
+                    msg.from_user_id.clone()
+                } else {
+                    String::new()
+                },
                 text: text.clone(),
                 ai_processed: false,
                 template_used: d.template_used.clone().unwrap_or_default(),
-                training_data_id: d.training_data_id.map(|i| i.to_string()).unwrap_or_default(),
+                training_data_id: d
+                    .training_data_id
+                    .map(|i| i.to_string())
+                    .unwrap_or_default(),
                 created_at_ms: now_ms(),
                 inbound_received_at_ms: msg.received_at_ms,
                 trace: Some(telemetry::current_trace()),
-                metadata_json: serde_json::json!({"reason": d.reason, "match_score": d.score}).to_string(),
+                metadata_json: serde_json::json!({"reason": d.reason, "match_score": d.score})
+                    .to_string(),
             };
             let id = out.outbound_id.clone();
             self.bus
-                .publish(self.bus.subject(StreamKind::Outbound, &tenant_id), &id, out.encode_to_vec().into())
+                .publish(
+                    self.bus.subject(StreamKind::Outbound, &tenant_id),
+                    &id,
+                    out.encode_to_vec().into(),
+                )
                 .await?;
         }
         Ok(())

@@ -47,8 +47,14 @@ pub struct SenderTenant {
 /// How long a decrypted token is cached before it is decrypted again.
 pub const TOKEN_CACHE_AGE: Duration = Duration::from_secs(300);
 
-async fn load_tenant(db: PgPool, keyring: Arc<Keyring>, id: Uuid) -> Result<Option<SenderTenant>, sqlx::Error> {
-    let Some(t) = tenant::load_tenant(&db, id).await? else { return Ok(None) };
+async fn load_tenant(
+    db: PgPool,
+    keyring: Arc<Keyring>,
+    id: Uuid,
+) -> Result<Option<SenderTenant>, sqlx::Error> {
+    let Some(t) = tenant::load_tenant(&db, id).await? else {
+        return Ok(None);
+    };
     let flags: Option<(bool, bool)> = sqlx::query_as(
         "SELECT log_conversations, log_errors FROM alphadome.bot_control_settings WHERE bot_tenant_id = $1",
     )
@@ -76,7 +82,10 @@ async fn load_tenant(db: PgPool, keyring: Arc<Keyring>, id: Uuid) -> Result<Opti
 #[derive(Debug, PartialEq, Eq)]
 enum Claim {
     /// This worker may send, starting at part `parts_sent`.
-    Mine { parts_sent: i32, first_wamid: Option<String> },
+    Mine {
+        parts_sent: i32,
+        first_wamid: Option<String>,
+    },
     /// Already sent (with Meta's wamid): only make sure it is logged.
     Sent { wamid: Option<String>, parts: i32 },
     /// Already failed permanently.
@@ -109,7 +118,12 @@ fn env_u32(name: &str, default: u32) -> NonZeroU32 {
 
 impl Sender {
     /// Builds the sender and keeps its tenant cache current until `shutdown`.
-    pub async fn start(config: &Config, db: PgPool, bus: Bus, shutdown: CancellationToken) -> Result<Arc<Self>, sqlx::Error> {
+    pub async fn start(
+        config: &Config,
+        db: PgPool,
+        bus: Bus,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, sqlx::Error> {
         let tenants = TenantCache::new(|_: &SenderTenant| None, Some(TOKEN_CACHE_AGE));
         let keyring = config.keyring.clone();
         let load = {
@@ -117,7 +131,13 @@ impl Sender {
             move |db: PgPool, id: Uuid| load_tenant(db, keyring.clone(), id)
         };
         tenants.refresh(&db, &load).await?;
-        tenants.spawn_refresher(db.clone(), bus.clone(), config.tenant_refresh, shutdown, load);
+        tenants.spawn_refresher(
+            db.clone(),
+            bus.clone(),
+            config.tenant_refresh,
+            shutdown,
+            load,
+        );
         let http = reqwest::Client::builder()
             .timeout(config.send_timeout)
             .pool_max_idle_per_host(256)
@@ -145,13 +165,27 @@ impl Sender {
     }
 
     /// Consumes the outbound stream until `shutdown`.
-    pub async fn run(self: Arc<Self>, settings: ConsumerSettings, shutdown: CancellationToken) -> Result<(), alphadome_core::bus::BusError> {
-        let consumer = self.bus.consumer(StreamKind::Outbound, CONSUMER, settings).await?;
+    pub async fn run(
+        self: Arc<Self>,
+        settings: ConsumerSettings,
+        shutdown: CancellationToken,
+    ) -> Result<(), alphadome_core::bus::BusError> {
+        let consumer = self
+            .bus
+            .consumer(StreamKind::Outbound, CONSUMER, settings)
+            .await?;
         let me = self.clone();
-        alphadome_core::bus::run_consumer(self.bus.clone(), StreamKind::Outbound, consumer, settings, shutdown, move |payload, meta| {
-            let me = me.clone();
-            async move { me.handle(payload, meta).await }
-        })
+        alphadome_core::bus::run_consumer(
+            self.bus.clone(),
+            StreamKind::Outbound,
+            consumer,
+            settings,
+            shutdown,
+            move |payload, meta| {
+                let me = me.clone();
+                async move { me.handle(payload, meta).await }
+            },
+        )
         .await
     }
 
@@ -159,13 +193,19 @@ impl Sender {
         if let Some(t) = self.tenants.get(id) {
             return Ok(Some(t));
         }
-        Ok(load_tenant(self.db.clone(), self.keyring.clone(), id).await?.map(Arc::new))
+        Ok(load_tenant(self.db.clone(), self.keyring.clone(), id)
+            .await?
+            .map(Arc::new))
     }
 
     async fn handle(&self, payload: Bytes, meta: MessageMeta) -> Outcome {
         let msg = match OutboundMessage::decode(payload) {
             Ok(m) => m,
-            Err(e) => return Outcome::Poison { reason: format!("undecodable OutboundMessage: {e}") },
+            Err(e) => {
+                return Outcome::Poison {
+                    reason: format!("undecodable OutboundMessage: {e}"),
+                }
+            }
         };
         let span = tracing::info_span!("sender.message", tenant_id = %msg.tenant_id, wamid = %msg.in_reply_to);
         telemetry::set_parent_from_headers(&span, meta.headers.as_ref());
@@ -174,11 +214,17 @@ impl Sender {
 
     async fn deliver(&self, msg: OutboundMessage, delivered: i64) -> Outcome {
         let Ok(tenant_id) = Uuid::parse_str(&msg.tenant_id) else {
-            return Outcome::Poison { reason: format!("tenant id {:?} is not a uuid", msg.tenant_id) };
+            return Outcome::Poison {
+                reason: format!("tenant id {:?} is not a uuid", msg.tenant_id),
+            };
         };
         let tenant = match self.tenant(tenant_id).await {
             Ok(Some(t)) => t,
-            Ok(None) => return Outcome::Poison { reason: format!("tenant {tenant_id} does not exist") },
+            Ok(None) => {
+                return Outcome::Poison {
+                    reason: format!("tenant {tenant_id} does not exist"),
+                }
+            }
             Err(e) => return retry(delivered, format!("loading tenant: {e}")),
         };
         if tenant.token_invalid {
@@ -187,7 +233,8 @@ impl Sender {
                 reason: "the tenant's WhatsApp token is marked invalid (Meta error 190); sends are held until it is replaced".into(),
             };
         }
-        let (Some(token), Some(pnid)) = (tenant.token.as_ref(), tenant.phone_number_id.as_deref()) else {
+        let (Some(token), Some(pnid)) = (tenant.token.as_ref(), tenant.phone_number_id.as_deref())
+        else {
             return Outcome::Retry {
                 delay: Duration::from_secs(60),
                 reason: "the tenant has no usable WhatsApp access token or phone number id".into(),
@@ -198,30 +245,56 @@ impl Sender {
             Err(e) => return retry(delivered, format!("claiming the reply: {e}")),
         };
         let (mut parts_sent, mut first_wamid) = match claim {
-            Claim::Mine { parts_sent, first_wamid } => (parts_sent, first_wamid),
+            Claim::Mine {
+                parts_sent,
+                first_wamid,
+            } => (parts_sent, first_wamid),
             Claim::Sent { wamid, parts } => {
                 tracing::info!("reply already sent; not sending again");
-                return self.log_sent(&tenant, &msg, wamid.unwrap_or_default(), parts, delivered).await;
+                return self
+                    .log_sent(&tenant, &msg, wamid.unwrap_or_default(), parts, delivered)
+                    .await;
             }
             Claim::Failed => return Outcome::Ack,
             Claim::Busy => {
-                return Outcome::Retry { delay: Duration::from_secs(5), reason: "another sender holds this reply".into() }
+                return Outcome::Retry {
+                    delay: Duration::from_secs(5),
+                    reason: "another sender holds this reply".into(),
+                }
             }
         };
         let parts = meta::split_text(&msg.text, MAX_TEXT_CHARS);
-        let recipient = if msg.to.is_empty() { msg.to_user_id.clone() } else { msg.to.clone() };
+        let recipient = if msg.to.is_empty() {
+            msg.to_user_id.clone()
+        } else {
+            msg.to.clone()
+        };
         while (parts_sent as usize) < parts.len() {
             let i = parts_sent as usize;
             self.per_number.until_key_ready(&pnid.to_owned()).await;
             self.per_recipient.until_key_ready(&recipient).await;
             // Only the first part quotes the customer's message.
             let context = if i == 0 { msg.in_reply_to.as_str() } else { "" };
-            let body = meta::text_reply_body(&msg.to, &msg.to_user_id, &parts[i], context, &msg.outbound_id);
+            let body = meta::text_reply_body(
+                &msg.to,
+                &msg.to_user_id,
+                &parts[i],
+                context,
+                &msg.outbound_id,
+            );
             match self.post(pnid, token, &body).await {
                 Ok(wamid) => {
                     parts_sent += 1;
                     first_wamid.get_or_insert(wamid);
-                    if let Err(e) = self.record_progress(&msg.outbound_id, parts_sent, first_wamid.as_deref(), parts.len()).await {
+                    if let Err(e) = self
+                        .record_progress(
+                            &msg.outbound_id,
+                            parts_sent,
+                            first_wamid.as_deref(),
+                            parts.len(),
+                        )
+                        .await
+                    {
                         // Sent but not recorded: the one window where a redelivery may repeat this part.
                         tracing::error!(error = %e, "send succeeded but could not be recorded");
                         return retry(delivered, format!("recording the send: {e}"));
@@ -232,15 +305,36 @@ impl Sender {
                     return retry(delivered, reason);
                 }
                 Err(Failure::Meta(class, err)) => {
-                    let reason = format!("Graph API error {}: {} (fbtrace_id {})", err.code, err.message, err.fbtrace_id.unwrap_or_default());
-                    return self.on_meta_error(&tenant, &msg, class, reason, delivered).await;
+                    let reason = format!(
+                        "Graph API error {}: {} (fbtrace_id {})",
+                        err.code,
+                        err.message,
+                        err.fbtrace_id.unwrap_or_default()
+                    );
+                    return self
+                        .on_meta_error(&tenant, &msg, class, reason, delivered)
+                        .await;
                 }
             }
         }
-        self.log_sent(&tenant, &msg, first_wamid.unwrap_or_default(), parts.len() as i32, delivered).await
+        self.log_sent(
+            &tenant,
+            &msg,
+            first_wamid.unwrap_or_default(),
+            parts.len() as i32,
+            delivered,
+        )
+        .await
     }
 
-    async fn on_meta_error(&self, tenant: &SenderTenant, msg: &OutboundMessage, class: SendFailure, reason: String, delivered: i64) -> Outcome {
+    async fn on_meta_error(
+        &self,
+        tenant: &SenderTenant,
+        msg: &OutboundMessage,
+        class: SendFailure,
+        reason: String,
+        delivered: i64,
+    ) -> Outcome {
         match class {
             SendFailure::Retry => {
                 self.release(&msg.outbound_id, &reason).await;
@@ -249,12 +343,18 @@ impl Sender {
             SendFailure::PairRate => {
                 self.release(&msg.outbound_id, &reason).await;
                 let n = (delivered - 1).clamp(0, 4) as u32;
-                Outcome::Retry { delay: jitter(Duration::from_secs(4u64.pow(n))), reason }
+                Outcome::Retry {
+                    delay: jitter(Duration::from_secs(4u64.pow(n))),
+                    reason,
+                }
             }
             SendFailure::TokenInvalid => {
                 self.release(&msg.outbound_id, &reason).await;
                 self.hold_tenant(tenant.id).await;
-                Outcome::Retry { delay: Duration::from_secs(60), reason }
+                Outcome::Retry {
+                    delay: Duration::from_secs(60),
+                    reason,
+                }
             }
             SendFailure::Permanent => {
                 let r = sqlx::query(
@@ -268,7 +368,11 @@ impl Sender {
                     return retry(delivered, format!("recording a permanent failure: {e}"));
                 }
                 if tenant.log_conversations {
-                    let err = if tenant.log_errors { reason.clone() } else { "send failed".to_owned() };
+                    let err = if tenant.log_errors {
+                        reason.clone()
+                    } else {
+                        "send failed".to_owned()
+                    };
                     if let Err(e) = self.publish_log(msg, String::new(), 0, err).await {
                         return retry(delivered, e.to_string());
                     }
@@ -293,7 +397,9 @@ impl Sender {
                 tenant::announce_change(&self.bus, id).await;
             }
             Ok(_) => {}
-            Err(e) => tracing::error!(tenant_id = %id, error = %e, "could not mark the tenant's token invalid"),
+            Err(e) => {
+                tracing::error!(tenant_id = %id, error = %e, "could not mark the tenant's token invalid")
+            }
         }
     }
 
@@ -314,7 +420,10 @@ impl Sender {
         .fetch_optional(&self.db)
         .await?;
         if let Some((parts_sent, first_wamid)) = row {
-            return Ok(Claim::Mine { parts_sent, first_wamid });
+            return Ok(Claim::Mine {
+                parts_sent,
+                first_wamid,
+            });
         }
         let (state, wamid, parts): (String, Option<String>, i32) = sqlx::query_as(
             "SELECT state, whatsapp_message_id, parts_sent FROM alphadome.outbound_messages WHERE outbound_id = $1",
@@ -329,7 +438,13 @@ impl Sender {
         })
     }
 
-    async fn record_progress(&self, id: &str, parts_sent: i32, wamid: Option<&str>, total: usize) -> Result<(), sqlx::Error> {
+    async fn record_progress(
+        &self,
+        id: &str,
+        parts_sent: i32,
+        wamid: Option<&str>,
+        total: usize,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE alphadome.outbound_messages SET parts_sent = $2, whatsapp_message_id = $3, \
                state = CASE WHEN $2 >= $4 THEN 'sent' ELSE state END, \
@@ -356,7 +471,12 @@ impl Sender {
         }
     }
 
-    async fn post(&self, pnid: &str, token: &SecretString, body: &serde_json::Value) -> Result<String, Failure> {
+    async fn post(
+        &self,
+        pnid: &str,
+        token: &SecretString,
+        body: &serde_json::Value,
+    ) -> Result<String, Failure> {
         let url = format!("{}/{}/messages", self.graph_url, pnid);
         let resp = self
             .http
@@ -365,21 +485,33 @@ impl Sender {
             .json(body)
             .send()
             .await
-            .map_err(|e| Failure::Transport(format!("Graph API request failed: {}", without_url(&e))))?;
+            .map_err(|e| {
+                Failure::Transport(format!("Graph API request failed: {}", without_url(&e)))
+            })?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Failure::Transport(format!("Graph API response unreadable: {}", without_url(&e))))?;
+        let bytes = resp.bytes().await.map_err(|e| {
+            Failure::Transport(format!(
+                "Graph API response unreadable: {}",
+                without_url(&e)
+            ))
+        })?;
         if (200..300).contains(&status) {
-            return meta::sent_wamid(&bytes)
-                .ok_or_else(|| Failure::Transport("Graph API answered 2xx without messages[0].id".into()));
+            return meta::sent_wamid(&bytes).ok_or_else(|| {
+                Failure::Transport("Graph API answered 2xx without messages[0].id".into())
+            });
         }
         let (class, err) = meta::classify_send_error(status, &bytes);
         Err(Failure::Meta(class, err))
     }
 
-    async fn log_sent(&self, tenant: &SenderTenant, msg: &OutboundMessage, wamid: String, parts: i32, delivered: i64) -> Outcome {
+    async fn log_sent(
+        &self,
+        tenant: &SenderTenant,
+        msg: &OutboundMessage,
+        wamid: String,
+        parts: i32,
+        delivered: i64,
+    ) -> Outcome {
         if tenant.log_conversations {
             if let Err(e) = self.publish_log(msg, wamid, parts, String::new()).await {
                 return retry(delivered, e.to_string());
@@ -388,7 +520,13 @@ impl Sender {
         Outcome::Ack
     }
 
-    async fn publish_log(&self, msg: &OutboundMessage, wamid: String, parts: i32, error: String) -> Result<(), alphadome_core::bus::BusError> {
+    async fn publish_log(
+        &self,
+        msg: &OutboundMessage,
+        wamid: String,
+        parts: i32,
+        error: String,
+    ) -> Result<(), alphadome_core::bus::BusError> {
         let mut metadata: serde_json::Value =
             serde_json::from_str(&msg.metadata_json).unwrap_or_else(|_| serde_json::json!({}));
         if !metadata.is_object() {
@@ -400,7 +538,11 @@ impl Sender {
         if msg.inbound_received_at_ms > 0 {
             metadata["latency_ms"] = serde_json::json!(now_ms() - msg.inbound_received_at_ms);
         }
-        let key = if msg.in_reply_to.is_empty() { msg.outbound_id.clone() } else { msg.in_reply_to.clone() };
+        let key = if msg.in_reply_to.is_empty() {
+            msg.outbound_id.clone()
+        } else {
+            msg.in_reply_to.clone()
+        };
         let log = LogEvent {
             tenant_id: msg.tenant_id.clone(),
             direction: Direction::Outgoing as i32,
@@ -409,7 +551,11 @@ impl Sender {
             user_phone: msg.to.clone(),
             message_text: msg.text.clone(),
             ai_processed: msg.ai_processed,
-            ai_response: if msg.ai_processed { msg.text.clone() } else { String::new() },
+            ai_response: if msg.ai_processed {
+                msg.text.clone()
+            } else {
+                String::new()
+            },
             error_message: error,
             template_used: msg.template_used.clone(),
             training_data_id: msg.training_data_id.clone(),
@@ -420,7 +566,11 @@ impl Sender {
         };
         let id = log.dedup_key.clone();
         self.bus
-            .publish(self.bus.subject(StreamKind::Log, &msg.tenant_id), &id, log.encode_to_vec().into())
+            .publish(
+                self.bus.subject(StreamKind::Log, &msg.tenant_id),
+                &id,
+                log.encode_to_vec().into(),
+            )
             .await
             .map(|_| ())
     }
@@ -450,7 +600,10 @@ fn without_url(e: &reqwest::Error) -> String {
 /// Exponential backoff with jitter: 1 s, 2 s, 4 s ... up to 60 s.
 fn retry(delivered: i64, reason: String) -> Outcome {
     let n = (delivered - 1).clamp(0, 6) as u32;
-    Outcome::Retry { delay: jitter(Duration::from_secs(1u64 << n).min(Duration::from_secs(60))), reason }
+    Outcome::Retry {
+        delay: jitter(Duration::from_secs(1u64 << n).min(Duration::from_secs(60))),
+        reason,
+    }
 }
 
 fn jitter(d: Duration) -> Duration {
