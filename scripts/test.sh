@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against the real PostgreSQL and NATS
+# (installed and started by setup.sh when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+export ALPHADOME_TEST_DATABASE_URL="${ALPHADOME_TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+export ALPHADOME_TEST_NATS_URL="${ALPHADOME_TEST_NATS_URL:-nats://127.0.0.1:4222}"
+
+# Databases left behind by an interrupted earlier run.
+psql "$ALPHADOME_TEST_DATABASE_URL" -qAtc \
+  "SELECT 'DROP DATABASE IF EXISTS ' || datname || ' WITH (FORCE);' FROM pg_database WHERE datname LIKE 'alphadome\_t\_%'" \
+  | psql "$ALPHADOME_TEST_DATABASE_URL" -q >/dev/null 2>&1 || true
+
+# The process tests run the real binary.
+cargo build --bins --locked
+cargo test --workspace --locked "$@"
