@@ -457,3 +457,87 @@ pub fn init_logs() {
             .try_init();
     }
 }
+
+/// A NATS server of the test's own (so it can be stopped), on a free port
+/// with its own store directory.
+pub struct OwnNats {
+    pub port: u16,
+    pub store: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnNats {
+    fn binary() -> PathBuf {
+        for dir in std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .chain(["/usr/sbin", "/usr/local/bin"])
+        {
+            let p = PathBuf::from(dir).join("nats-server");
+            if p.exists() {
+                return p;
+            }
+        }
+        panic!("nats-server not found on PATH or in /usr/sbin");
+    }
+
+    /// Starts a JetStream-enabled server.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let store =
+            std::env::temp_dir().join(format!("alphadome-nats-{}", Uuid::new_v4().simple()));
+        let mut me = Self {
+            port,
+            store,
+            child: None,
+        };
+        me.resume().await;
+        me
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again (same port, same store).
+    pub async fn resume(&mut self) {
+        let child = std::process::Command::new(Self::binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually(Duration::from_secs(10), "nats-server listening", || async {
+            tokio::net::TcpStream::connect(&addr).await.ok().map(|_| ())
+        })
+        .await;
+    }
+
+    /// Kills the server.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}

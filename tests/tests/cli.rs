@@ -199,3 +199,59 @@ fn keys_generate_prints_a_usable_key() {
     assert_eq!(code, 0);
     assert!(alphadome_core::crypto::Keyring::from_base64(out.trim(), &[]).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_chats_with_a_running_platform() {
+    let db = TestDb::migrated().await;
+    let nats = alphadome_tests::TestNats::new();
+    let (key, ring) = keyring();
+    let t = alphadome_tests::tenant(&db.pool, &ring, alphadome_tests::TenantSpec::default()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let graph_url = format!("http://127.0.0.1:{port}/v24.0");
+    let stack = alphadome_tests::RunningStack::start(
+        alphadome_tests::config(&db, &nats, ring.clone(), &graph_url),
+        &alphadome_cli::stack::Service::ALL,
+    )
+    .await;
+    let listen = format!("127.0.0.1:{port}");
+    let ingress = stack.webhook_url();
+    let (db_url, tenant_phone) = (db.url.clone(), t.phone.clone());
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli(
+            &[
+                "simulate",
+                "--tenant",
+                &tenant_phone,
+                "--ingress",
+                &ingress,
+                "--graph-listen",
+                &listen,
+                "-m",
+                "what are your opening hours",
+                "-m",
+                "xyzzy plugh",
+            ],
+            &[
+                ("DATABASE_URL", &db_url),
+                ("ALPHADOME_MASTER_KEY", &key),
+                ("META_APP_SECRET", alphadome_tests::PLATFORM_APP_SECRET),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "bot> We are open 9 to 5.",
+            &format!("bot> {}", alphadome_core::config::DEFAULT_FALLBACK_REPLY)
+        ]
+    );
+    stack.stop().await.unwrap();
+}

@@ -755,3 +755,148 @@ async fn graceful_shutdown_finishes_in_flight_work() {
     .await;
     stack.stop().await.unwrap();
 }
+
+fn webhook_with(phone_number_id: &str, message: serde_json::Value) -> String {
+    serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "0", "changes": [{"field": "messages",
+        "value": {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "0", "phone_number_id": phone_number_id},
+        "contacts": [{"profile": {"name": "T"}, "wa_id": USER}], "messages": [message]}}]}]})
+    .to_string()
+}
+
+#[tokio::test]
+async fn buttons_and_lists_are_answered_like_text_media_politely_reactions_not_at_all() {
+    let e = env().await;
+    let t = tenant(&e.db.pool, &e.ring, TenantSpec::default()).await;
+    let stack = e.stack().await;
+    let msgs = [
+        serde_json::json!({"from": USER, "id": "wamid.k.button", "timestamp": "1714510003", "type": "interactive",
+            "context": {"from": "1", "id": "wamid.biz"},
+            "interactive": {"type": "button_reply", "button_reply": {"id": "hours", "title": "Opening hours"}}}),
+        serde_json::json!({"from": USER, "id": "wamid.k.list", "timestamp": "1714510003", "type": "interactive",
+            "interactive": {"type": "list_reply", "list_reply": {"id": "h", "title": "Opening hours", "description": "when"}}}),
+        serde_json::json!({"from": USER, "id": "wamid.k.template", "timestamp": "1714510003", "type": "button",
+            "button": {"payload": "HOURS", "text": "Opening hours"}}),
+        serde_json::json!({"from": USER, "id": "wamid.k.image", "timestamp": "1714510003", "type": "image",
+            "image": {"mime_type": "image/jpeg", "sha256": "x", "id": "media1"}}),
+        serde_json::json!({"from": USER, "id": "wamid.k.audio", "timestamp": "1714510003", "type": "audio",
+            "audio": {"mime_type": "audio/ogg; codecs=opus", "sha256": "x", "id": "media2", "voice": true}}),
+        serde_json::json!({"from": USER, "id": "wamid.k.location", "timestamp": "1714510003", "type": "location",
+            "location": {"latitude": -1.28, "longitude": 36.82}}),
+        serde_json::json!({"from": USER, "id": "wamid.k.reaction", "timestamp": "1714510003", "type": "reaction",
+            "reaction": {"message_id": "wamid.biz", "emoji": "👍"}}),
+        serde_json::json!({"from": USER, "id": "wamid.k.future", "timestamp": "1714510003", "type": "hologram"}),
+    ];
+    for m in msgs {
+        let body = webhook_with(&t.phone_number_id, m);
+        assert_eq!(
+            post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body)
+                .await
+                .status(),
+            200
+        );
+    }
+    e.graph.wait_for(7, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = e.graph.received();
+    let reply = |w: &str| got.iter().find(|r| r.in_reply_to() == w).map(|r| r.text());
+    for w in ["wamid.k.button", "wamid.k.list", "wamid.k.template"] {
+        assert_eq!(reply(w).as_deref(), Some("We are open 9 to 5."), "{w}");
+    }
+    for w in [
+        "wamid.k.image",
+        "wamid.k.audio",
+        "wamid.k.location",
+        "wamid.k.future",
+    ] {
+        assert_eq!(
+            reply(w).as_deref(),
+            Some(alphadome_responder::MEDIA_REPLY),
+            "{w}"
+        );
+    }
+    assert_eq!(reply("wamid.k.reaction"), None, "reactions get no reply");
+    assert_eq!(got.len(), 7);
+    eventually(Duration::from_secs(10), "all incoming rows", || async {
+        (log_counts(&e.db.pool, t.id).await == (8, 7)).then_some(())
+    })
+    .await;
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_the_service_keeps_serving() {
+    let e = env().await;
+    let t = tenant(&e.db.pool, &e.ring, TenantSpec::default()).await;
+    let stack = e.stack().await;
+    let url = stack.webhook_url();
+    let client = reqwest::Client::new();
+    // Wrong content type.
+    let body = text_webhook(&t.phone_number_id, USER, "wamid.bad.1", "opening hours");
+    let sig = alphadome_core::meta::sign(PLATFORM_APP_SECRET.as_bytes(), body.as_bytes());
+    let r = client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .header("x-hub-signature-256", &sig)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    assert!(r.text().await.unwrap().contains("application/json"));
+    // Malformed JSON, correctly signed.
+    let r = post_signed(
+        &url,
+        PLATFORM_APP_SECRET,
+        "{\"object\": \"whatsapp_business_account\", \"entry\": [",
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("invalid webhook payload"));
+    // Not a WhatsApp envelope.
+    let r = post_signed(&url, PLATFORM_APP_SECRET, "{\"object\": \"page\"}").await;
+    assert_eq!(r.status(), 400);
+    // Oversized body.
+    let huge = format!(
+        "{{\"object\": \"whatsapp_business_account\", \"pad\": \"{}\"}}",
+        "x".repeat(5 * 1024 * 1024)
+    );
+    let r = post_signed(&url, PLATFORM_APP_SECRET, &huge).await;
+    assert_eq!(r.status(), 413);
+    // Verification handshake: right token, wrong token, missing fields.
+    let ok = client
+        .get(format!(
+            "{url}?hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token=verify-{}",
+            t.phone_number_id
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["content-type"], "text/plain");
+    assert_eq!(ok.text().await.unwrap(), "1158201444");
+    let wrong = client
+        .get(format!(
+            "{url}?hub.mode=subscribe&hub.challenge=1&hub.verify_token=nope"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 403);
+    let mode = client
+        .get(format!(
+            "{url}?hub.mode=unsubscribe&hub.challenge=1&hub.verify_token=verify-{}",
+            t.phone_number_id
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mode.status(), 403);
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 400);
+    // Still serving.
+    assert_eq!(
+        post_signed(&url, PLATFORM_APP_SECRET, &body).await.status(),
+        200
+    );
+    assert_eq!(e.graph.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    stack.stop().await.unwrap();
+}

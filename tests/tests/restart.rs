@@ -138,3 +138,61 @@ async fn sigkill_mid_stream_then_restart_loses_nothing_and_repeats_nothing() {
     p.child.kill().ok();
     p.child.wait().ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
+    let db = TestDb::migrated().await;
+    let nats = TestNats::new();
+    let (key, ring) = keyring();
+    let (graph, graph_url, _stop) = graph().await;
+    let t = tenant(&db.pool, &ring, TenantSpec::default()).await;
+    let port = free_port();
+    let mut p = spawn(&db, &nats, &key, &graph_url, port);
+    ready(&p).await;
+    let n = 30;
+    for i in 0..n {
+        let body = text_webhook(
+            &t.phone_number_id,
+            &format!("2547300{i:05}"),
+            &format!("wamid.term.{i}"),
+            "opening hours",
+        );
+        assert_eq!(
+            post_signed(&format!("{}/webhook", p.url), PLATFORM_APP_SECRET, &body)
+                .await
+                .status(),
+            200
+        );
+    }
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit within 20 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    // Whatever was accepted is answered once, by this run or the next.
+    let mut p = spawn(&db, &nats, &key, &graph_url, port);
+    ready(&p).await;
+    let got = graph.wait_for(n, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(got.len(), n);
+    assert_eq!(
+        graph.received().len(),
+        n,
+        "a reply was sent twice across a graceful restart"
+    );
+    p.child.kill().ok();
+    p.child.wait().ok();
+}
