@@ -166,6 +166,8 @@ pub fn config(db: &TestDb, nats: &TestNats, keyring: Arc<Keyring>, graph_url: &s
         tenant_refresh: Duration::from_millis(500),
         default_fallback_reply: alphadome_core::config::DEFAULT_FALLBACK_REPLY.to_owned(),
         duplicate_window: Duration::from_secs(120),
+        send_mps: 1000,
+        pair_burst: 45,
     }
 }
 

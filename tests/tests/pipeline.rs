@@ -900,3 +900,46 @@ async fn bad_requests_get_clear_errors_and_the_service_keeps_serving() {
     assert_eq!(e.graph.wait_for(1, Duration::from_secs(10)).await.len(), 1);
     stack.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn sends_are_paced_per_number_and_per_recipient() {
+    let e = env().await;
+    let t = tenant(&e.db.pool, &e.ring, TenantSpec::default()).await;
+    let mut cfg = e.config();
+    cfg.send_mps = 2;
+    cfg.pair_burst = 1;
+    let stack = RunningStack::start(cfg, &Service::ALL).await;
+    // Six customers at 2 messages/s for the number (burst 2): about 2 s in all.
+    for i in 0..6 {
+        let body = text_webhook(
+            &t.phone_number_id,
+            &format!("25471300000{i}"),
+            &format!("wamid.pace.{i}"),
+            "opening hours",
+        );
+        post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await;
+    }
+    let got = e.graph.wait_for(6, Duration::from_secs(20)).await;
+    let span = got[5].at.duration_since(got[0].at);
+    assert!(
+        span >= Duration::from_millis(1800),
+        "6 sends at 2/s took only {span:?}"
+    );
+    // One customer writing twice: the second reply waits for the pair rate (1 per 6 s).
+    for i in 0..2 {
+        let body = text_webhook(
+            &t.phone_number_id,
+            "254713999999",
+            &format!("wamid.pair.{i}"),
+            "opening hours",
+        );
+        post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await;
+    }
+    let got = e.graph.wait_for(8, Duration::from_secs(20)).await;
+    let gap = got[7].at.duration_since(got[6].at);
+    assert!(
+        gap >= Duration::from_millis(5500),
+        "two sends to one recipient only {gap:?} apart"
+    );
+    stack.stop().await.unwrap();
+}

@@ -56,6 +56,12 @@ pub struct Config {
     /// publish-deduplication window for streams this deployment creates.
     /// Durable records in Postgres cover what happens after it.
     pub duplicate_window: Duration,
+    /// `ALPHADOME_SEND_MPS`, default 80: sends per second per business
+    /// phone number (Meta's default throughput; 1000 once upgraded).
+    pub send_mps: u32,
+    /// `ALPHADOME_PAIR_BURST`, default 45: sends to one recipient allowed in
+    /// a burst; sustained, one per 6 seconds (Meta's pair rate limit).
+    pub pair_burst: u32,
 }
 
 impl std::fmt::Debug for Config {
@@ -155,6 +161,8 @@ impl Config {
                 "ALPHADOME_DUPLICATE_WINDOW_SECS",
                 120u64,
             )?),
+            send_mps: parse("ALPHADOME_SEND_MPS", 80u32)?.max(1),
+            pair_burst: parse("ALPHADOME_PAIR_BURST", 45u32)?.max(1),
         })
     }
 }

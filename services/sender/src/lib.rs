@@ -107,15 +107,6 @@ pub struct Sender {
     claim_lease: Duration,
 }
 
-fn env_u32(name: &str, default: u32) -> NonZeroU32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .and_then(NonZeroU32::new)
-        .or(NonZeroU32::new(default))
-        .unwrap_or(NonZeroU32::MIN)
-}
-
 impl Sender {
     /// Builds the sender and keeps its tenant cache current until `shutdown`.
     pub async fn start(
@@ -145,8 +136,8 @@ impl Sender {
             .map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
         // Meta's defaults: 80 messages/s per number; 1 per 6 s per
         // recipient with bursts of up to 45 (protocols.md 2.9).
-        let mps = env_u32("ALPHADOME_SEND_MPS", 80);
-        let pair_burst = env_u32("ALPHADOME_PAIR_BURST", 45);
+        let mps = NonZeroU32::new(config.send_mps).unwrap_or(NonZeroU32::MIN);
+        let pair_burst = NonZeroU32::new(config.pair_burst).unwrap_or(NonZeroU32::MIN);
         let per_recipient = Quota::with_period(Duration::from_secs(6))
             .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
             .allow_burst(pair_burst);
