@@ -168,6 +168,9 @@ pub fn config(db: &TestDb, nats: &TestNats, keyring: Arc<Keyring>, graph_url: &s
         duplicate_window: Duration::from_secs(120),
         send_mps: 1000,
         pair_burst: 45,
+        ai: alphadome_core::config::AiSettings::default(),
+        smtp_url: None,
+        smtp_from: "Alphadome <alphadome@localhost>".into(),
     }
 }
 
@@ -265,6 +268,12 @@ pub struct TenantSpec<'a> {
     pub faq: &'a [(&'a str, &'a str)],
     /// Extra YAML under control_settings.
     pub control: &'a str,
+    /// Extra YAML under tenant (e.g. the AI provider).
+    pub tenant_extra: &'a str,
+    /// Extra YAML under the default template.
+    pub template_extra: &'a str,
+    /// Extra items of training_data (YAML list items, indented two spaces).
+    pub training_extra: &'a str,
 }
 
 impl Default for TenantSpec<'_> {
@@ -278,6 +287,9 @@ impl Default for TenantSpec<'_> {
             active: true,
             faq: &[("What are your opening hours?", "We are open 9 to 5.")],
             control: "",
+            tenant_extra: "",
+            template_extra: "",
+            training_extra: "",
         }
     }
 }
@@ -300,12 +312,18 @@ pub fn manifest_yaml(spec: &TenantSpec<'_>) -> String {
     if let Some(s) = spec.app_secret {
         y.push_str(&format!("  whatsapp_app_secret: {}\n", yaml_str(s)));
     }
+    for line in spec.tenant_extra.lines().filter(|l| !l.trim().is_empty()) {
+        y.push_str(&format!("  {}\n", line.trim()));
+    }
     y.push_str("control_settings:\n  log_conversations: true\n");
     for line in spec.control.lines().filter(|l| !l.trim().is_empty()) {
         y.push_str(&format!("  {}\n", line.trim()));
     }
     y.push_str("templates:\n  - template_name: default\n    is_default: true\n    system_prompt: You are a helpful assistant.\n");
-    if !spec.faq.is_empty() {
+    for line in spec.template_extra.lines().filter(|l| !l.trim().is_empty()) {
+        y.push_str(&format!("    {}\n", line.trim()));
+    }
+    if !spec.faq.is_empty() || !spec.training_extra.is_empty() {
         y.push_str("training_data:\n");
         for (q, a) in spec.faq {
             y.push_str(&format!(
@@ -314,6 +332,7 @@ pub fn manifest_yaml(spec: &TenantSpec<'_>) -> String {
                 yaml_str(a)
             ));
         }
+        y.push_str(spec.training_extra);
     }
     y
 }
@@ -541,5 +560,199 @@ impl Drop for OwnNats {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// One request the LLM stand-in received.
+#[derive(Debug, Clone)]
+pub struct LlmRequest {
+    pub path: String,
+    pub key: String,
+    pub body: serde_json::Value,
+    pub headers: Vec<(String, String)>,
+}
+
+impl LlmRequest {
+    /// The system prompt.
+    pub fn system(&self) -> String {
+        self.body["messages"][0]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+    /// The last user message.
+    pub fn last_user(&self) -> String {
+        self.body["messages"]
+            .as_array()
+            .and_then(|m| m.iter().rev().find(|x| x["role"] == "user"))
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// A scripted LLM answer.
+#[derive(Debug, Clone)]
+pub enum LlmBehaviour {
+    /// 200 with this completion text.
+    Reply(String),
+    /// This status and JSON body, with an optional Retry-After (seconds).
+    Status(u16, String, Option<u64>),
+    /// No answer for this long.
+    Hang(Duration),
+}
+
+/// A local OpenAI-compatible Chat Completions stand-in (any base path,
+/// `.../chat/completions`). Unscripted requests get
+/// `"AI answer to: <last user message>"`.
+#[derive(Default)]
+pub struct LlmStandIn {
+    requests: std::sync::Mutex<Vec<LlmRequest>>,
+    script: std::sync::Mutex<std::collections::VecDeque<LlmBehaviour>>,
+}
+
+impl LlmStandIn {
+    pub async fn start() -> (Arc<Self>, String) {
+        use axum::extract::State;
+        async fn handle(
+            State(me): State<Arc<LlmStandIn>>,
+            uri: axum::http::Uri,
+            headers: axum::http::HeaderMap,
+            body: axum::body::Bytes,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let key = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .to_owned();
+            let req = LlmRequest {
+                path: uri.path().to_owned(),
+                key,
+                body: json,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                    .collect(),
+            };
+            let last = req.last_user();
+            me.requests.lock().expect("lock").push(req);
+            let next = me.script.lock().expect("lock").pop_front();
+            let reply = |text: String| {
+                axum::Json(serde_json::json!({"id": "chatcmpl-standin", "object": "chat.completion", "model": "standin-model",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49}}))
+                .into_response()
+            };
+            match next {
+                None => reply(format!("AI answer to: {last}")),
+                Some(LlmBehaviour::Reply(t)) => reply(t),
+                Some(LlmBehaviour::Status(code, body, retry_after)) => {
+                    let mut r = (
+                        axum::http::StatusCode::from_u16(code).expect("status"),
+                        body,
+                    )
+                        .into_response();
+                    r.headers_mut().insert(
+                        "content-type",
+                        axum::http::HeaderValue::from_static("application/json"),
+                    );
+                    if let Some(s) = retry_after {
+                        r.headers_mut().insert(
+                            "retry-after",
+                            axum::http::HeaderValue::from_str(&s.to_string()).expect("header"),
+                        );
+                    }
+                    r
+                }
+                Some(LlmBehaviour::Hang(d)) => {
+                    tokio::time::sleep(d).await;
+                    reply("too late".into())
+                }
+            }
+        }
+        let me = Arc::new(Self::default());
+        let app = axum::Router::new()
+            .route("/{*path}", axum::routing::post(handle))
+            .with_state(me.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind llm stand-in");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (me, url)
+    }
+
+    pub fn script(&self, b: impl IntoIterator<Item = LlmBehaviour>) {
+        self.script.lock().expect("lock").extend(b);
+    }
+
+    pub fn requests(&self) -> Vec<LlmRequest> {
+        self.requests.lock().expect("lock").clone()
+    }
+}
+
+/// A minimal SMTP server that accepts every message and keeps its text.
+#[derive(Default)]
+pub struct SmtpSink {
+    messages: std::sync::Mutex<Vec<String>>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> (Arc<Self>, String) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let me = Arc::new(Self::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind smtp sink");
+        let url = format!("smtp://{}", listener.local_addr().expect("addr"));
+        let sink = me.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = stream.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    let _ = w.write_all(b"220 sink ESMTP\r\n").await;
+                    let mut data: Option<String> = None;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if let Some(buf) = data.as_mut() {
+                            if line == "." {
+                                sink.messages
+                                    .lock()
+                                    .expect("lock")
+                                    .push(std::mem::take(buf));
+                                data = None;
+                                let _ = w.write_all(b"250 OK queued\r\n").await;
+                            } else {
+                                buf.push_str(&line);
+                                buf.push('\n');
+                            }
+                            continue;
+                        }
+                        let cmd = line.to_ascii_uppercase();
+                        let reply: &[u8] = if cmd.starts_with("EHLO") || cmd.starts_with("HELO") {
+                            b"250 sink\r\n"
+                        } else if cmd.starts_with("DATA") {
+                            data = Some(String::new());
+                            b"354 go ahead\r\n"
+                        } else if cmd.starts_with("QUIT") {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            break;
+                        } else {
+                            b"250 OK\r\n"
+                        };
+                        let _ = w.write_all(reply).await;
+                    }
+                });
+            }
+        });
+        (me, url)
+    }
+
+    pub fn messages(&self) -> Vec<String> {
+        self.messages.lock().expect("lock").clone()
     }
 }

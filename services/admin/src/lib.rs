@@ -186,6 +186,44 @@ pub async fn set_active(
     Ok((t.id, changed))
 }
 
+/// How long per-message limit records are kept: longer than Meta retries a
+/// webhook (7 days), so a late retry is still recognised.
+pub const LIMIT_RECORD_DAYS: i32 = 8;
+
+/// Scheduled housekeeping, hourly until `shutdown`: expired limit records.
+pub fn spawn_housekeeping(
+    db: PgPool,
+    shutdown: alphadome_core::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match housekeeping(&db).await {
+                Ok(n) if n > 0 => tracing::info!(rows = n, "expired limit records removed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "housekeeping failed; will retry in an hour"),
+            }
+        }
+    })
+}
+
+/// Removes limit records older than [`LIMIT_RECORD_DAYS`]; returns the rows removed.
+pub async fn housekeeping(db: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut n = 0;
+    for sql in [
+        "DELETE FROM alphadome.rate_limit_events WHERE created_at < now() - make_interval(days => $1)",
+        "DELETE FROM alphadome.rate_limit_counters WHERE window_start < now() - make_interval(days => $1)",
+        "DELETE FROM alphadome.rate_limit_notices WHERE window_start < now() - make_interval(days => $1)",
+    ] {
+        n += sqlx::query(sql).bind(LIMIT_RECORD_DAYS).execute(db).await?.rows_affected();
+    }
+    Ok(n)
+}
+
 /// State of the admin API.
 struct Api {
     db: PgPool,

@@ -36,6 +36,21 @@ enum Command {
     /// Master key utilities.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Conversations handed to a person.
+    #[command(subcommand)]
+    Conversation(ConversationCommand),
+    /// Messages, AI replies and tokens per day for a tenant.
+    Usage {
+        /// Tenant id or client phone.
+        #[arg(long)]
+        tenant: String,
+        /// First day to report (YYYY-MM-DD); default 30 days ago.
+        #[arg(long)]
+        since: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run every service in one process (migrations applied first).
     Up {
         /// Do not apply migrations at start-up.
@@ -113,6 +128,25 @@ enum TenantCommand {
 }
 
 #[derive(Subcommand)]
+enum ConversationCommand {
+    /// List conversations currently handed to a person.
+    List {
+        /// Tenant id or client phone.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Let the bot answer a customer again before the pause ends.
+    Resume {
+        /// Tenant id or client phone.
+        #[arg(long)]
+        tenant: String,
+        /// The customer's WhatsApp number.
+        #[arg(long)]
+        user: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeysCommand {
     /// Print a new random master key (base64 of 32 bytes) for ALPHADOME_MASTER_KEY.
     Generate,
@@ -172,6 +206,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tenant(cmd) => tenant_command(cmd).await?,
         Command::Keys(KeysCommand::Generate) => println!("{}", Keyring::generate_key()),
+        Command::Conversation(cmd) => conversation_command(cmd).await?,
+        Command::Usage {
+            tenant,
+            since,
+            json,
+        } => usage(&tenant, since.as_deref(), json).await?,
         Command::Up { no_migrate } => {
             let _telemetry = telemetry::init("alphadome");
             let mut opts = RunOptions::new(&Service::ALL);
@@ -338,4 +378,87 @@ fn truncate(s: &str, n: usize) -> String {
     } else {
         format!("{}…", s.chars().take(n - 1).collect::<String>())
     }
+}
+
+async fn find(pool: &sqlx::PgPool, who: &str) -> anyhow::Result<tenant::Tenant> {
+    tenant::find_tenant(pool, who)
+        .await?
+        .with_context(|| format!("no tenant with id or phone {who:?}"))
+}
+
+async fn conversation_command(cmd: ConversationCommand) -> anyhow::Result<()> {
+    let pool = pool().await?;
+    match cmd {
+        ConversationCommand::List { tenant } => {
+            let t = find(&pool, &tenant).await?;
+            let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+                "SELECT user_phone, reason, started_at::text, paused_until::text FROM alphadome.conversation_handoffs \
+                 WHERE bot_tenant_id = $1 AND resumed_at IS NULL AND paused_until > now() ORDER BY started_at",
+            )
+            .bind(t.id)
+            .fetch_all(&pool)
+            .await?;
+            println!(
+                "{:<16}  {:<32}  {:<30}  PAUSED UNTIL",
+                "CUSTOMER", "REASON", "SINCE"
+            );
+            for (user, reason, since, until) in rows {
+                println!("{user:<16}  {reason:<32}  {since:<30}  {until}");
+            }
+        }
+        ConversationCommand::Resume { tenant, user } => {
+            let t = find(&pool, &tenant).await?;
+            let user = alphadome_core::phone::normalize(
+                &user,
+                &alphadome_core::phone::default_country_code(),
+            )
+            .context("--user")?;
+            if alphadome_responder::escalation::resume(&pool, t.id, &user).await? {
+                println!("the bot answers {user} again");
+            } else {
+                println!("no conversation with {user} is handed to a person");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn usage(tenant: &str, since: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let since = match since {
+        Some(s) => chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .with_context(|| format!("--since {s:?} is not a date (YYYY-MM-DD)"))?,
+        None => (chrono::Utc::now() - chrono::Duration::days(30)).date_naive(),
+    };
+    let pool = pool().await?;
+    let t = find(&pool, tenant).await?;
+    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT (created_at AT TIME ZONE 'UTC')::date::text AS day, \
+           count(*) FILTER (WHERE direction = 'incoming'), \
+           count(*) FILTER (WHERE direction = 'outgoing'), \
+           count(*) FILTER (WHERE direction = 'outgoing' AND ai_processed), \
+           COALESCE(sum((metadata->'usage'->>'prompt_tokens')::bigint), 0)::bigint, \
+           COALESCE(sum((metadata->'usage'->>'completion_tokens')::bigint), 0)::bigint \
+         FROM alphadome.bot_message_logs WHERE bot_tenant_id = $1 AND created_at >= $2::date \
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind(t.id)
+    .bind(since)
+    .fetch_all(&pool)
+    .await?;
+    if json {
+        let days: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(day, i, o, ai, p, c)| serde_json::json!({"day": day, "incoming": i, "outgoing": o, "ai_replies": ai, "prompt_tokens": p, "completion_tokens": c}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&days)?);
+    } else {
+        println!(
+            "{:<10}  {:>8}  {:>8}  {:>10}  {:>13}  {:>17}",
+            "DAY", "INCOMING", "OUTGOING", "AI REPLIES", "PROMPT TOKENS", "COMPLETION TOKENS"
+        );
+        for (day, i, o, ai, p, c) in rows {
+            println!("{day:<10}  {i:>8}  {o:>8}  {ai:>10}  {p:>13}  {c:>17}");
+        }
+    }
+    Ok(())
 }

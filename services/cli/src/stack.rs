@@ -91,6 +91,7 @@ pub async fn run(
         if let Some(api) = alphadome_admin::router(pool.clone()) {
             router = router.merge(api);
         }
+        alphadome_admin::spawn_housekeeping(pool.clone(), shutdown.clone());
     }
     if has(Service::Responder) {
         let r = alphadome_responder::Responder::start(

@@ -62,6 +62,38 @@ pub struct Config {
     /// `ALPHADOME_PAIR_BURST`, default 45: sends to one recipient allowed in
     /// a burst; sustained, one per 6 seconds (Meta's pair rate limit).
     pub pair_burst: u32,
+    /// LLM providers' base URLs and time budget.
+    pub ai: AiSettings,
+    /// `SMTP_URL` (e.g. `smtp://mail:25`, `smtps://user:pass@host`): where
+    /// escalation e-mails go; none are sent when unset.
+    pub smtp_url: Option<SecretString>,
+    /// `ALPHADOME_SMTP_FROM`, default `Alphadome <alphadome@localhost>`.
+    pub smtp_from: String,
+}
+
+/// Where each LLM provider is reached, and how long an answer may take.
+#[derive(Debug, Clone)]
+pub struct AiSettings {
+    /// `OPENAI_BASE_URL`, default `https://api.openai.com/v1`.
+    pub openai_base: String,
+    /// `OPENROUTER_BASE_URL`, default `https://openrouter.ai/api/v1`.
+    pub openrouter_base: String,
+    /// `HF_BASE_URL`, default `https://router.huggingface.co/v1`.
+    pub huggingface_base: String,
+    /// `ALPHADOME_AI_TIMEOUT_MS`, default 8000: the whole budget of one
+    /// answer, retries included, so the reply stays within seconds.
+    pub timeout: Duration,
+}
+
+impl Default for AiSettings {
+    fn default() -> Self {
+        Self {
+            openai_base: "https://api.openai.com/v1".into(),
+            openrouter_base: "https://openrouter.ai/api/v1".into(),
+            huggingface_base: "https://router.huggingface.co/v1".into(),
+            timeout: Duration::from_secs(8),
+        }
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -97,6 +129,18 @@ where
             var: name,
             reason: e.to_string(),
         }),
+    }
+}
+
+fn url_var(name: &'static str, default: &str) -> Result<String, ConfigError> {
+    let v = var(name).unwrap_or_else(|| default.to_owned());
+    if v.starts_with("http://") || v.starts_with("https://") {
+        Ok(v.trim_end_matches('/').to_owned())
+    } else {
+        Err(ConfigError::Invalid {
+            var: name,
+            reason: "must be an http(s) URL".into(),
+        })
     }
 }
 
@@ -163,6 +207,15 @@ impl Config {
             )?),
             send_mps: parse("ALPHADOME_SEND_MPS", 80u32)?.max(1),
             pair_burst: parse("ALPHADOME_PAIR_BURST", 45u32)?.max(1),
+            ai: AiSettings {
+                openai_base: url_var("OPENAI_BASE_URL", "https://api.openai.com/v1")?,
+                openrouter_base: url_var("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1")?,
+                huggingface_base: url_var("HF_BASE_URL", "https://router.huggingface.co/v1")?,
+                timeout: Duration::from_millis(parse("ALPHADOME_AI_TIMEOUT_MS", 8_000u64)?),
+            },
+            smtp_url: var("SMTP_URL").map(SecretString::from),
+            smtp_from: var("ALPHADOME_SMTP_FROM")
+                .unwrap_or_else(|| "Alphadome <alphadome@localhost>".to_owned()),
         })
     }
 }

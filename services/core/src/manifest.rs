@@ -318,6 +318,8 @@ pub struct ControlSpec {
     pub escalation_phone: Option<Phone>,
     pub escalation_email: Option<Email>,
     pub fallback_reply: Option<String>,
+    /// Minutes the bot stays quiet in a conversation handed to a human.
+    pub handoff_pause_minutes: Option<Limit>,
     #[serde(default = "empty_object", deserialize_with = "object")]
     pub metadata: serde_json::Value,
 }
@@ -836,8 +838,8 @@ async fn apply_settings(
         "INSERT INTO alphadome.bot_control_settings AS c (bot_tenant_id, is_bot_enabled, \
            max_messages_per_hour, max_messages_per_user_per_day, enable_ai_responses, \
            enable_payment_flow, enable_training_mode, enable_auto_reply, log_conversations, \
-           log_errors, escalation_phone, escalation_email, fallback_reply, metadata) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) \
+           log_errors, escalation_phone, escalation_email, fallback_reply, metadata, handoff_pause_minutes) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) \
          ON CONFLICT (bot_tenant_id) DO UPDATE SET is_bot_enabled = EXCLUDED.is_bot_enabled, \
            max_messages_per_hour = EXCLUDED.max_messages_per_hour, \
            max_messages_per_user_per_day = EXCLUDED.max_messages_per_user_per_day, \
@@ -845,12 +847,13 @@ async fn apply_settings(
            enable_training_mode = EXCLUDED.enable_training_mode, enable_auto_reply = EXCLUDED.enable_auto_reply, \
            log_conversations = EXCLUDED.log_conversations, log_errors = EXCLUDED.log_errors, \
            escalation_phone = EXCLUDED.escalation_phone, escalation_email = EXCLUDED.escalation_email, \
-           fallback_reply = EXCLUDED.fallback_reply, metadata = EXCLUDED.metadata \
-         WHERE (c.is_bot_enabled, c.max_messages_per_hour, c.max_messages_per_user_per_day, \
+           fallback_reply = EXCLUDED.fallback_reply, metadata = EXCLUDED.metadata, \
+           handoff_pause_minutes = EXCLUDED.handoff_pause_minutes \
+         WHERE (c.handoff_pause_minutes, c.is_bot_enabled, c.max_messages_per_hour, c.max_messages_per_user_per_day, \
                 c.enable_ai_responses, c.enable_payment_flow, c.enable_training_mode, c.enable_auto_reply, \
                 c.log_conversations, c.log_errors, c.escalation_phone, c.escalation_email, c.fallback_reply, c.metadata) \
            IS DISTINCT FROM \
-               (EXCLUDED.is_bot_enabled, EXCLUDED.max_messages_per_hour, EXCLUDED.max_messages_per_user_per_day, \
+               (EXCLUDED.handoff_pause_minutes, EXCLUDED.is_bot_enabled, EXCLUDED.max_messages_per_hour, EXCLUDED.max_messages_per_user_per_day, \
                 EXCLUDED.enable_ai_responses, EXCLUDED.enable_payment_flow, EXCLUDED.enable_training_mode, \
                 EXCLUDED.enable_auto_reply, EXCLUDED.log_conversations, EXCLUDED.log_errors, \
                 EXCLUDED.escalation_phone, EXCLUDED.escalation_email, EXCLUDED.fallback_reply, EXCLUDED.metadata)",
@@ -869,6 +872,7 @@ async fn apply_settings(
     .bind(s.escalation_email.as_ref().map(|e| &e.0))
     .bind(&s.fallback_reply)
     .bind(&s.metadata)
+    .bind(s.handoff_pause_minutes.map(|l| l.0).unwrap_or(60))
     .execute(&mut **tx)
     .await?;
     Ok(r.rows_affected())

@@ -246,6 +246,12 @@ impl FaqIndex {
 
     /// Entries scoring at least [`THRESHOLD`], best first.
     pub fn ranked(&self, message: &str) -> Vec<Match<'_>> {
+        self.ranked_above(message, THRESHOLD)
+    }
+
+    /// Entries scoring at least `threshold`, best first (a lower threshold
+    /// than [`THRESHOLD`] finds context for an LLM rather than an answer).
+    pub fn ranked_above(&self, message: &str, threshold: f64) -> Vec<Match<'_>> {
         if self.entries.is_empty() {
             return Vec::new();
         }
@@ -280,7 +286,7 @@ impl FaqIndex {
             .filter_map(|(doc, dot)| {
                 let norm = self.norms[doc as usize] * qn;
                 let score = if norm > 0.0 { (dot / norm) as f64 } else { 0.0 };
-                (score >= THRESHOLD).then(|| Match {
+                (score >= threshold).then(|| Match {
                     entry: &self.entries[doc as usize],
                     score: score.min(1.0),
                 })

@@ -69,6 +69,7 @@ pub struct ControlSettings {
     pub escalation_phone: Option<String>,
     pub escalation_email: Option<String>,
     pub fallback_reply: Option<String>,
+    pub handoff_pause_minutes: i32,
 }
 
 impl Default for ControlSettings {
@@ -87,6 +88,7 @@ impl Default for ControlSettings {
             escalation_phone: None,
             escalation_email: None,
             fallback_reply: None,
+            handoff_pause_minutes: 60,
         }
     }
 }
@@ -169,8 +171,8 @@ pub async fn load_context(pool: &PgPool, id: Uuid) -> Result<Option<TenantContex
     let settings = sqlx::query_as::<_, ControlSettings>(
         "SELECT is_bot_enabled, max_messages_per_hour, max_messages_per_user_per_day, \
          enable_ai_responses, enable_payment_flow, enable_training_mode, enable_auto_reply, \
-         log_conversations, log_errors, escalation_phone, escalation_email, fallback_reply \
-         FROM alphadome.bot_control_settings WHERE bot_tenant_id = $1",
+         log_conversations, log_errors, escalation_phone, escalation_email, fallback_reply, \
+         handoff_pause_minutes FROM alphadome.bot_control_settings WHERE bot_tenant_id = $1",
     )
     .bind(id)
     .fetch_optional(pool)

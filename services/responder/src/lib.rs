@@ -8,6 +8,11 @@
 //! derived from the inbound wamid, so the sender sends it at most once
 //! however often the message is redelivered.
 
+pub mod escalation;
+pub mod limits;
+pub mod llm;
+pub mod prompt;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +48,10 @@ pub struct Decision {
     pub training_data_id: Option<Uuid>,
     pub template_used: Option<String>,
     pub score: Option<f64>,
+    /// Set when the reply came from the tenant's LLM.
+    pub ai: Option<llm::ChatAnswer>,
+    /// Why the AI could not answer, when it could not.
+    pub error: Option<String>,
 }
 
 impl Decision {
@@ -53,6 +62,15 @@ impl Decision {
             training_data_id: None,
             template_used: None,
             score: None,
+            ai: None,
+            error: None,
+        }
+    }
+
+    fn reply(text: String, reason: &'static str) -> Self {
+        Self {
+            reply: Some(text),
+            ..Self::silent(reason)
         }
     }
 }
@@ -60,7 +78,8 @@ impl Decision {
 /// Polite answer to media and other messages the bot cannot read.
 pub const MEDIA_REPLY: &str = "Thanks for sending that! I can only read text messages for now. Please type your question and I'll be happy to help.";
 
-/// Decides how to answer `msg` for the tenant in `ctx`.
+/// Decides how to answer `msg` from the tenant's own FAQ (the AI, limits
+/// and handoff come after, in [`Responder`]).
 pub fn decide(ctx: &TenantContext, msg: &InboundMessage, default_fallback: &str) -> Decision {
     if !ctx.tenant.is_active {
         return Decision::silent("tenant_inactive");
@@ -81,42 +100,39 @@ pub fn decide(ctx: &TenantContext, msg: &InboundMessage, default_fallback: &str)
         | MessageKind::InteractiveListReply
         | MessageKind::Button => {}
         _ if !msg.text.trim().is_empty() => {} // media with a caption: answer the caption
-        _ => {
-            return Decision {
-                reply: Some(MEDIA_REPLY.to_owned()),
-                reason: "media",
-                training_data_id: None,
-                template_used: None,
-                score: None,
-            }
-        }
+        _ => return Decision::reply(MEDIA_REPLY.to_owned(), "media"),
     }
     if let Some(m) = ctx.index.best(&msg.text) {
         return Decision {
-            reply: Some(m.entry.answer.clone()),
-            reason: "faq_match",
             training_data_id: Some(m.entry.id),
-            template_used: None,
             score: Some(m.score),
+            ..Decision::reply(m.entry.answer.clone(), "faq_match")
         };
     }
-    let fallback = ctx
-        .settings
+    Decision::reply(fallback_text(ctx, default_fallback), "fallback")
+}
+
+fn fallback_text(ctx: &TenantContext, default_fallback: &str) -> String {
+    ctx.settings
         .fallback_reply
         .clone()
         .filter(|f| !f.trim().is_empty())
-        .unwrap_or_else(|| default_fallback.to_owned());
-    Decision {
-        reply: Some(fallback),
-        reason: if ctx.settings.enable_ai_responses {
-            "no_match_ai_unavailable"
-        } else {
-            "fallback"
-        },
-        training_data_id: None,
-        template_used: None,
-        score: None,
+        .unwrap_or_else(|| default_fallback.to_owned())
+}
+
+/// Metadata of the reply's log row: how it was chosen, and the AI's usage.
+fn reply_metadata(ctx: &TenantContext, d: &Decision) -> String {
+    let mut m = serde_json::json!({"reason": d.reason, "match_score": d.score});
+    if let Some(ai) = &d.ai {
+        m["usage"] = serde_json::json!({
+            "prompt_tokens": ai.prompt_tokens,
+            "completion_tokens": ai.completion_tokens,
+            "model": ai.model,
+            "provider": ctx.tenant.ai_provider,
+            "finish_reason": ai.finish_reason,
+        });
     }
+    m.to_string()
 }
 
 /// The running responder's state.
@@ -125,6 +141,9 @@ pub struct Responder {
     db: PgPool,
     contexts: Arc<TenantCache<TenantContext>>,
     default_fallback: String,
+    keyring: Arc<alphadome_core::crypto::Keyring>,
+    llm: llm::LlmClient,
+    escalator: escalation::Escalator,
     /// Messages this instance handled (for `/metrics` and tests).
     pub handled: std::sync::atomic::AtomicU64,
 }
@@ -148,10 +167,19 @@ impl Responder {
             load,
         );
         Ok(Arc::new(Self {
-            bus,
-            db,
+            bus: bus.clone(),
+            db: db.clone(),
             contexts,
             default_fallback: config.default_fallback_reply.clone(),
+            keyring: config.keyring.clone(),
+            llm: llm::LlmClient::new(config.ai.clone())
+                .map_err(|e| sqlx::Error::Configuration(Box::new(e)))?,
+            escalator: escalation::Escalator::new(
+                db.clone(),
+                bus.clone(),
+                config.smtp_url.as_ref(),
+                &config.smtp_from,
+            ),
             handled: Default::default(),
         }))
     }
@@ -222,7 +250,15 @@ impl Responder {
                 }
             }
         };
-        let decision = decide(&ctx, &msg, &self.default_fallback);
+        let decision = match self.converse(&ctx, &msg).await {
+            Ok(d) => d,
+            Err(e) => {
+                return Outcome::Retry {
+                    delay: Duration::from_secs(2),
+                    reason: format!("database: {e}"),
+                }
+            }
+        };
         self.handled
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
@@ -237,6 +273,212 @@ impl Responder {
             };
         }
         Outcome::Ack
+    }
+
+    /// The whole decision for one message: handoff, FAQ, AI, escalation
+    /// and limits, in that order.
+    async fn converse(
+        &self,
+        ctx: &TenantContext,
+        msg: &InboundMessage,
+    ) -> Result<Decision, sqlx::Error> {
+        let mut d = decide(ctx, msg, &self.default_fallback);
+        if d.reply.is_none() {
+            return Ok(d);
+        }
+        let tenant = ctx.tenant.id;
+        let user = if msg.from.is_empty() {
+            msg.from_user_id.as_str()
+        } else {
+            msg.from.as_str()
+        };
+        let has_contacts =
+            ctx.settings.escalation_phone.is_some() || ctx.settings.escalation_email.is_some();
+        if let Some(trigger) = escalation::active(&self.db, tenant, user).await? {
+            if trigger != msg.wamid {
+                return Ok(Decision::silent("handoff_active"));
+            }
+        }
+        if has_contacts && escalation::wants_human(&msg.text) {
+            self.escalator
+                .escalate(ctx, msg, "the customer asked for a person")
+                .await?;
+            d = Decision::reply(escalation::HANDOFF_REPLY.to_owned(), "handoff");
+        } else if d.reason == "fallback" {
+            if ctx.settings.enable_ai_responses {
+                match self.ai_answer(ctx, msg).await {
+                    Ok(ai) => d = ai,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "AI answer failed; sending the fallback reply");
+                        d.reason = "ai_failed_fallback";
+                        d.error = Some(e.to_string());
+                        let provider = ctx.tenant.ai_provider.as_deref().unwrap_or_default();
+                        if has_contacts && self.llm.circuit_open(tenant, provider) {
+                            self.escalator
+                                .escalate(ctx, msg, "the AI keeps failing")
+                                .await?;
+                        }
+                    }
+                }
+            }
+            if d.ai.is_none()
+                && has_contacts
+                && self
+                    .previous_reply_was_fallback(tenant, user, &msg.wamid)
+                    .await?
+            {
+                self.escalator
+                    .escalate(ctx, msg, "the bot could not answer twice in a row")
+                    .await?;
+            }
+        }
+        match limits::check(&self.db, tenant, &ctx.settings, user, &msg.wamid).await? {
+            limits::LimitDecision::Allow => {}
+            limits::LimitDecision::Notice => {
+                let contact = ctx
+                    .settings
+                    .escalation_phone
+                    .as_deref()
+                    .or(Some(ctx.tenant.client_phone.as_str()));
+                d = Decision {
+                    error: d.error,
+                    ..Decision::reply(limits::notice_text(contact), "limit_notice")
+                };
+            }
+            limits::LimitDecision::Silent => {
+                d = Decision {
+                    error: d.error,
+                    ..Decision::silent("limit_reached")
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    async fn previous_reply_was_fallback(
+        &self,
+        tenant: Uuid,
+        user: &str,
+        wamid: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let reason: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT metadata->>'reason' FROM alphadome.bot_message_logs \
+             WHERE bot_tenant_id = $1 AND user_phone = $2 AND direction = 'outgoing' \
+               AND created_at > now() - interval '1 hour' AND metadata->>'in_reply_to' IS DISTINCT FROM $3 \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(user)
+        .bind(wamid)
+        .fetch_optional(&self.db)
+        .await?;
+        Ok(matches!(
+            reason.flatten().as_deref(),
+            Some("fallback" | "ai_failed_fallback")
+        ))
+    }
+
+    /// Asks the tenant's LLM, with its template, knowledge and history.
+    async fn ai_answer(
+        &self,
+        ctx: &TenantContext,
+        msg: &InboundMessage,
+    ) -> Result<Decision, llm::LlmError> {
+        let t = &ctx.tenant;
+        let endpoint = llm::endpoint(
+            self.llm.settings(),
+            t.ai_provider.as_deref(),
+            t.ai_base_url.as_deref(),
+        )?;
+        let stored = t
+            .ai_api_key
+            .as_deref()
+            .ok_or_else(|| llm::LlmError::NotConfigured("the tenant has no ai_api_key".into()))?;
+        let key = self
+            .keyring
+            .decrypt(t.id, alphadome_core::crypto::SecretColumn::AiApiKey, stored)
+            .map_err(|e| llm::LlmError::NotConfigured(format!("the tenant's ai_api_key: {e}")))?;
+        let model = t
+            .ai_model
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| llm::LlmError::NotConfigured("the tenant has no ai_model".into()))?;
+        let retrieved: Vec<_> = ctx
+            .index
+            .ranked_above(&msg.text, 0.2)
+            .into_iter()
+            .take(3)
+            .collect();
+        let template = prompt::choose_template(
+            ctx,
+            retrieved.first().and_then(|m| m.entry.category.as_deref()),
+        );
+        let examples: Vec<_> = ctx
+            .training
+            .iter()
+            .filter(|r| r.data_type == "example")
+            .take(3)
+            .collect();
+        let user = if msg.from.is_empty() {
+            msg.from_user_id.as_str()
+        } else {
+            msg.from.as_str()
+        };
+        let history = self
+            .history(t.id, user, &msg.wamid)
+            .await
+            .unwrap_or_default();
+        let messages = prompt::build(ctx, template, &retrieved, &examples, &history, &msg.text);
+        let max_chars = prompt::max_chars(template);
+        let answer = self
+            .llm
+            .chat(
+                t.id,
+                &endpoint,
+                &key,
+                model,
+                &messages,
+                prompt::max_tokens(max_chars),
+            )
+            .await?;
+        Ok(Decision {
+            training_data_id: retrieved.first().map(|m| m.entry.id),
+            template_used: template.map(|t| t.template_name.clone()),
+            score: retrieved.first().map(|m| m.score),
+            ai: Some(answer.clone()),
+            ..Decision::reply(prompt::fit(&answer.text, max_chars), "ai")
+        })
+    }
+
+    /// The recent turns of this customer's conversation with this tenant.
+    async fn history(
+        &self,
+        tenant: Uuid,
+        user: &str,
+        wamid: &str,
+    ) -> Result<Vec<prompt::Turn>, sqlx::Error> {
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT direction, message_text FROM alphadome.bot_message_logs \
+             WHERE bot_tenant_id = $1 AND user_phone = $2 AND created_at > now() - interval '24 hours' \
+               AND whatsapp_message_id IS DISTINCT FROM $3 \
+             ORDER BY created_at DESC LIMIT $4",
+        )
+        .bind(tenant)
+        .bind(user)
+        .bind(wamid)
+        .bind(prompt::HISTORY_TURNS as i64)
+        .fetch_all(&self.db)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .rev()
+            .filter_map(|(dir, text)| {
+                text.map(|t| prompt::Turn {
+                    from_customer: dir == "incoming",
+                    text: t,
+                })
+            })
+            .collect())
     }
 
     async fn publish(
@@ -272,7 +514,11 @@ impl Responder {
                 message_text: msg.text.clone(),
                 ai_processed: false,
                 ai_response: String::new(),
-                error_message: String::new(),
+                error_message: d
+                    .error
+                    .clone()
+                    .filter(|_| ctx.settings.log_errors)
+                    .unwrap_or_default(),
                 template_used: String::new(),
                 training_data_id: d
                     .training_data_id
@@ -308,7 +554,7 @@ impl Responder {
                     String::new()
                 },
                 text: text.clone(),
-                ai_processed: false,
+                ai_processed: d.ai.is_some(),
                 template_used: d.template_used.clone().unwrap_or_default(),
                 training_data_id: d
                     .training_data_id
@@ -317,8 +563,7 @@ impl Responder {
                 created_at_ms: now_ms(),
                 inbound_received_at_ms: msg.received_at_ms,
                 trace: Some(telemetry::current_trace()),
-                metadata_json: serde_json::json!({"reason": d.reason, "match_score": d.score})
-                    .to_string(),
+                metadata_json: reply_metadata(ctx, d),
             };
             let id = out.outbound_id.clone();
             self.bus
