@@ -589,6 +589,7 @@ async fn asking_for_a_person_escalates_by_whatsapp_and_email_and_pauses_the_bot(
         smtp.messages().into_iter().next()
     })
     .await;
+    let mail = unfold(&mail);
     assert!(
         mail.contains("owner@shop.example") && mail.contains("talk to a human"),
         "{mail}"
@@ -650,4 +651,96 @@ async fn housekeeping_removes_only_expired_limit_records() {
             .await
             .unwrap();
     assert_eq!(left, ["recent"]);
+}
+
+#[tokio::test]
+async fn repeated_ai_failures_open_the_circuit_and_escalate() {
+    let e = env().await;
+    let (smtp, smtp_url) = SmtpSink::start().await;
+    let t = tenant(&e.db.pool, &e.ring, TenantSpec {
+        control: "enable_ai_responses: true\nescalation_email: owner@shop.example\nfallback_reply: Staff will reply soon.",
+        ..ai_tenant("ai_provider: openai\nai_api_key: sk-revoked\nai_model: m")
+    }).await;
+    let bad_key = r#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","code":"invalid_api_key"}}"#.to_owned();
+    e.llm
+        .script((0..5).map(|_| LlmBehaviour::Status(401, bad_key.clone(), None)));
+    let mut cfg = e.config();
+    cfg.smtp_url = Some(secrecy::SecretString::from(smtp_url));
+    let stack = RunningStack::start(cfg, &Service::ALL).await;
+    for i in 0..3 {
+        let w = format!("wamid.cb.{i}");
+        ask(
+            &stack,
+            &t,
+            &format!("25471177700{i}"),
+            &w,
+            "a question only a model could answer",
+        )
+        .await;
+        assert_eq!(reply_to(&e, &w).await, "Staff will reply soon.");
+    }
+    assert_eq!(e.llm.requests().len(), 3, "a rejected key is not retried");
+    // The third failure opened the circuit: the owner is told, and the next
+    // question does not even reach the provider.
+    let mail = eventually(Duration::from_secs(10), "the e-mail", || async {
+        smtp.messages().into_iter().next()
+    })
+    .await;
+    assert!(unfold(&mail).contains("the AI keeps failing"), "{mail}");
+    ask(
+        &stack,
+        &t,
+        "254711777009",
+        "wamid.cb.9",
+        "another question only a model could answer",
+    )
+    .await;
+    assert_eq!(reply_to(&e, "wamid.cb.9").await, "Staff will reply soon.");
+    assert_eq!(
+        e.llm.requests().len(),
+        3,
+        "the open circuit still called the provider"
+    );
+    // A customer left unanswered twice in a row is handed to a person too.
+    eventually(Duration::from_secs(10), "the first customer's rows", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome.bot_message_logs WHERE user_phone = '254711777000' AND direction = 'outgoing'")
+            .fetch_one(&e.db.pool)
+            .await
+            .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    ask(
+        &stack,
+        &t,
+        "254711777000",
+        "wamid.cb.again",
+        "still no answer to my question?",
+    )
+    .await;
+    reply_to(&e, "wamid.cb.again").await;
+    let mails = eventually(Duration::from_secs(10), "the second e-mail", || async {
+        let m = smtp.messages();
+        (m.len() >= 2).then_some(m)
+    })
+    .await;
+    assert!(
+        mails
+            .iter()
+            .any(|m| unfold(m).contains("could not answer twice")),
+        "{mails:?}"
+    );
+    let error: Option<String> = sqlx::query_scalar("SELECT error_message FROM alphadome.bot_message_logs WHERE whatsapp_message_id = 'wamid.cb.9'")
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap();
+    assert!(error
+        .unwrap_or_default()
+        .contains("paused after repeated failures"));
+    stack.stop().await.unwrap();
+}
+
+/// Undoes quoted-printable soft line breaks.
+fn unfold(mail: &str) -> String {
+    mail.replace("=\n", "")
 }

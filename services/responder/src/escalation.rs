@@ -239,7 +239,7 @@ impl Escalator {
         let mail = lettre::Message::builder()
             .from(from.clone())
             .to(to)
-            .subject(format!("[{business}] {who} asked for a person"))
+            .subject(format!("[{business}] {who} needs a person"))
             .body(text.to_owned())
             .map_err(|e| e.to_string())?;
         smtp.send(mail).await.map(|_| ()).map_err(|e| e.to_string())
