@@ -943,3 +943,70 @@ async fn sends_are_paced_per_number_and_per_recipient() {
     );
     stack.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_flood_of_unsigned_requests_is_refused_without_starving_metas_deliveries() {
+    let e = env().await;
+    let t = tenant(&e.db.pool, &e.ring, TenantSpec::default()).await;
+    let stack = e.stack().await;
+    let url = stack.webhook_url();
+    let body = text_webhook(&t.phone_number_id, USER, "wamid.flood.ok", "opening hours");
+    // The attacker, from its own address.
+    let attacker = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 3]))
+        .build()
+        .unwrap();
+    let mut statuses = Vec::new();
+    for i in 0..60 {
+        let r = attacker
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", format!("sha256={:064x}", i))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses[0], 401);
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 30,
+        "{statuses:?}"
+    );
+    // Even correctly signed requests from the flooding source wait out the block ...
+    let blocked = attacker
+        .post(&url)
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature-256",
+            alphadome_core::meta::sign(PLATFORM_APP_SECRET.as_bytes(), body.as_bytes()),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blocked.status(), 429);
+    assert!(blocked.headers().contains_key("retry-after"));
+    // ... while Meta, from elsewhere, is served as usual.
+    let meta = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let r = meta
+        .post(&url)
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature-256",
+            alphadome_core::meta::sign(PLATFORM_APP_SECRET.as_bytes(), body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        e.graph.wait_for(1, Duration::from_secs(10)).await[0].in_reply_to(),
+        "wamid.flood.ok"
+    );
+    stack.stop().await.unwrap();
+}

@@ -7,10 +7,11 @@
 //! only once every publish is acknowledged; 503 when NATS is down, so Meta
 //! retries. It does no business logic.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use alphadome_core::bus::{Bus, StreamKind};
 use alphadome_core::config::Config;
@@ -22,7 +23,7 @@ use alphadome_core::telemetry;
 use alphadome_core::tenant::{TenantCache, TENANT_COLUMNS};
 use alphadome_core::CancellationToken;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -47,6 +48,101 @@ pub struct Route {
     pub app_secret: Option<SecretString>,
 }
 
+/// Refuses, before doing any work, sources that keep failing
+/// authentication (bad or missing signatures, wrong verify tokens): past
+/// [`FAILURES_PER_SEC`] failures a second (bursts of [`FAILURE_BURST`]) a
+/// source is refused with 429 for [`BLOCK_FOR`]. Correctly signed requests
+/// never count, so a flood of unsigned requests cannot starve Meta's
+/// deliveries, which come from other addresses.
+pub struct SourceGuard {
+    failures: governor::DefaultKeyedRateLimiter<IpAddr>,
+    blocked: std::sync::Mutex<HashMap<IpAddr, Instant>>,
+    trust_forwarded: bool,
+}
+
+/// Sustained authentication failures allowed per source and second.
+pub const FAILURES_PER_SEC: u32 = 5;
+/// Burst of authentication failures allowed per source.
+pub const FAILURE_BURST: u32 = 20;
+/// How long a source that exceeded the failure rate is refused.
+pub const BLOCK_FOR: Duration = Duration::from_secs(60);
+
+impl SourceGuard {
+    fn new() -> Self {
+        let quota = governor::Quota::per_second(
+            std::num::NonZeroU32::new(FAILURES_PER_SEC).unwrap_or(std::num::NonZeroU32::MIN),
+        )
+        .allow_burst(std::num::NonZeroU32::new(FAILURE_BURST).unwrap_or(std::num::NonZeroU32::MIN));
+        Self {
+            failures: governor::RateLimiter::keyed(quota),
+            blocked: std::sync::Mutex::new(HashMap::new()),
+            // Behind a reverse proxy, the client is the last X-Forwarded-For hop.
+            trust_forwarded: std::env::var("ALPHADOME_TRUST_X_FORWARDED_FOR")
+                .is_ok_and(|v| v == "1" || v == "true"),
+        }
+    }
+
+    fn source(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        if self.trust_forwarded {
+            let last = headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse::<IpAddr>().ok());
+            if let Some(ip) = last {
+                return ip;
+            }
+        }
+        peer.ip()
+    }
+
+    fn is_blocked(&self, ip: IpAddr) -> bool {
+        let Ok(mut b) = self.blocked.lock() else {
+            return false;
+        };
+        match b.get(&ip) {
+            Some(until) if Instant::now() < *until => true,
+            Some(_) => {
+                b.remove(&ip);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn record_failure(&self, ip: IpAddr) {
+        if self.failures.check_key(&ip).is_err() {
+            if let Ok(mut b) = self.blocked.lock() {
+                if b.len() > 100_000 {
+                    let now = Instant::now();
+                    b.retain(|_, until| *until > now);
+                }
+                b.insert(ip, Instant::now() + BLOCK_FOR);
+            }
+            tracing::warn!(source = %ip, "source refused for {} s after repeated authentication failures", BLOCK_FOR.as_secs());
+        }
+    }
+}
+
+fn unauthorized(s: &Ingress, source: IpAddr, why: &str) -> Response {
+    s.counters.bad_signature.fetch_add(1, Ordering::Relaxed);
+    s.guard.record_failure(source);
+    tracing::warn!(%source, reason = why, "webhook refused");
+    plain(StatusCode::UNAUTHORIZED, why)
+}
+
+fn too_many() -> Response {
+    let mut r = plain(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many failed requests from this source; retry later",
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        axum::http::HeaderValue::from(BLOCK_FOR.as_secs()),
+    );
+    r
+}
+
 /// Counters exposed on `/metrics`.
 #[derive(Default)]
 pub struct Counters {
@@ -57,6 +153,7 @@ pub struct Counters {
     pub bad_signature: AtomicU64,
     pub rejected_items: AtomicU64,
     pub publish_failures: AtomicU64,
+    pub refused_sources: AtomicU64,
 }
 
 /// Shared state of the ingress handlers.
@@ -66,6 +163,7 @@ pub struct Ingress {
     keyring: Arc<Keyring>,
     routes: Arc<TenantCache<Route>>,
     platform_secret: Option<SecretString>,
+    guard: SourceGuard,
     pub counters: Counters,
 }
 
@@ -123,6 +221,7 @@ impl Ingress {
             keyring,
             routes,
             platform_secret: config.meta_app_secret.clone(),
+            guard: SourceGuard::new(),
             counters: Counters::default(),
         }))
     }
@@ -168,7 +267,17 @@ struct Handshake {
     challenge: Option<String>,
 }
 
-async fn verify(State(s): State<Arc<Ingress>>, Query(q): Query<Handshake>) -> Response {
+async fn verify(
+    State(s): State<Arc<Ingress>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<Handshake>,
+) -> Response {
+    let source = s.guard.source(peer, &headers);
+    if s.guard.is_blocked(source) {
+        s.counters.refused_sources.fetch_add(1, Ordering::Relaxed);
+        return too_many();
+    }
     let (Some(mode), Some(token), Some(challenge)) = (q.mode, q.verify_token, q.challenge) else {
         return (
             StatusCode::BAD_REQUEST,
@@ -186,6 +295,7 @@ async fn verify(State(s): State<Arc<Ingress>>, Query(q): Query<Handshake>) -> Re
             ([(header::CONTENT_TYPE, "text/plain")], challenge).into_response()
         }
         None => {
+            s.guard.record_failure(source);
             tracing::warn!("webhook verification handshake refused: unknown verify token");
             (StatusCode::FORBIDDEN, "verify token does not match\n").into_response()
         }
@@ -219,7 +329,17 @@ fn plain(status: StatusCode, msg: &str) -> Response {
         .into_response()
 }
 
-async fn receive(State(s): State<Arc<Ingress>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(
+    State(s): State<Arc<Ingress>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let source = s.guard.source(peer, &headers);
+    if s.guard.is_blocked(source) {
+        s.counters.refused_sources.fetch_add(1, Ordering::Relaxed);
+        return too_many();
+    }
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -238,8 +358,7 @@ async fn receive(State(s): State<Arc<Ingress>>, headers: HeaderMap, body: Bytes)
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok());
     if signature.is_none() {
-        s.counters.bad_signature.fetch_add(1, Ordering::Relaxed);
-        return plain(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
+        return unauthorized(&s, source, "missing X-Hub-Signature-256");
     }
     // Parsing here is untrusted: it only tells which app secrets may apply.
     let parsed = meta::parse_webhook(&body);
@@ -261,12 +380,7 @@ async fn receive(State(s): State<Arc<Ingress>>, headers: HeaderMap, body: Bytes)
     // Which secret verified the body: the tenant's own or the platform's.
     let verified_by = verify_with_candidates(&s, &routes, &body, signature);
     let Some(verified_by) = verified_by else {
-        s.counters.bad_signature.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!("webhook refused: signature does not match");
-        return plain(
-            StatusCode::UNAUTHORIZED,
-            "X-Hub-Signature-256 does not match the body",
-        );
+        return unauthorized(&s, source, "X-Hub-Signature-256 does not match the body");
     };
     // One body comes from one Meta app: every tenant it names must be one
     // whose applicable secret is the one that verified it.
@@ -274,10 +388,9 @@ async fn receive(State(s): State<Arc<Ingress>>, headers: HeaderMap, body: Bytes)
         .iter()
         .any(|(_, r)| r.as_ref().is_some_and(|r| !signed_for(r, &verified_by)))
     {
-        s.counters.bad_signature.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!("webhook refused: signed with a secret that does not apply to its tenant");
-        return plain(
-            StatusCode::UNAUTHORIZED,
+        return unauthorized(
+            &s,
+            source,
             "X-Hub-Signature-256 does not match the tenant's app secret",
         );
     }
@@ -469,6 +582,7 @@ async fn metrics(State(s): State<Arc<Ingress>>) -> String {
         line("bad_signature_total", &c.bad_signature),
         line("rejected_items_total", &c.rejected_items),
         line("publish_failures_total", &c.publish_failures),
+        line("refused_sources_total", &c.refused_sources),
     ]
     .concat()
 }
