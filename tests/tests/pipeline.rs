@@ -1010,3 +1010,92 @@ async fn a_flood_of_unsigned_requests_is_refused_without_starving_metas_deliveri
     );
     stack.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn verify_tokens_are_stored_as_digests_and_rotate_with_a_grace_period() {
+    let e = env().await;
+    let t = tenant(&e.db.pool, &e.ring, TenantSpec::default()).await;
+    let stack = e.stack().await;
+    let handshake = |token: String| {
+        let url = stack.webhook_url();
+        async move {
+            reqwest::get(format!(
+                "{url}?hub.mode=subscribe&hub.challenge=42&hub.verify_token={token}"
+            ))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+        }
+    };
+    let original = format!("verify-{}", t.phone_number_id);
+    let stored: String =
+        sqlx::query_scalar("SELECT webhook_verify_token FROM alphadome.bot_tenants")
+            .fetch_one(&e.db.pool)
+            .await
+            .unwrap();
+    assert!(
+        stored.starts_with("sha256:") && !stored.contains(&original),
+        "{stored}"
+    );
+    assert_eq!(handshake(original.clone()).await, 200);
+
+    // Rotation from the CLI prints the new token once; the old one still works during the grace period.
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let (url, phone) = (e.db.url.clone(), t.phone.clone());
+        move || {
+            cli(
+                &["tenant", "rotate-verify-token", &phone],
+                &[("DATABASE_URL", &url)],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let new = out.trim().to_owned();
+    assert!(new.len() >= 40, "{new}");
+    assert_eq!(handshake(new.clone()).await, 200);
+    assert_eq!(
+        handshake(original.clone()).await,
+        200,
+        "the previous token is refused during its grace period"
+    );
+    let stored: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT unnest(ARRAY[webhook_verify_token, webhook_verify_token_previous]) FROM alphadome.bot_tenants",
+    )
+    .fetch_all(&e.db.pool)
+    .await
+    .unwrap();
+    assert!(stored
+        .iter()
+        .flatten()
+        .all(|s| s.starts_with("sha256:") && !s.contains(&new)));
+
+    // With no grace, the previous token stops working at once.
+    let (_, newer) =
+        alphadome_admin::rotate_verify_token(&e.db.pool, None, &t.phone, Duration::ZERO)
+            .await
+            .unwrap();
+    assert_eq!(handshake(newer).await, 200);
+    assert_eq!(handshake(new).await, 403);
+    assert_eq!(handshake(original).await, 403);
+
+    // Tokens older than the configured age are reported.
+    sqlx::query("UPDATE alphadome.bot_tenants SET webhook_verify_token_rotated_at = now() - interval '200 days'")
+        .execute(&e.db.pool)
+        .await
+        .unwrap();
+    let (code, out, _) = tokio::task::spawn_blocking({
+        let url = e.db.url.clone();
+        move || cli(&["tenant", "list"], &[("DATABASE_URL", &url)])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("verify token 200 days old, rotate it"),
+        "{out}"
+    );
+    stack.stop().await.unwrap();
+}

@@ -42,6 +42,8 @@ pub struct TenantSummary {
     pub templates: i64,
     /// Why the tenant can't currently be served normally, if it can't.
     pub degraded: Option<String>,
+    /// Age in days of a verify token older than the configured maximum.
+    pub verify_token_age_days: Option<i64>,
 }
 
 /// All tenants, by name.
@@ -54,10 +56,15 @@ pub async fn list(db: &PgPool) -> Result<Vec<TenantSummary>, AdminError> {
            CASE WHEN t.whatsapp_token_invalid_at IS NOT NULL THEN 'WhatsApp token rejected by Meta (190)' \
                 WHEN t.whatsapp_token_expires_at IS NOT NULL AND t.whatsapp_token_expires_at < now() THEN 'WhatsApp token expired' \
                 WHEN t.whatsapp_access_token IS NULL THEN 'no WhatsApp token' \
-                WHEN t.whatsapp_phone_number_id IS NULL THEN 'no phone number id' END AS degraded \
+                WHEN t.whatsapp_phone_number_id IS NULL THEN 'no phone number id' END AS degraded, \
+           CASE WHEN t.webhook_verify_token IS NOT NULL AND \
+                     COALESCE(t.webhook_verify_token_rotated_at, t.created_at) < now() - make_interval(days => $1) \
+                THEN (extract(day FROM now() - COALESCE(t.webhook_verify_token_rotated_at, t.created_at)))::bigint END \
+             AS verify_token_age_days \
          FROM alphadome.bot_tenants t LEFT JOIN alphadome.bot_control_settings c ON c.bot_tenant_id = t.id \
          ORDER BY t.client_name, t.client_phone",
     )
+    .bind(verify_token_max_age_days())
     .fetch_all(db)
     .await?)
 }
@@ -222,6 +229,47 @@ pub async fn housekeeping(db: &PgPool) -> Result<u64, sqlx::Error> {
         n += sqlx::query(sql).bind(LIMIT_RECORD_DAYS).execute(db).await?.rows_affected();
     }
     Ok(n)
+}
+
+/// Issues a new random webhook verify token for a tenant and returns it
+/// (the only time it is shown: only its digest is stored). The previous
+/// token stays valid for `grace`, so Meta's dashboard can be updated
+/// without downtime.
+pub async fn rotate_verify_token(
+    db: &PgPool,
+    bus: Option<&Bus>,
+    id_or_phone: &str,
+    grace: std::time::Duration,
+) -> Result<(Uuid, String), AdminError> {
+    let t = tenant::find_tenant(db, id_or_phone)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(id_or_phone.to_owned()))?;
+    let token = crypto::generate_verify_token();
+    sqlx::query(
+        "UPDATE alphadome.bot_tenants SET webhook_verify_token_previous = webhook_verify_token, \
+           webhook_verify_token_previous_expires_at = CASE WHEN webhook_verify_token IS NULL THEN NULL \
+             ELSE now() + make_interval(secs => $3) END, \
+           webhook_verify_token = $2, webhook_verify_token_rotated_at = now() WHERE id = $1",
+    )
+    .bind(t.id)
+    .bind(crypto::verify_token_digest(&token))
+    .bind(grace.as_secs_f64())
+    .execute(db)
+    .await?;
+    if let Some(bus) = bus {
+        tenant::announce_change(bus, t.id).await;
+    }
+    tracing::info!(tenant_id = %t.id, grace_secs = grace.as_secs(), "webhook verify token rotated");
+    Ok((t.id, token))
+}
+
+/// Age after which a verify token is reported as due for rotation:
+/// `ALPHADOME_VERIFY_TOKEN_MAX_AGE_DAYS`, default 90.
+pub fn verify_token_max_age_days() -> i32 {
+    std::env::var("ALPHADOME_VERIFY_TOKEN_MAX_AGE_DAYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(90)
 }
 
 /// State of the admin API.

@@ -125,6 +125,15 @@ enum TenantCommand {
         /// Tenant id or client phone.
         tenant: String,
     },
+    /// Issue a new webhook verify token and print it (paste it into Meta's
+    /// dashboard); the old one is still accepted during the grace period.
+    RotateVerifyToken {
+        /// Tenant id or client phone.
+        tenant: String,
+        /// Hours the previous token stays valid.
+        #[arg(long, default_value_t = 24)]
+        grace_hours: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -318,11 +327,14 @@ async fn tenant_command(cmd: TenantCommand) -> anyhow::Result<()> {
                     "ID", "NAME", "PHONE", "ACTIVE", "FAQ"
                 );
                 for t in tenants {
-                    let status = match (&t.degraded, t.is_bot_enabled) {
+                    let mut status = match (&t.degraded, t.is_bot_enabled) {
                         (Some(d), _) => format!("DEGRADED: {d}"),
                         (None, Some(false)) => "bot disabled".to_owned(),
                         _ => "ok".to_owned(),
                     };
+                    if let Some(days) = t.verify_token_age_days {
+                        status.push_str(&format!("; verify token {days} days old, rotate it"));
+                    }
                     println!(
                         "{:<36}  {:<28}  {:<13}  {:<8}  {:>4}  {status}",
                         t.id,
@@ -352,6 +364,22 @@ async fn tenant_command(cmd: TenantCommand) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        TenantCommand::RotateVerifyToken {
+            tenant,
+            grace_hours,
+        } => {
+            let pool = pool().await?;
+            let bus = bus_if_reachable().await;
+            let (id, token) = alphadome_admin::rotate_verify_token(
+                &pool,
+                bus.as_ref(),
+                &tenant,
+                Duration::from_secs(grace_hours * 3600),
+            )
+            .await?;
+            eprintln!("new verify token for tenant {id}; the previous one is accepted for {grace_hours} h. It is shown only now:");
+            println!("{token}");
         }
         TenantCommand::Activate { tenant } => set_active(&tenant, true).await?,
         TenantCommand::Deactivate { tenant } => set_active(&tenant, false).await?,

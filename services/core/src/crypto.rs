@@ -237,6 +237,19 @@ impl Keyring {
     }
 }
 
+/// The stored form of a webhook verify token: its SHA-256 digest
+/// (`sha256:<hex>`), so the database never holds the token itself.
+pub fn verify_token_digest(token: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())))
+}
+
+/// A new random verify token (256 bits, URL-safe).
+pub fn generate_verify_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// How a secret is shown to people: never the value.
 pub fn mask(stored: Option<&str>) -> String {
     match stored {

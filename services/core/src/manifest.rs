@@ -651,7 +651,7 @@ async fn apply_in(
     let verify = t
         .webhook_verify_token
         .as_ref()
-        .map(|s| s.0.expose_secret().to_owned());
+        .map(|s| crate::crypto::verify_token_digest(s.0.expose_secret()));
     if let Some(v) = &verify {
         let other: Option<Uuid> = sqlx::query_scalar(
             "SELECT id FROM alphadome.bot_tenants WHERE webhook_verify_token = $1 AND id <> $2",
@@ -756,8 +756,9 @@ async fn apply_in(
            point_of_contact_name, point_of_contact_phone, whatsapp_phone_number_id, \
            whatsapp_business_account_id, whatsapp_access_token, whatsapp_token_expires_at, \
            whatsapp_app_secret, ai_provider, ai_api_key, ai_model, ai_base_url, is_active, \
-           is_verified, webhook_verify_token, webhook_url, metadata) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,COALESCE($17,false),COALESCE($18,false),$19,$20,$21) \
+           is_verified, webhook_verify_token, webhook_url, metadata, webhook_verify_token_rotated_at) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,COALESCE($17,false),COALESCE($18,false),$19,$20,$21, \
+                 CASE WHEN $19::text IS NULL THEN NULL ELSE now() END) \
          ON CONFLICT (client_phone) DO UPDATE SET \
            client_name = EXCLUDED.client_name, client_email = EXCLUDED.client_email, \
            brand_id = EXCLUDED.brand_id, point_of_contact_name = EXCLUDED.point_of_contact_name, \
@@ -771,7 +772,13 @@ async fn apply_in(
            whatsapp_app_secret = EXCLUDED.whatsapp_app_secret, ai_provider = EXCLUDED.ai_provider, \
            ai_api_key = EXCLUDED.ai_api_key, ai_model = EXCLUDED.ai_model, ai_base_url = EXCLUDED.ai_base_url, \
            is_active = COALESCE($17, t.is_active), is_verified = COALESCE($18, t.is_verified), \
-           webhook_verify_token = EXCLUDED.webhook_verify_token, webhook_url = EXCLUDED.webhook_url, \
+           webhook_verify_token = COALESCE(EXCLUDED.webhook_verify_token, t.webhook_verify_token), webhook_url = EXCLUDED.webhook_url, \
+           webhook_verify_token_previous = CASE WHEN t.webhook_verify_token IS DISTINCT FROM COALESCE(EXCLUDED.webhook_verify_token, t.webhook_verify_token) \
+             THEN t.webhook_verify_token ELSE t.webhook_verify_token_previous END, \
+           webhook_verify_token_previous_expires_at = CASE WHEN t.webhook_verify_token IS DISTINCT FROM COALESCE(EXCLUDED.webhook_verify_token, t.webhook_verify_token) \
+             THEN now() + interval '24 hours' ELSE t.webhook_verify_token_previous_expires_at END, \
+           webhook_verify_token_rotated_at = CASE WHEN t.webhook_verify_token IS DISTINCT FROM COALESCE(EXCLUDED.webhook_verify_token, t.webhook_verify_token) \
+             THEN now() ELSE t.webhook_verify_token_rotated_at END, \
            metadata = EXCLUDED.metadata \
          WHERE (t.client_name, t.client_email, t.brand_id, t.point_of_contact_name, t.point_of_contact_phone, \
                 t.whatsapp_phone_number_id, t.whatsapp_business_account_id, t.whatsapp_access_token, \
@@ -783,7 +790,7 @@ async fn apply_in(
                 EXCLUDED.whatsapp_business_account_id, EXCLUDED.whatsapp_access_token, \
                 EXCLUDED.whatsapp_token_expires_at, EXCLUDED.whatsapp_app_secret, EXCLUDED.ai_provider, \
                 EXCLUDED.ai_api_key, EXCLUDED.ai_model, EXCLUDED.ai_base_url, COALESCE($17, t.is_active), \
-                COALESCE($18, t.is_verified), EXCLUDED.webhook_verify_token, EXCLUDED.webhook_url, EXCLUDED.metadata)",
+                COALESCE($18, t.is_verified), COALESCE(EXCLUDED.webhook_verify_token, t.webhook_verify_token), EXCLUDED.webhook_url, EXCLUDED.metadata)",
     )
     .bind(id)
     .bind(t.client_name.trim())

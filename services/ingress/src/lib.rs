@@ -302,19 +302,26 @@ async fn verify(
     }
 }
 
-/// Finds the tenant whose verify token equals `token`, comparing in
-/// constant time against every tenant's token.
+/// Finds the tenant whose verify token (or, during its grace period, its
+/// previous token) is `token`. Only digests are stored; every tenant's is
+/// compared in constant time.
 async fn match_verify_token(s: &Ingress, token: &str) -> Option<Uuid> {
-    let tokens: Vec<(Uuid, String)> =
-        sqlx::query_as("SELECT id, webhook_verify_token FROM alphadome.bot_tenants WHERE webhook_verify_token IS NOT NULL")
-            .fetch_all(&s.db)
-            .await
-            .map_err(|e| tracing::warn!(error = %e, "verify token lookup failed"))
-            .ok()?;
+    let rows: Vec<(Uuid, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT id, webhook_verify_token, \
+           CASE WHEN webhook_verify_token_previous_expires_at > now() THEN webhook_verify_token_previous END \
+         FROM alphadome.bot_tenants WHERE webhook_verify_token IS NOT NULL",
+    )
+    .fetch_all(&s.db)
+    .await
+    .map_err(|e| tracing::warn!(error = %e, "verify token lookup failed"))
+    .ok()?;
+    let digest = alphadome_core::crypto::verify_token_digest(token);
     let mut found = None;
-    for (id, t) in tokens {
-        if bool::from(t.as_bytes().ct_eq(token.as_bytes())) {
-            found = Some(id);
+    for (id, current, previous) in rows {
+        for stored in [current, previous].into_iter().flatten() {
+            if bool::from(stored.as_bytes().ct_eq(digest.as_bytes())) {
+                found = Some(id);
+            }
         }
     }
     found
