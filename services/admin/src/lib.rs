@@ -272,6 +272,94 @@ pub fn verify_token_max_age_days() -> i32 {
         .unwrap_or(90)
 }
 
+/// What a master key rotation did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RotationReport {
+    /// Stored credentials seen.
+    pub total: u64,
+    /// Re-encrypted under the current key.
+    pub rotated: u64,
+    /// Already under the current key.
+    pub current: u64,
+    /// Credentials that could not be decrypted with any configured key.
+    pub failed: Vec<String>,
+}
+
+/// Re-encrypts every stored credential under the keyring's current key,
+/// one credential per transaction (with its audit row), while the services
+/// keep running: they hold the old key as a previous one until this is
+/// done. A value changed meanwhile is left alone (it was just written under
+/// the current key). `progress(done, total)` is called after each one.
+pub async fn rotate_master_key(
+    db: &PgPool,
+    keyring: &crypto::Keyring,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<RotationReport, AdminError> {
+    let rows: Vec<(Uuid, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT id, whatsapp_access_token, whatsapp_app_secret, ai_api_key FROM alphadome.bot_tenants ORDER BY id",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut work = Vec::new();
+    for (id, tok, sec, key) in rows {
+        for (col, v) in [
+            (crypto::SecretColumn::WhatsappAccessToken, tok),
+            (crypto::SecretColumn::WhatsappAppSecret, sec),
+            (crypto::SecretColumn::AiApiKey, key),
+        ] {
+            if let Some(v) = v {
+                work.push((id, col, v));
+            }
+        }
+    }
+    let mut report = RotationReport {
+        total: work.len() as u64,
+        ..Default::default()
+    };
+    for (i, (id, col, stored)) in work.into_iter().enumerate() {
+        if crypto::Keyring::key_id_of(&stored) == Some(keyring.current_key_id()) {
+            report.current += 1;
+        } else {
+            match keyring.decrypt(id, col, &stored) {
+                Err(e) => report
+                    .failed
+                    .push(format!("tenant {id} {}: {e}", col.column())),
+                Ok(plain) => {
+                    let sealed =
+                        keyring.encrypt(id, col, secrecy::ExposeSecret::expose_secret(&plain));
+                    let mut tx = db.begin().await?;
+                    let done = sqlx::query(&format!(
+                        "UPDATE alphadome.bot_tenants SET {c} = $3 WHERE id = $1 AND {c} = $2",
+                        c = col.column()
+                    ))
+                    .bind(id)
+                    .bind(&stored)
+                    .bind(&sealed)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if done > 0 {
+                        alphadome_core::audit::record(
+                            &mut *tx,
+                            id,
+                            col,
+                            "admin:cli",
+                            "master key rotation",
+                        )
+                        .await?;
+                        report.rotated += 1;
+                    } else {
+                        report.current += 1;
+                    }
+                    tx.commit().await?;
+                }
+            }
+        }
+        progress(i as u64 + 1, report.total);
+    }
+    Ok(report)
+}
+
 /// State of the admin API.
 struct Api {
     db: PgPool,

@@ -36,6 +36,9 @@ enum Command {
     /// Master key utilities.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The credential audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Conversations handed to a person.
     #[command(subcommand)]
     Conversation(ConversationCommand),
@@ -159,6 +162,18 @@ enum ConversationCommand {
 enum KeysCommand {
     /// Print a new random master key (base64 of 32 bytes) for ALPHADOME_MASTER_KEY.
     Generate,
+    /// Re-encrypt every stored credential under ALPHADOME_MASTER_KEY.
+    ///
+    /// Run the services with the new key in ALPHADOME_MASTER_KEY and the old
+    /// ones in ALPHADOME_PREVIOUS_MASTER_KEYS first; once this reports every
+    /// credential current, the old keys can be dropped.
+    Rotate,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the credential audit trail's hash chain; fails on an edited or deleted row.
+    Verify,
 }
 
 fn main() -> ExitCode {
@@ -215,6 +230,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tenant(cmd) => tenant_command(cmd).await?,
         Command::Keys(KeysCommand::Generate) => println!("{}", Keyring::generate_key()),
+        Command::Keys(KeysCommand::Rotate) => {
+            let keyring = Keyring::from_env()?;
+            let pool = pool().await?;
+            let report = alphadome_admin::rotate_master_key(&pool, &keyring, |done, total| {
+                if done % 100 == 0 || done == total {
+                    eprintln!("re-encrypted {done}/{total}");
+                }
+            })
+            .await?;
+            println!(
+                "credentials: {} in all, {} re-encrypted under key {}, {} already current, {} failed",
+                report.total,
+                report.rotated,
+                keyring.current_key_id(),
+                report.current,
+                report.failed.len()
+            );
+            if !report.failed.is_empty() {
+                anyhow::bail!(
+                    "{} credential(s) could not be decrypted with any configured key: {}",
+                    report.failed.len(),
+                    report.failed.join("; ")
+                );
+            }
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let pool = pool().await?;
+            let check = alphadome_core::audit::verify(&pool).await?;
+            match check.broken {
+                None => println!("credential audit trail intact: {} rows", check.rows),
+                Some((id, why)) => {
+                    anyhow::bail!("credential audit trail broken at row {id}: {why}")
+                }
+            }
+        }
         Command::Conversation(cmd) => conversation_command(cmd).await?,
         Command::Usage {
             tenant,

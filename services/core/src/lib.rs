@@ -3,6 +3,7 @@
 //! event schemas and JetStream plumbing, the FAQ matcher, Meta's webhook and
 //! send formats, telemetry and the HTTP health endpoints.
 
+pub mod audit;
 pub mod bus;
 pub mod config;
 pub mod crypto;

@@ -816,6 +816,30 @@ async fn apply_in(
     .execute(&mut **tx)
     .await?;
     rows_changed += r.rows_affected();
+    // Audit every credential the manifest set or changed (same transaction).
+    let before = |col: SecretColumn| -> Option<&String> {
+        existing.as_ref().and_then(|e| match col {
+            SecretColumn::WhatsappAccessToken => e.whatsapp_access_token.as_ref(),
+            SecretColumn::WhatsappAppSecret => e.whatsapp_app_secret.as_ref(),
+            SecretColumn::AiApiKey => e.ai_api_key.as_ref(),
+        })
+    };
+    for (col, now) in [
+        (SecretColumn::WhatsappAccessToken, &token),
+        (SecretColumn::WhatsappAppSecret, &app_secret),
+        (SecretColumn::AiApiKey, &ai_key),
+    ] {
+        if now.is_some() && now.as_ref() != before(col) {
+            crate::audit::record(
+                &mut **tx,
+                id,
+                col,
+                "admin:cli",
+                "tenant apply: credential set",
+            )
+            .await?;
+        }
+    }
 
     rows_changed += apply_settings(tx, id, m.control_settings.as_ref()).await?;
     rows_changed += apply_templates(tx, id, &m.templates).await?;

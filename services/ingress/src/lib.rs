@@ -173,7 +173,26 @@ async fn load_route(
     id: Uuid,
 ) -> Result<Option<Route>, sqlx::Error> {
     let t = alphadome_core::tenant::load_tenant(&db, id).await?;
-    Ok(t.map(|t| route_of(&keyring, t)))
+    Ok(match t {
+        Some(t) => Some(audited_route(&db, &keyring, t).await),
+        None => None,
+    })
+}
+
+/// The route of `t`, recording the decryption of its app secret.
+async fn audited_route(db: &PgPool, keyring: &Keyring, t: alphadome_core::tenant::Tenant) -> Route {
+    let route = route_of(keyring, t);
+    if route.app_secret.is_some() {
+        alphadome_core::audit::record_use(
+            db,
+            route.tenant_id,
+            SecretColumn::WhatsappAppSecret,
+            "service:ingress",
+            "verify webhook signatures (cache fill)",
+        )
+        .await;
+    }
+    route
 }
 
 fn route_of(keyring: &Keyring, t: alphadome_core::tenant::Tenant) -> Route {
@@ -240,7 +259,7 @@ impl Ingress {
         .await
         .map_err(|e| tracing::warn!(error = %e, "tenant lookup failed"))
         .ok()??;
-        Some(Arc::new(route_of(&self.keyring, t)))
+        Some(Arc::new(audited_route(&self.db, &self.keyring, t).await))
     }
 }
 

@@ -30,6 +30,9 @@ use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
+/// How long a decrypted AI key is reused before it is decrypted again.
+pub const AI_KEY_CACHE_AGE: Duration = Duration::from_secs(300);
+
 /// The responder's durable consumer on the inbound stream.
 pub const CONSUMER: &str = "responder";
 
@@ -144,6 +147,11 @@ pub struct Responder {
     keyring: Arc<alphadome_core::crypto::Keyring>,
     llm: llm::LlmClient,
     escalator: escalation::Escalator,
+    /// Decrypted AI keys, by tenant, with the ciphertext they came from and
+    /// when: held at most [`AI_KEY_CACHE_AGE`].
+    ai_keys: std::sync::Mutex<
+        std::collections::HashMap<Uuid, (String, secrecy::SecretString, std::time::Instant)>,
+    >,
     /// Messages this instance handled (for `/metrics` and tests).
     pub handled: std::sync::atomic::AtomicU64,
 }
@@ -180,6 +188,7 @@ impl Responder {
                 config.smtp_url.as_ref(),
                 &config.smtp_from,
             ),
+            ai_keys: Default::default(),
             handled: Default::default(),
         }))
     }
@@ -394,10 +403,7 @@ impl Responder {
             .ai_api_key
             .as_deref()
             .ok_or_else(|| llm::LlmError::NotConfigured("the tenant has no ai_api_key".into()))?;
-        let key = self
-            .keyring
-            .decrypt(t.id, alphadome_core::crypto::SecretColumn::AiApiKey, stored)
-            .map_err(|e| llm::LlmError::NotConfigured(format!("the tenant's ai_api_key: {e}")))?;
+        let key = self.ai_key(t.id, stored).await?;
         let model = t
             .ai_model
             .as_deref()
@@ -448,6 +454,45 @@ impl Responder {
             ai: Some(answer.clone()),
             ..Decision::reply(prompt::fit(&answer.text, max_chars), "ai")
         })
+    }
+
+    /// The tenant's decrypted AI key, from the short-lived cache or freshly
+    /// decrypted (and audited).
+    async fn ai_key(
+        &self,
+        tenant: Uuid,
+        stored: &str,
+    ) -> Result<secrecy::SecretString, llm::LlmError> {
+        if let Ok(cache) = self.ai_keys.lock() {
+            if let Some((ct, key, at)) = cache.get(&tenant) {
+                if ct == stored && at.elapsed() < AI_KEY_CACHE_AGE {
+                    return Ok(key.clone());
+                }
+            }
+        }
+        let key = self
+            .keyring
+            .decrypt(
+                tenant,
+                alphadome_core::crypto::SecretColumn::AiApiKey,
+                stored,
+            )
+            .map_err(|e| llm::LlmError::NotConfigured(format!("the tenant's ai_api_key: {e}")))?;
+        alphadome_core::audit::record_use(
+            &self.db,
+            tenant,
+            alphadome_core::crypto::SecretColumn::AiApiKey,
+            "service:responder",
+            "AI answers (cache fill)",
+        )
+        .await;
+        if let Ok(mut cache) = self.ai_keys.lock() {
+            cache.insert(
+                tenant,
+                (stored.to_owned(), key.clone(), std::time::Instant::now()),
+            );
+        }
+        Ok(key)
     }
 
     /// The recent turns of this customer's conversation with this tenant.

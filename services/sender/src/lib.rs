@@ -68,6 +68,16 @@ async fn load_tenant(
             .map_err(|e| tracing::error!(tenant_id = %id, error = %e, "cannot decrypt the tenant's WhatsApp token"))
             .ok()
     });
+    if token.is_some() {
+        alphadome_core::audit::record_use(
+            &db,
+            id,
+            SecretColumn::WhatsappAccessToken,
+            "service:sender",
+            "send replies (cache fill)",
+        )
+        .await;
+    }
     Ok(Some(SenderTenant {
         id,
         phone_number_id: t.whatsapp_phone_number_id,

@@ -1,0 +1,265 @@
+//! Credential security: the hash-chained audit trail of every credential
+//! use, master key rotation while the services run.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alphadome_cli::stack::Service;
+use alphadome_core::crypto::Keyring;
+use alphadome_tests::*;
+
+async fn audit_rows(pool: &sqlx::PgPool) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT credential, actor, purpose FROM alphadome.credential_audit_log ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn every_credential_use_is_audited_and_tampering_is_detected() {
+    let db = TestDb::migrated().await;
+    let nats = TestNats::new();
+    let (_, ring) = keyring();
+    let (graph, graph_url, _stop) = graph().await;
+    let (_llm, llm_url) = LlmStandIn::start().await;
+    let t = tenant(
+        &db.pool,
+        &ring,
+        TenantSpec {
+            app_secret: Some("tenant-app-secret"),
+            control: "enable_ai_responses: true",
+            tenant_extra: "ai_provider: openai\nai_api_key: sk-audited\nai_model: m",
+            ..Default::default()
+        },
+    )
+    .await;
+    let set: Vec<_> = audit_rows(&db.pool).await;
+    assert_eq!(
+        set.len(),
+        3,
+        "tenant apply records each credential it sets: {set:?}"
+    );
+    assert!(set
+        .iter()
+        .all(|(_, actor, purpose)| actor == "admin:cli" && purpose.contains("tenant apply")));
+
+    let mut cfg = config(&db, &nats, ring.clone(), &graph_url);
+    cfg.ai.openai_base = format!("{llm_url}/v1");
+    let stack = RunningStack::start(cfg, &Service::ALL).await;
+    for (w, text) in [
+        ("wamid.au.1", "opening hours"),
+        ("wamid.au.2", "something only the model knows"),
+    ] {
+        let body = text_webhook(&t.phone_number_id, "254711000444", w, text);
+        assert_eq!(
+            post_signed(&stack.webhook_url(), "tenant-app-secret", &body)
+                .await
+                .status(),
+            200
+        );
+    }
+    graph.wait_for(2, Duration::from_secs(10)).await;
+    stack.stop().await.unwrap();
+    let rows = audit_rows(&db.pool).await;
+    let used = |credential: &str, actor: &str| {
+        rows.iter()
+            .any(|(c, a, p)| c == credential && a == actor && p.contains("cache fill"))
+    };
+    assert!(used("whatsapp_app_secret", "service:ingress"), "{rows:?}");
+    assert!(used("whatsapp_access_token", "service:sender"), "{rows:?}");
+    assert!(used("ai_api_key", "service:responder"), "{rows:?}");
+    let tenants: Vec<Option<uuid::Uuid>> =
+        sqlx::query_scalar("SELECT DISTINCT bot_tenant_id FROM alphadome.credential_audit_log")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(tenants, [Some(t.id)]);
+
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let (code, out, _) = cli(&["audit", "verify"], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains("intact"), "{out}");
+    // Append-only for everyone.
+    assert!(
+        sqlx::query("UPDATE alphadome.credential_audit_log SET purpose = 'x'")
+            .execute(&db.pool)
+            .await
+            .is_err()
+    );
+    assert!(sqlx::query("DELETE FROM alphadome.credential_audit_log")
+        .execute(&db.pool)
+        .await
+        .is_err());
+    assert!(sqlx::query("TRUNCATE alphadome.credential_audit_log")
+        .execute(&db.pool)
+        .await
+        .is_err());
+    // Someone with the power to switch the guard off edits a row ...
+    let second: i64 = sqlx::query_scalar(
+        "SELECT id FROM alphadome.credential_audit_log ORDER BY id OFFSET 1 LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql(&format!(
+        "ALTER TABLE alphadome.credential_audit_log DISABLE TRIGGER credential_audit_log_append_only; \
+         UPDATE alphadome.credential_audit_log SET actor = 'service:nobody' WHERE id = {second}; \
+         ALTER TABLE alphadome.credential_audit_log ENABLE TRIGGER credential_audit_log_append_only;"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (code, _, err) = cli(&["audit", "verify"], &env);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("broken at row {second}")) && err.contains("edited"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_audit_row_breaks_the_chain() {
+    let db = TestDb::migrated().await;
+    let t = uuid::Uuid::new_v4();
+    for purpose in ["one", "two", "three"] {
+        alphadome_core::audit::record(
+            &db.pool,
+            t,
+            alphadome_core::crypto::SecretColumn::AiApiKey,
+            "admin:test",
+            purpose,
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        alphadome_core::audit::verify(&db.pool)
+            .await
+            .unwrap()
+            .broken,
+        None
+    );
+    sqlx::raw_sql(
+        "ALTER TABLE alphadome.credential_audit_log DISABLE TRIGGER credential_audit_log_append_only; \
+         DELETE FROM alphadome.credential_audit_log WHERE purpose = 'two';",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let check = alphadome_core::audit::verify(&db.pool).await.unwrap();
+    let (_, why) = check.broken.expect("the deletion is detected");
+    assert!(why.contains("deleted"), "{why}");
+}
+
+#[tokio::test]
+async fn master_keys_rotate_while_the_services_keep_answering() {
+    let db = TestDb::migrated().await;
+    let nats = TestNats::new();
+    let (graph, graph_url, _stop) = graph().await;
+    let old_key = Keyring::generate_key();
+    let old = Arc::new(Keyring::from_base64(&old_key, &[]).unwrap());
+    let t = tenant(
+        &db.pool,
+        &old,
+        TenantSpec {
+            app_secret: Some("rot-secret"),
+            ..Default::default()
+        },
+    )
+    .await;
+    // The services restart with the new key, still holding the old one.
+    let new_key = Keyring::generate_key();
+    let both = Arc::new(Keyring::from_base64(&new_key, &[old_key.as_str()]).unwrap());
+    let stack =
+        RunningStack::start(config(&db, &nats, both.clone(), &graph_url), &Service::ALL).await;
+    let ask = |w: &'static str| {
+        let url = stack.webhook_url();
+        let pnid = t.phone_number_id.clone();
+        async move {
+            let body = text_webhook(&pnid, "254711000555", w, "opening hours");
+            assert_eq!(post_signed(&url, "rot-secret", &body).await.status(), 200);
+        }
+    };
+    ask("wamid.rot.1").await;
+    assert_eq!(graph.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+
+    // Without the old key, nothing can be rotated: said clearly.
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let (url, k) = (db.url.clone(), new_key.clone());
+        move || {
+            cli(
+                &["keys", "rotate"],
+                &[("DATABASE_URL", &url), ("ALPHADOME_MASTER_KEY", &k)],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("could not be decrypted with any configured key"),
+        "{err}"
+    );
+
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let (url, k, o) = (db.url.clone(), new_key.clone(), old_key.clone());
+        move || {
+            cli(
+                &["keys", "rotate"],
+                &[
+                    ("DATABASE_URL", &url),
+                    ("ALPHADOME_MASTER_KEY", &k),
+                    ("ALPHADOME_PREVIOUS_MASTER_KEYS", &o),
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 in all, 2 re-encrypted"), "{out}");
+    assert!(err.contains("re-encrypted 2/2"), "progress: {err}");
+    let stored: Vec<String> = sqlx::query_scalar("SELECT unnest(ARRAY[whatsapp_access_token, whatsapp_app_secret]) FROM alphadome.bot_tenants")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        stored
+            .iter()
+            .all(|s| Keyring::key_id_of(s) == Some(both.current_key_id())),
+        "{stored:?}"
+    );
+    let rotations: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM alphadome.credential_audit_log WHERE purpose = 'master key rotation'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rotations, 2);
+
+    // The running services go on answering ...
+    ask("wamid.rot.2").await;
+    assert_eq!(graph.wait_for(2, Duration::from_secs(10)).await.len(), 2);
+    stack.stop().await.unwrap();
+    // ... and after a restart with the new key alone, too.
+    let only_new = Arc::new(Keyring::from_base64(&new_key, &[]).unwrap());
+    let stack = RunningStack::start(config(&db, &nats, only_new, &graph_url), &Service::ALL).await;
+    let body = text_webhook(
+        &t.phone_number_id,
+        "254711000555",
+        "wamid.rot.3",
+        "opening hours",
+    );
+    assert_eq!(
+        post_signed(&stack.webhook_url(), "rot-secret", &body)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(graph.wait_for(3, Duration::from_secs(10)).await.len(), 3);
+    stack.stop().await.unwrap();
+}
