@@ -48,9 +48,13 @@ pub struct AuditCheck {
     pub broken: Option<(i64, String)>,
 }
 
+/// (id, stored hash, stored previous hash, the previous row's hash, the
+/// hash recomputed from the row's content).
+type ChainRow = (i64, String, Option<String>, Option<String>, String);
+
 /// Recomputes every row's hash and link, in order.
 pub async fn verify(db: &PgPool) -> Result<AuditCheck, sqlx::Error> {
-    let rows: Vec<(i64, String, Option<String>, Option<String>, String)> = sqlx::query_as(
+    let rows: Vec<ChainRow> = sqlx::query_as(
         "SELECT id, hash, prev_hash, lag(hash) OVER (ORDER BY id), \
            alphadome.credential_audit_digest(prev_hash, id, bot_tenant_id, credential, actor, purpose, created_at) \
          FROM alphadome.credential_audit_log ORDER BY id",
