@@ -295,7 +295,9 @@ pub async fn rotate_master_key(
     keyring: &crypto::Keyring,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<RotationReport, AdminError> {
-    let rows: Vec<(Uuid, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+    // (tenant, WhatsApp token, app secret, AI key), as stored.
+    type Stored = (Uuid, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Stored> = sqlx::query_as(
         "SELECT id, whatsapp_access_token, whatsapp_app_secret, ai_api_key FROM alphadome.bot_tenants ORDER BY id",
     )
     .fetch_all(db)
