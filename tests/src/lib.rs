@@ -160,6 +160,7 @@ pub fn config(db: &TestDb, nats: &TestNats, keyring: Arc<Keyring>, graph_url: &s
         nats_prefix: nats.prefix.clone(),
         keyring,
         meta_app_secret: Some(SecretString::from(PLATFORM_APP_SECRET.to_owned())),
+        meta_app_id: None,
         graph_url: graph_url.to_owned(),
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         send_timeout: Duration::from_secs(2),

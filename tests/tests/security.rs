@@ -263,3 +263,198 @@ async fn master_keys_rotate_while_the_services_keep_answering() {
     assert_eq!(graph.wait_for(3, Duration::from_secs(10)).await.len(), 3);
     stack.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn token_expiry_alerts_go_out_once_per_threshold() {
+    let db = TestDb::migrated().await;
+    let nats = TestNats::new();
+    let (_, ring) = keyring();
+    let (graph, graph_url, _stop) = graph().await;
+    let (smtp, smtp_url) = SmtpSink::start().await;
+    let contacts = "escalation_phone: '0733000999'\nescalation_email: owner@example.com";
+    let day = |d: i64| (chrono_now() + d * 86_400).to_string();
+    let mk = |n: u32, extra: String| {
+        let ring = ring.clone();
+        let pool = db.pool.clone();
+        async move {
+            let phone = format!("2547000009{n:02}");
+            let pnid = format!("90{n}");
+            let token = format!("EAAG-expiry-{n}");
+            let spec = TenantSpec {
+                name: "Expiry Shop",
+                phone: &phone,
+                phone_number_id: &pnid,
+                token: &token,
+                control: contacts,
+                tenant_extra: &extra,
+                ..Default::default()
+            };
+            tenant(&pool, &ring, spec).await
+        }
+    };
+    let ts = |secs: String| {
+        format!(
+            "whatsapp_token_expires_at: {}",
+            rfc3339(secs.parse().unwrap())
+        )
+    };
+    let in5d = mk(1, ts(day(5))).await;
+    let in12h = mk(2, ts((chrono_now() + 12 * 3600).to_string())).await;
+    let expired = mk(3, ts(day(-1))).await;
+    let rejected = mk(4, String::new()).await;
+    let fine = mk(5, ts(day(30))).await;
+    // What Meta's debug_token says of each token (its answer prevails over
+    // the stored expiry).
+    graph.set_token(&in5d.token, chrono_now() + 5 * 86_400, true);
+    graph.set_token(&in12h.token, chrono_now() + 12 * 3600, true);
+    graph.set_token(&expired.token, chrono_now() - 86_400, false);
+    graph.set_token(&rejected.token, 0, false);
+    graph.set_token(&fine.token, chrono_now() + 30 * 86_400, true);
+
+    let mut cfg = config(&db, &nats, ring.clone(), &graph_url);
+    cfg.meta_app_id = Some("123456".into());
+    cfg.smtp_url = Some(secrecy::SecretString::from(smtp_url));
+    let stack = RunningStack::start(cfg.clone(), &[Service::Sender, Service::Logger]).await;
+    let watch = alphadome_admin::tokens::TokenWatch::new(&cfg, db.pool.clone(), nats.bus().await);
+    let mut alerts: Vec<(uuid::Uuid, &str)> = watch
+        .check()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.tenant, a.threshold))
+        .collect();
+    alerts.sort();
+    let mut want = vec![
+        (in5d.id, "7d"),
+        (in12h.id, "1d"),
+        (expired.id, "expired"),
+        (rejected.id, "invalid"),
+    ];
+    want.sort();
+    assert_eq!(alerts, want);
+    assert!(alerts.iter().all(|(t, _)| *t != fine.id));
+    assert!(graph
+        .debug_token_callers
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|c| c == &format!("123456|{PLATFORM_APP_SECRET}")));
+    // E-mail for each; WhatsApp, through the tenant's own number, while the token still works.
+    let mails = eventually(Duration::from_secs(10), "4 e-mails", || async {
+        let m = smtp.messages();
+        (m.len() == 4).then_some(m)
+    })
+    .await;
+    assert!(mails.iter().any(|m| m.contains("rejected by Meta")));
+    assert!(mails.iter().any(|m| m.contains("expires within 7 days")));
+    let wa = graph.wait_for(2, Duration::from_secs(10)).await;
+    let mut from: Vec<String> = wa.iter().map(|r| r.phone_number_id.clone()).collect();
+    from.sort();
+    assert_eq!(
+        from,
+        [in5d.phone_number_id.clone(), in12h.phone_number_id.clone()]
+    );
+    assert!(wa.iter().all(|r| r.to() == "254733000999"));
+    // The rejected token is marked, so the tenant shows as degraded.
+    let list = alphadome_admin::list(&db.pool).await.unwrap();
+    let degraded = |id: uuid::Uuid| {
+        list.iter()
+            .find(|t| t.id == id)
+            .and_then(|t| t.degraded.clone())
+            .unwrap_or_default()
+    };
+    assert!(degraded(rejected.id).contains("rejected"));
+    assert!(degraded(expired.id).contains("expired"));
+    // Once per threshold: a second pass sends nothing ...
+    assert!(watch.check().await.unwrap().is_empty());
+    // ... until the next threshold is crossed.
+    graph.set_token(&in5d.token, chrono_now() + 20 * 3600, true);
+    let again: Vec<_> = watch
+        .check()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.tenant, a.threshold))
+        .collect();
+    assert_eq!(again, [(in5d.id, "1d")]);
+    stack.stop().await.unwrap();
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn rfc3339(secs: i64) -> String {
+    // YAML timestamps: seconds since the epoch rendered by Postgres' rules are
+    // awkward here, so build RFC 3339 by hand from a civil date.
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's algorithm).
+fn civil(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[tokio::test]
+async fn without_an_app_token_the_stored_expiry_drives_the_alerts() {
+    let db = TestDb::migrated().await;
+    let nats = TestNats::new();
+    let (_, ring) = keyring();
+    let (graph, graph_url, _stop) = graph().await;
+    let extra = format!(
+        "whatsapp_token_expires_at: {}",
+        rfc3339(chrono_now() + 3 * 86_400)
+    );
+    let t = tenant(
+        &db.pool,
+        &ring,
+        TenantSpec {
+            control: "escalation_email: owner@example.com",
+            tenant_extra: &extra,
+            ..Default::default()
+        },
+    )
+    .await;
+    let cfg = config(&db, &nats, ring.clone(), &graph_url);
+    let watch = alphadome_admin::tokens::TokenWatch::new(&cfg, db.pool.clone(), nats.bus().await);
+    let alerts: Vec<_> = watch
+        .check()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.tenant, a.threshold))
+        .collect();
+    assert_eq!(alerts, [(t.id, "7d")]);
+    assert!(
+        graph.debug_token_callers.lock().unwrap().is_empty(),
+        "no app token, no debug_token call"
+    );
+    // Without SMTP the failure is recorded with the alert.
+    let err: Option<String> = sqlx::query_scalar("SELECT email_error FROM alphadome.token_alerts")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(err
+        .unwrap_or_default()
+        .contains("SMTP_URL is not configured"));
+}

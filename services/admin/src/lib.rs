@@ -2,7 +2,10 @@
 //! (list, show with secrets masked, activate and deactivate: the schema
 //! report's go-live and instant rollback), and a read-only admin API
 //! (`GET /admin/tenants`, `GET /admin/tenants/{id-or-phone}`) guarded by
-//! the bearer token in `ALPHADOME_ADMIN_TOKEN` (disabled when unset).
+//! the bearer token in `ALPHADOME_ADMIN_TOKEN` (disabled when unset), and the
+//! scheduled jobs: token expiry alerts ([`tokens`]) and housekeeping.
+
+pub mod tokens;
 
 use std::sync::Arc;
 

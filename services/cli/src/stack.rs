@@ -92,6 +92,14 @@ pub async fn run(
             router = router.merge(api);
         }
         alphadome_admin::spawn_housekeeping(pool.clone(), shutdown.clone());
+        let every = std::env::var("ALPHADOME_TOKEN_CHECK_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3600u64);
+        alphadome_admin::tokens::TokenWatch::new(&config, pool.clone(), bus.clone()).spawn(
+            std::time::Duration::from_secs(every.max(1)),
+            shutdown.clone(),
+        );
     }
     if has(Service::Responder) {
         let r = alphadome_responder::Responder::start(

@@ -39,6 +39,10 @@ pub struct Config {
     /// `META_APP_SECRET`: the platform's Meta app secret, used for tenants
     /// without their own.
     pub meta_app_secret: Option<SecretString>,
+    /// `META_APP_ID`: with `META_APP_SECRET`, the app token for Meta's
+    /// `debug_token` (token expiry checks); the checks use the stored
+    /// expiry alone when unset.
+    pub meta_app_id: Option<String>,
     /// `WHATSAPP_GRAPH_URL`, default [`DEFAULT_GRAPH_URL`].
     pub graph_url: String,
     /// `ALPHADOME_HTTP_ADDR`, default `0.0.0.0:8080`: the webhook (ingress)
@@ -192,6 +196,7 @@ impl Config {
             nats_prefix: nats_prefix()?,
             keyring: Arc::new(Keyring::from_env()?),
             meta_app_secret: var("META_APP_SECRET").map(SecretString::from),
+            meta_app_id: var("META_APP_ID"),
             graph_url: graph_url.trim_end_matches('/').to_owned(),
             http_addr: parse(
                 "ALPHADOME_HTTP_ADDR",

@@ -13,6 +13,7 @@ pub mod health;
 pub mod manifest;
 pub mod matcher;
 pub mod meta;
+pub mod notify;
 pub mod phone;
 pub mod standin;
 pub mod telemetry;

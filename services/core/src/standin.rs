@@ -75,6 +75,10 @@ pub struct GraphStandIn {
     notify: Notify,
     /// Requests answered with an error or not answered.
     pub refused: AtomicU64,
+    /// What `debug_token` says of a token: (expires_at, is_valid).
+    tokens: Mutex<std::collections::HashMap<String, (i64, bool)>>,
+    /// The app token `debug_token` requests carried.
+    pub debug_token_callers: Mutex<Vec<String>>,
 }
 
 impl GraphStandIn {
@@ -82,6 +86,13 @@ impl GraphStandIn {
     pub fn script(&self, behaviours: impl IntoIterator<Item = Behaviour>) {
         if let Ok(mut s) = self.script.lock() {
             s.extend(behaviours);
+        }
+    }
+
+    /// Sets what `debug_token` reports for `token` (others: never expiring, valid).
+    pub fn set_token(&self, token: &str, expires_at: i64, is_valid: bool) {
+        if let Ok(mut t) = self.tokens.lock() {
+            t.insert(token.to_owned(), (expires_at, is_valid));
         }
     }
 
@@ -109,6 +120,7 @@ impl GraphStandIn {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/{version}/{phone_number_id}/messages", post(send))
+            .route("/{version}/debug_token", axum::routing::get(debug_token))
             .with_state(self.clone())
     }
 
@@ -200,5 +212,33 @@ async fn send(
         "contacts": [{"input": to, "wa_id": to.trim_start_matches('+')}],
         "messages": [{"id": wamid}],
     }))
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct DebugTokenQuery {
+    input_token: String,
+    access_token: String,
+}
+
+/// `GET /debug_token?input_token=&access_token=` (protocols.md 2.12).
+async fn debug_token(
+    State(me): State<Arc<GraphStandIn>>,
+    axum::extract::Query(q): axum::extract::Query<DebugTokenQuery>,
+) -> Response {
+    if !q.access_token.contains('|') {
+        return meta_error(400, 190);
+    }
+    if let Ok(mut c) = me.debug_token_callers.lock() {
+        c.push(q.access_token.clone());
+    }
+    let (expires_at, is_valid) = me
+        .tokens
+        .lock()
+        .ok()
+        .and_then(|t| t.get(&q.input_token).copied())
+        .unwrap_or((0, true));
+    axum::Json(serde_json::json!({"data": {"app_id": "1", "type": "SYSTEM_USER", "application": "Alphadome",
+        "expires_at": expires_at, "is_valid": is_valid, "scopes": ["whatsapp_business_messaging"]}}))
     .into_response()
 }

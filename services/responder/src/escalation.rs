@@ -5,16 +5,11 @@
 //! quiet in that conversation for `handoff_pause_minutes`, or until
 //! `alphadome conversation resume`.
 
-use std::time::Duration;
-
-use alphadome_core::bus::{Bus, StreamKind};
-use alphadome_core::events::v1::{InboundMessage, OutboundMessage};
-use alphadome_core::events::{now_ms, Message as _};
-use alphadome_core::telemetry;
+use alphadome_core::bus::Bus;
+use alphadome_core::events::v1::InboundMessage;
+use alphadome_core::notify::{self, Mailer};
 use alphadome_core::tenant::TenantContext;
-use lettre::message::Mailbox;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -93,28 +88,15 @@ pub async fn resume(db: &PgPool, tenant: Uuid, user: &str) -> Result<bool, sqlx:
 pub struct Escalator {
     db: PgPool,
     bus: Bus,
-    smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
-    from: Option<Mailbox>,
+    mailer: Mailer,
 }
 
 impl Escalator {
     pub fn new(db: PgPool, bus: Bus, smtp_url: Option<&SecretString>, from: &str) -> Self {
-        let smtp = smtp_url.and_then(|u| match AsyncSmtpTransport::<Tokio1Executor>::from_url(u.expose_secret()) {
-            Ok(b) => Some(b.timeout(Some(Duration::from_secs(10))).build()),
-            Err(e) => {
-                tracing::error!(error = %e, "SMTP_URL is not usable; escalation e-mails are off");
-                None
-            }
-        });
-        let from = from
-            .parse::<Mailbox>()
-            .map_err(|e| tracing::error!(error = %e, "ALPHADOME_SMTP_FROM is not a mailbox"))
-            .ok();
         Self {
             db,
             bus,
-            smtp,
-            from,
+            mailer: Mailer::new(smtp_url, from),
         }
     }
 
@@ -170,32 +152,9 @@ impl Escalator {
             .as_deref()
             .filter(|p| !p.is_empty())
         {
-            let out = OutboundMessage {
-                outbound_id: format!("escalation:{}", msg.wamid),
-                tenant_id: tenant.to_string(),
-                in_reply_to: String::new(),
-                to: phone.to_owned(),
-                to_user_id: String::new(),
-                text: text.clone(),
-                ai_processed: false,
-                template_used: String::new(),
-                training_data_id: String::new(),
-                created_at_ms: now_ms(),
-                inbound_received_at_ms: 0,
-                trace: Some(telemetry::current_trace()),
-                metadata_json:
-                    serde_json::json!({"reason": "escalation", "escalated_wamid": msg.wamid})
-                        .to_string(),
-            };
-            let id = out.outbound_id.clone();
-            if let Err(e) = self
-                .bus
-                .publish(
-                    self.bus.subject(StreamKind::Outbound, &tenant.to_string()),
-                    &id,
-                    out.encode_to_vec().into(),
-                )
-                .await
+            let id = format!("escalation:{}", msg.wamid);
+            if let Err(e) =
+                notify::whatsapp(&self.bus, tenant, phone, &id, &text, "escalation").await
             {
                 tracing::error!(error = %e, "escalation WhatsApp message not queued");
             }
@@ -207,7 +166,8 @@ impl Escalator {
                 .filter(|e| !e.is_empty()),
             email_sent,
         ) {
-            let result = self.email(to, &ctx.tenant.client_name, &who, &text).await;
+            let subject = format!("[{}] {who} needs a person", ctx.tenant.client_name);
+            let result = self.mailer.send(to, &subject, &text).await;
             let (sent, error) = match result {
                 Ok(()) => (true, None),
                 Err(e) => {
@@ -227,22 +187,6 @@ impl Escalator {
             .await?;
         }
         Ok(())
-    }
-
-    async fn email(&self, to: &str, business: &str, who: &str, text: &str) -> Result<(), String> {
-        let (Some(smtp), Some(from)) = (&self.smtp, &self.from) else {
-            return Err("SMTP_URL is not configured".into());
-        };
-        let to: Mailbox = to
-            .parse()
-            .map_err(|e| format!("escalation_email is not a mailbox: {e}"))?;
-        let mail = lettre::Message::builder()
-            .from(from.clone())
-            .to(to)
-            .subject(format!("[{business}] {who} needs a person"))
-            .body(text.to_owned())
-            .map_err(|e| e.to_string())?;
-        smtp.send(mail).await.map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
