@@ -72,6 +72,16 @@ pub async fn run(
     }
     let bus = Bus::connect(&config.nats_url, &config.nats_prefix).await?;
     bus.ensure_streams(config.duplicate_window).await?;
+    // Each service works through a pool of its own least-privilege role, so
+    // row-level security confines it to the tenant each transaction sets.
+    let as_role = |role: db::ServiceRole, max: u32| {
+        let url = config.database_url.clone();
+        async move {
+            db::connect_as(&url, role, max)
+                .await
+                .with_context(|| format!("cannot connect to Postgres as {}", role.name()))
+        }
+    };
 
     let mut router = health::router(health::Readiness {
         db: pool.clone(),
@@ -81,10 +91,14 @@ pub async fn run(
     let has = |s: Service| opts.services.contains(&s);
 
     if has(Service::Ingress) {
-        let ingress =
-            alphadome_ingress::Ingress::start(&config, pool.clone(), bus.clone(), shutdown.clone())
-                .await
-                .context("ingress start-up")?;
+        let ingress = alphadome_ingress::Ingress::start(
+            &config,
+            as_role(db::ServiceRole::Ingress, 16).await?,
+            bus.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .context("ingress start-up")?;
         router = router.merge(alphadome_ingress::router(ingress));
     }
     if has(Service::Admin) {
@@ -104,7 +118,7 @@ pub async fn run(
     if has(Service::Responder) {
         let r = alphadome_responder::Responder::start(
             &config,
-            pool.clone(),
+            as_role(db::ServiceRole::Responder, 32).await?,
             bus.clone(),
             shutdown.clone(),
         )
@@ -119,10 +133,14 @@ pub async fn run(
         });
     }
     if has(Service::Sender) {
-        let snd =
-            alphadome_sender::Sender::start(&config, pool.clone(), bus.clone(), shutdown.clone())
-                .await
-                .context("sender start-up")?;
+        let snd = alphadome_sender::Sender::start(
+            &config,
+            as_role(db::ServiceRole::Sender, 32).await?,
+            bus.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .context("sender start-up")?;
         let (s, settings) = (shutdown.clone(), opts.sender);
         tasks.spawn(async move {
             snd.run(settings, s)
@@ -132,7 +150,11 @@ pub async fn run(
         });
     }
     if has(Service::Logger) {
-        let (p, b, s) = (pool.clone(), bus.clone(), shutdown.clone());
+        let (p, b, s) = (
+            as_role(db::ServiceRole::Logger, 8).await?,
+            bus.clone(),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
             alphadome_logger::run(p, b, s)
                 .await

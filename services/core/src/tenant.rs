@@ -54,6 +54,47 @@ pub const TENANT_COLUMNS: &str = "id, client_name, client_phone, client_email, b
     ai_base_url, is_active, is_verified, webhook_verify_token, webhook_url, metadata, \
     created_at, updated_at";
 
+/// Columns of [`Tenant`] without the credentials (read as NULL): what every
+/// service may read. A service fetches the one credential it uses with
+/// [`load_credential`].
+pub const TENANT_CONFIG_COLUMNS: &str = "id, client_name, client_phone, client_email, brand_id, \
+    point_of_contact_name, point_of_contact_phone, whatsapp_phone_number_id, \
+    whatsapp_business_account_id, NULL::text AS whatsapp_access_token, whatsapp_token_expires_at, \
+    NULL::text AS whatsapp_app_secret, whatsapp_token_invalid_at, ai_provider, NULL::text AS ai_api_key, ai_model, \
+    ai_base_url, is_active, is_verified, NULL::text AS webhook_verify_token, webhook_url, metadata, \
+    created_at, updated_at";
+
+/// A tenant's configuration without its credentials.
+pub async fn load_tenant_config(pool: &PgPool, id: Uuid) -> Result<Option<Tenant>, sqlx::Error> {
+    let mut tx = crate::db::scoped(pool, id).await?;
+    let t = sqlx::query_as::<_, Tenant>(&format!(
+        "SELECT {TENANT_CONFIG_COLUMNS} FROM alphadome.bot_tenants WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(t)
+}
+
+/// One stored (encrypted) credential of a tenant.
+pub async fn load_credential(
+    pool: &PgPool,
+    id: Uuid,
+    column: crate::crypto::SecretColumn,
+) -> Result<Option<String>, sqlx::Error> {
+    let mut tx = crate::db::scoped(pool, id).await?;
+    let v: Option<Option<String>> = sqlx::query_scalar(&format!(
+        "SELECT {} FROM alphadome.bot_tenants WHERE id = $1",
+        column.column()
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(v.flatten())
+}
+
 /// A row of `alphadome.bot_control_settings`.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ControlSettings {
@@ -139,12 +180,15 @@ impl TenantContext {
 
 /// Loads a tenant by id.
 pub async fn load_tenant(pool: &PgPool, id: Uuid) -> Result<Option<Tenant>, sqlx::Error> {
-    sqlx::query_as::<_, Tenant>(&format!(
+    let mut tx = crate::db::scoped(pool, id).await?;
+    let t = sqlx::query_as::<_, Tenant>(&format!(
         "SELECT {TENANT_COLUMNS} FROM alphadome.bot_tenants WHERE id = $1"
     ))
     .bind(id)
-    .fetch_optional(pool)
-    .await
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(t)
 }
 
 /// Finds a tenant by id or (normalised) client phone.
@@ -165,7 +209,14 @@ pub async fn find_tenant(pool: &PgPool, id_or_phone: &str) -> Result<Option<Tena
 /// Loads a tenant's whole context (tenant, settings, active templates and
 /// training data, FAQ index).
 pub async fn load_context(pool: &PgPool, id: Uuid) -> Result<Option<TenantContext>, sqlx::Error> {
-    let Some(tenant) = load_tenant(pool, id).await? else {
+    let mut tx = crate::db::scoped(pool, id).await?;
+    let Some(tenant) = sqlx::query_as::<_, Tenant>(&format!(
+        "SELECT {TENANT_CONFIG_COLUMNS} FROM alphadome.bot_tenants WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
         return Ok(None);
     };
     let settings = sqlx::query_as::<_, ControlSettings>(
@@ -175,7 +226,7 @@ pub async fn load_context(pool: &PgPool, id: Uuid) -> Result<Option<TenantContex
          handoff_pause_minutes FROM alphadome.bot_control_settings WHERE bot_tenant_id = $1",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?
     .unwrap_or_default();
     let templates = sqlx::query_as::<_, Template>(
@@ -184,7 +235,7 @@ pub async fn load_context(pool: &PgPool, id: Uuid) -> Result<Option<TenantContex
          WHERE bot_tenant_id = $1 AND is_active ORDER BY is_default DESC, template_name",
     )
     .bind(id)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
     let training = sqlx::query_as::<_, TrainingRow>(
         "SELECT id, data_type, question, answer, category, priority, \
@@ -193,8 +244,9 @@ pub async fn load_context(pool: &PgPool, id: Uuid) -> Result<Option<TenantContex
          ORDER BY priority DESC, id",
     )
     .bind(id)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     let index = FaqIndex::build(training.iter().filter_map(|r| {
         let answerable = r.data_type == "faq" || r.data_type == "canned_reply";
         match (answerable, &r.question, &r.answer) {
@@ -290,7 +342,7 @@ impl<T: Send + Sync + 'static> TenantCache<T> {
         Fut: Future<Output = Result<Option<T>, sqlx::Error>>,
     {
         let versions: Vec<(Uuid, DateTime<Utc>)> =
-            sqlx::query_as("SELECT id, updated_at FROM alphadome.bot_tenants")
+            sqlx::query_as("SELECT id, updated_at FROM alphadome.tenant_versions()")
                 .fetch_all(pool)
                 .await?;
         let stale: Vec<(Uuid, DateTime<Utc>)> = {

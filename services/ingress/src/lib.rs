@@ -20,7 +20,7 @@ use alphadome_core::events::v1::{InboundMessage, StatusUpdate};
 use alphadome_core::events::{now_ms, Message as _};
 use alphadome_core::meta::{self, ParsedWebhook};
 use alphadome_core::telemetry;
-use alphadome_core::tenant::{TenantCache, TENANT_COLUMNS};
+use alphadome_core::tenant::TenantCache;
 use alphadome_core::CancellationToken;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
@@ -172,15 +172,21 @@ async fn load_route(
     keyring: Arc<Keyring>,
     id: Uuid,
 ) -> Result<Option<Route>, sqlx::Error> {
-    let t = alphadome_core::tenant::load_tenant(&db, id).await?;
+    let t = alphadome_core::tenant::load_tenant_config(&db, id).await?;
     Ok(match t {
-        Some(t) => Some(audited_route(&db, &keyring, t).await),
+        Some(t) => Some(audited_route(&db, &keyring, t).await?),
         None => None,
     })
 }
 
 /// The route of `t`, recording the decryption of its app secret.
-async fn audited_route(db: &PgPool, keyring: &Keyring, t: alphadome_core::tenant::Tenant) -> Route {
+async fn audited_route(
+    db: &PgPool,
+    keyring: &Keyring,
+    mut t: alphadome_core::tenant::Tenant,
+) -> Result<Route, sqlx::Error> {
+    t.whatsapp_app_secret =
+        alphadome_core::tenant::load_credential(db, t.id, SecretColumn::WhatsappAppSecret).await?;
     let route = route_of(keyring, t);
     if route.app_secret.is_some() {
         alphadome_core::audit::record_use(
@@ -192,7 +198,7 @@ async fn audited_route(db: &PgPool, keyring: &Keyring, t: alphadome_core::tenant
         )
         .await;
     }
-    route
+    Ok(route)
 }
 
 fn route_of(keyring: &Keyring, t: alphadome_core::tenant::Tenant) -> Route {
@@ -251,15 +257,22 @@ impl Ingress {
         if let Some(r) = self.routes.get_by_key(phone_number_id) {
             return Some(r);
         }
-        let t = sqlx::query_as::<_, alphadome_core::tenant::Tenant>(&format!(
-            "SELECT {TENANT_COLUMNS} FROM alphadome.bot_tenants WHERE whatsapp_phone_number_id = $1"
-        ))
-        .bind(phone_number_id)
-        .fetch_optional(&self.db)
-        .await
-        .map_err(|e| tracing::warn!(error = %e, "tenant lookup failed"))
-        .ok()??;
-        Some(Arc::new(audited_route(&self.db, &self.keyring, t).await))
+        // The narrow cross-tenant path: which tenant owns this number.
+        let id: Option<Uuid> = sqlx::query_scalar("SELECT alphadome.tenant_by_phone_number_id($1)")
+            .bind(phone_number_id)
+            .fetch_one(&self.db)
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "tenant lookup failed"))
+            .ok()?;
+        let t = alphadome_core::tenant::load_tenant_config(&self.db, id?)
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "tenant lookup failed"))
+            .ok()??;
+        let route = audited_route(&self.db, &self.keyring, t)
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "tenant lookup failed"))
+            .ok()?;
+        Some(Arc::new(route))
     }
 }
 
@@ -326,9 +339,7 @@ async fn verify(
 /// compared in constant time.
 async fn match_verify_token(s: &Ingress, token: &str) -> Option<Uuid> {
     let rows: Vec<(Uuid, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT id, webhook_verify_token, \
-           CASE WHEN webhook_verify_token_previous_expires_at > now() THEN webhook_verify_token_previous END \
-         FROM alphadome.bot_tenants WHERE webhook_verify_token IS NOT NULL",
+        "SELECT id, current_digest, previous_digest FROM alphadome.verify_token_digests()",
     )
     .fetch_all(&s.db)
     .await

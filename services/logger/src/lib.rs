@@ -303,6 +303,27 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
             users.extend(created);
         }
     }
+    // Row-level security: each tenant's rows are written with that tenant set.
+    let mut groups: std::collections::BTreeMap<Uuid, Vec<&Row>> = std::collections::BTreeMap::new();
+    for r in rows {
+        groups.entry(r.tenant).or_default().push(r);
+    }
+    for (tenant, group) in groups {
+        alphadome_core::db::set_tenant(&mut tx, tenant)
+            .await
+            .map_err(classify)?;
+        insert_group(&mut tx, &group, &users).await?;
+    }
+    tx.commit().await.map_err(classify)
+}
+
+/// Inserts one tenant's rows (the transaction acts for that tenant) and
+/// mirrors the new ones to public.conversations.
+async fn insert_group(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    rows: &[&Row],
+    users: &std::collections::HashMap<String, Uuid>,
+) -> Result<(), BatchError> {
     let n = rows.len();
     let mut tenant = Vec::with_capacity(n);
     let mut phone = Vec::with_capacity(n);
@@ -377,7 +398,7 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
     .bind(&metadata)
     .bind(&at)
     .bind(&key)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut **tx)
     .await
     .map_err(classify)?;
     if !inserted.is_empty() {
@@ -401,11 +422,11 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
         .bind(&at)
         .bind(&key)
         .bind(&new_keys)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(classify)?;
     }
-    tx.commit().await.map_err(classify)
+    Ok(())
 }
 
 /// Deliveries after which a status for a message the platform never logged
@@ -461,6 +482,7 @@ async fn apply_status(db: &PgPool, st: &StatusUpdate) -> Result<bool, sqlx::Erro
     let error = (st.error_code != 0).then(|| {
         clean(format!("{}: {} {}", st.error_code, st.error_title, st.error_details).trim())
     });
+    let mut tx = alphadome_core::db::scoped(db, tenant).await?;
     let r: Option<(bool,)> = sqlx::query_as(
         "WITH target AS ( \
            SELECT id, delivery_status FROM alphadome.bot_message_logs \
@@ -480,7 +502,8 @@ async fn apply_status(db: &PgPool, st: &StatusUpdate) -> Result<bool, sqlx::Erro
     .bind(&st.status)
     .bind(at)
     .bind(error)
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(r.is_some())
 }

@@ -6,6 +6,7 @@
 //! `alphadome conversation resume`.
 
 use alphadome_core::bus::Bus;
+use alphadome_core::db::scoped;
 use alphadome_core::events::v1::InboundMessage;
 use alphadome_core::notify::{self, Mailer};
 use alphadome_core::tenant::TenantContext;
@@ -59,29 +60,33 @@ pub fn wants_human(text: &str) -> bool {
 /// Whether the conversation of `user` with `tenant` is with a human now.
 /// Returns the wamid that started the handoff.
 pub async fn active(db: &PgPool, tenant: Uuid, user: &str) -> Result<Option<String>, sqlx::Error> {
+    let mut tx = scoped(db, tenant).await?;
     let row: Option<(Option<String>,)> = sqlx::query_as(
         "SELECT trigger_wamid FROM alphadome.conversation_handoffs \
          WHERE bot_tenant_id = $1 AND user_phone = $2 AND resumed_at IS NULL AND paused_until > now()",
     )
     .bind(tenant)
     .bind(user)
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(row.map(|(w,)| w.unwrap_or_default()))
 }
 
 /// Ends a handoff: the bot answers again. Returns whether one was active.
 pub async fn resume(db: &PgPool, tenant: Uuid, user: &str) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+    let mut tx = scoped(db, tenant).await?;
+    let done = sqlx::query(
         "UPDATE alphadome.conversation_handoffs SET resumed_at = now() \
          WHERE bot_tenant_id = $1 AND user_phone = $2 AND resumed_at IS NULL AND paused_until > now()",
     )
     .bind(tenant)
     .bind(user)
-    .execute(db)
+    .execute(&mut *tx)
     .await?
-    .rows_affected()
-        > 0)
+    .rows_affected();
+    tx.commit().await?;
+    Ok(done > 0)
 }
 
 /// Sends escalations.
@@ -117,6 +122,7 @@ impl Escalator {
             &msg.from
         };
         let pause = ctx.settings.handoff_pause_minutes.max(0);
+        let mut tx = scoped(&self.db, tenant).await?;
         let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
             "INSERT INTO alphadome.conversation_handoffs AS h (bot_tenant_id, user_phone, reason, trigger_wamid, paused_until) \
              VALUES ($1, $2, $3, $4, now() + make_interval(mins => $5)) \
@@ -131,8 +137,9 @@ impl Escalator {
         .bind(reason)
         .bind(&msg.wamid)
         .bind(pause)
-        .fetch_optional(&self.db)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         let Some((_, email_sent)) = row else {
             return Ok(()); // a handoff started by another message is running
         };
@@ -175,6 +182,7 @@ impl Escalator {
                     (false, Some(e))
                 }
             };
+            let mut tx = scoped(&self.db, tenant).await?;
             sqlx::query(
                 "UPDATE alphadome.conversation_handoffs SET email_sent_at = CASE WHEN $3 THEN now() END, email_error = $4 \
                  WHERE bot_tenant_id = $1 AND user_phone = $2",
@@ -183,8 +191,9 @@ impl Escalator {
             .bind(user)
             .bind(sent)
             .bind(error)
-            .execute(&self.db)
+            .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
         }
         Ok(())
     }

@@ -370,6 +370,7 @@ impl Responder {
         user: &str,
         wamid: &str,
     ) -> Result<bool, sqlx::Error> {
+        let mut tx = alphadome_core::db::scoped(&self.db, tenant).await?;
         let reason: Option<Option<String>> = sqlx::query_scalar(
             "SELECT metadata->>'reason' FROM alphadome.bot_message_logs \
              WHERE bot_tenant_id = $1 AND user_phone = $2 AND direction = 'outgoing' \
@@ -379,8 +380,9 @@ impl Responder {
         .bind(tenant)
         .bind(user)
         .bind(wamid)
-        .fetch_optional(&self.db)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(matches!(
             reason.flatten().as_deref(),
             Some("fallback" | "ai_failed_fallback")
@@ -399,11 +401,15 @@ impl Responder {
             t.ai_provider.as_deref(),
             t.ai_base_url.as_deref(),
         )?;
-        let stored = t
-            .ai_api_key
-            .as_deref()
-            .ok_or_else(|| llm::LlmError::NotConfigured("the tenant has no ai_api_key".into()))?;
-        let key = self.ai_key(t.id, stored).await?;
+        let stored = tenant::load_credential(
+            &self.db,
+            t.id,
+            alphadome_core::crypto::SecretColumn::AiApiKey,
+        )
+        .await
+        .map_err(|e| llm::LlmError::Unavailable(format!("reading the tenant's ai_api_key: {e}")))?
+        .ok_or_else(|| llm::LlmError::NotConfigured("the tenant has no ai_api_key".into()))?;
+        let key = self.ai_key(t.id, &stored).await?;
         let model = t
             .ai_model
             .as_deref()
@@ -502,6 +508,7 @@ impl Responder {
         user: &str,
         wamid: &str,
     ) -> Result<Vec<prompt::Turn>, sqlx::Error> {
+        let mut tx = alphadome_core::db::scoped(&self.db, tenant).await?;
         let rows: Vec<(String, Option<String>)> = sqlx::query_as(
             "SELECT direction, message_text FROM alphadome.bot_message_logs \
              WHERE bot_tenant_id = $1 AND user_phone = $2 AND created_at > now() - interval '24 hours' \
@@ -512,8 +519,9 @@ impl Responder {
         .bind(user)
         .bind(wamid)
         .bind(prompt::HISTORY_TURNS as i64)
-        .fetch_all(&self.db)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(rows
             .into_iter()
             .rev()

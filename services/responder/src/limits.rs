@@ -64,7 +64,7 @@ pub async fn check(
     if per_hour.is_none() && per_day.is_none() {
         return Ok(LimitDecision::Allow);
     }
-    let mut tx = db.begin().await?;
+    let mut tx = alphadome_core::db::scoped(db, tenant).await?;
     let first: Option<(i32,)> = sqlx::query_as(
         "INSERT INTO alphadome.rate_limit_events (bot_tenant_id, whatsapp_message_id, decision) VALUES ($1, $2, 'allow') \
          ON CONFLICT DO NOTHING RETURNING 1",
@@ -75,14 +75,14 @@ pub async fn check(
     .await?;
     if first.is_none() {
         // Seen before: the decision stands.
-        tx.rollback().await?;
         let d: String = sqlx::query_scalar(
             "SELECT decision FROM alphadome.rate_limit_events WHERE bot_tenant_id = $1 AND whatsapp_message_id = $2",
         )
         .bind(tenant)
         .bind(wamid)
-        .fetch_one(db)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         return Ok(LimitDecision::parse(&d));
     }
     // Only replies the limits allow are counted: each counter is raised only

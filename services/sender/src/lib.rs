@@ -52,15 +52,19 @@ async fn load_tenant(
     keyring: Arc<Keyring>,
     id: Uuid,
 ) -> Result<Option<SenderTenant>, sqlx::Error> {
-    let Some(t) = tenant::load_tenant(&db, id).await? else {
+    let Some(mut t) = tenant::load_tenant_config(&db, id).await? else {
         return Ok(None);
     };
+    t.whatsapp_access_token =
+        tenant::load_credential(&db, id, SecretColumn::WhatsappAccessToken).await?;
+    let mut tx = alphadome_core::db::scoped(&db, id).await?;
     let flags: Option<(bool, bool)> = sqlx::query_as(
         "SELECT log_conversations, log_errors FROM alphadome.bot_control_settings WHERE bot_tenant_id = $1",
     )
     .bind(id)
-    .fetch_optional(&db)
+    .fetch_optional(&mut *tx)
     .await?;
+    tx.commit().await?;
     let (log_conversations, log_errors) = flags.unwrap_or((true, true));
     let token = t.whatsapp_access_token.as_deref().and_then(|s| {
         keyring
@@ -289,6 +293,7 @@ impl Sender {
                     first_wamid.get_or_insert(wamid);
                     if let Err(e) = self
                         .record_progress(
+                            tenant.id,
                             &msg.outbound_id,
                             parts_sent,
                             first_wamid.as_deref(),
@@ -302,7 +307,7 @@ impl Sender {
                     }
                 }
                 Err(Failure::Transport(reason)) => {
-                    self.release(&msg.outbound_id, &reason).await;
+                    self.release(tenant.id, &msg.outbound_id, &reason).await;
                     return retry(delivered, reason);
                 }
                 Err(Failure::Meta(class, err)) => {
@@ -338,11 +343,11 @@ impl Sender {
     ) -> Outcome {
         match class {
             SendFailure::Retry => {
-                self.release(&msg.outbound_id, &reason).await;
+                self.release(tenant.id, &msg.outbound_id, &reason).await;
                 retry(delivered, reason)
             }
             SendFailure::PairRate => {
-                self.release(&msg.outbound_id, &reason).await;
+                self.release(tenant.id, &msg.outbound_id, &reason).await;
                 let n = (delivered - 1).clamp(0, 4) as u32;
                 Outcome::Retry {
                     delay: jitter(Duration::from_secs(4u64.pow(n))),
@@ -350,7 +355,7 @@ impl Sender {
                 }
             }
             SendFailure::TokenInvalid => {
-                self.release(&msg.outbound_id, &reason).await;
+                self.release(tenant.id, &msg.outbound_id, &reason).await;
                 self.hold_tenant(tenant.id).await;
                 Outcome::Retry {
                     delay: Duration::from_secs(60),
@@ -358,13 +363,16 @@ impl Sender {
                 }
             }
             SendFailure::Permanent => {
-                let r = sqlx::query(
-                    "UPDATE alphadome.outbound_messages SET state = 'failed', claimed_until = NULL, last_error = $2 WHERE outbound_id = $1",
-                )
-                .bind(&msg.outbound_id)
-                .bind(&reason)
-                .execute(&self.db)
-                .await;
+                let r = self
+                    .execute_for(
+                        tenant.id,
+                        sqlx::query(
+                            "UPDATE alphadome.outbound_messages SET state = 'failed', claimed_until = NULL, last_error = $2 WHERE outbound_id = $1",
+                        )
+                        .bind(&msg.outbound_id)
+                        .bind(&reason),
+                    )
+                    .await;
                 if let Err(e) = r {
                     return retry(delivered, format!("recording a permanent failure: {e}"));
                 }
@@ -386,14 +394,17 @@ impl Sender {
     /// Marks the tenant's token invalid (Meta error 190): its sends are held
     /// until the token is replaced, and the alert is raised.
     async fn hold_tenant(&self, id: Uuid) {
-        let r = sqlx::query(
-            "UPDATE alphadome.bot_tenants SET whatsapp_token_invalid_at = now() WHERE id = $1 AND whatsapp_token_invalid_at IS NULL",
-        )
-        .bind(id)
-        .execute(&self.db)
-        .await;
+        let r = self
+            .execute_for(
+                id,
+                sqlx::query(
+                    "UPDATE alphadome.bot_tenants SET whatsapp_token_invalid_at = now() WHERE id = $1 AND whatsapp_token_invalid_at IS NULL",
+                )
+                .bind(id),
+            )
+            .await;
         match r {
-            Ok(done) if done.rows_affected() > 0 => {
+            Ok(done) if done > 0 => {
                 tracing::error!(tenant_id = %id, alert = "whatsapp_token_invalid", "ALERT: Meta rejected the tenant's WhatsApp token (190); its sends are held until `alphadome tenant apply` sets a new token");
                 tenant::announce_change(&self.bus, id).await;
             }
@@ -404,8 +415,22 @@ impl Sender {
         }
     }
 
+    /// Runs one statement as `tenant` (row-level security scope); returns
+    /// the rows it affected.
+    async fn execute_for(
+        &self,
+        tenant: Uuid,
+        q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<u64, sqlx::Error> {
+        let mut tx = alphadome_core::db::scoped(&self.db, tenant).await?;
+        let n = q.execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
     async fn claim(&self, msg: &OutboundMessage, tenant_id: Uuid) -> Result<Claim, sqlx::Error> {
         let lease = self.claim_lease.as_secs_f64();
+        let mut tx = alphadome_core::db::scoped(&self.db, tenant_id).await?;
         let row: Option<(i32, Option<String>)> = sqlx::query_as(
             "INSERT INTO alphadome.outbound_messages AS o (outbound_id, bot_tenant_id, in_reply_to, state, attempts, claimed_until) \
              VALUES ($1, $2, $3, 'sending', 1, now() + make_interval(secs => $4)) \
@@ -418,9 +443,10 @@ impl Sender {
         .bind(tenant_id)
         .bind(&msg.in_reply_to)
         .bind(lease)
-        .fetch_optional(&self.db)
+        .fetch_optional(&mut *tx)
         .await?;
         if let Some((parts_sent, first_wamid)) = row {
+            tx.commit().await?;
             return Ok(Claim::Mine {
                 parts_sent,
                 first_wamid,
@@ -430,8 +456,9 @@ impl Sender {
             "SELECT state, whatsapp_message_id, parts_sent FROM alphadome.outbound_messages WHERE outbound_id = $1",
         )
         .bind(&msg.outbound_id)
-        .fetch_one(&self.db)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(match state.as_str() {
             "sent" => Claim::Sent { wamid, parts },
             "failed" => Claim::Failed,
@@ -441,31 +468,37 @@ impl Sender {
 
     async fn record_progress(
         &self,
+        tenant: Uuid,
         id: &str,
         parts_sent: i32,
         wamid: Option<&str>,
         total: usize,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE alphadome.outbound_messages SET parts_sent = $2, whatsapp_message_id = $3, \
-               state = CASE WHEN $2 >= $4 THEN 'sent' ELSE state END, \
-               claimed_until = CASE WHEN $2 >= $4 THEN NULL ELSE claimed_until END, last_error = NULL \
-             WHERE outbound_id = $1",
+        self.execute_for(
+            tenant,
+            sqlx::query(
+                "UPDATE alphadome.outbound_messages SET parts_sent = $2, whatsapp_message_id = $3, \
+                   state = CASE WHEN $2 >= $4 THEN 'sent' ELSE state END, \
+                   claimed_until = CASE WHEN $2 >= $4 THEN NULL ELSE claimed_until END, last_error = NULL \
+                 WHERE outbound_id = $1",
+            )
+            .bind(id)
+            .bind(parts_sent)
+            .bind(wamid)
+            .bind(total as i32),
         )
-        .bind(id)
-        .bind(parts_sent)
-        .bind(wamid)
-        .bind(total as i32)
-        .execute(&self.db)
         .await
         .map(|_| ())
     }
 
-    async fn release(&self, id: &str, reason: &str) {
-        let r = sqlx::query("UPDATE alphadome.outbound_messages SET claimed_until = NULL, last_error = $2 WHERE outbound_id = $1 AND state = 'sending'")
-            .bind(id)
-            .bind(reason)
-            .execute(&self.db)
+    async fn release(&self, tenant: Uuid, id: &str, reason: &str) {
+        let r = self
+            .execute_for(
+                tenant,
+                sqlx::query("UPDATE alphadome.outbound_messages SET claimed_until = NULL, last_error = $2 WHERE outbound_id = $1 AND state = 'sending'")
+                    .bind(id)
+                    .bind(reason),
+            )
             .await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "could not release the claim; it expires by itself");
