@@ -289,14 +289,15 @@ pub struct MessageMeta {
     pub headers: Option<HeaderMap>,
 }
 
-/// Pulls from `consumer` and runs `handle` on each message, up to
+/// Pulls from the durable consumer `durable` on `kind`'s stream (created
+/// if missing) and runs `handle` on each message, up to
 /// `settings.concurrency` at a time, until `shutdown` fires; in-flight
 /// messages are finished before it returns. Each message ends in exactly
 /// one of ack, nak-with-delay, or dead-letter + term, decided here.
 pub async fn run_consumer<F, Fut>(
     bus: Bus,
     kind: StreamKind,
-    consumer: PullConsumer,
+    durable: &str,
     settings: ConsumerSettings,
     shutdown: CancellationToken,
     handle: F,
@@ -306,6 +307,7 @@ where
     Fut: Future<Output = Outcome> + Send,
 {
     let stream_name = bus.stream_name(kind);
+    let consumer = bus.consumer(kind, durable, settings).await?;
     loop {
         let messages = consumer
             .stream()

@@ -199,15 +199,11 @@ impl Responder {
         settings: ConsumerSettings,
         shutdown: CancellationToken,
     ) -> Result<(), alphadome_core::bus::BusError> {
-        let consumer = self
-            .bus
-            .consumer(StreamKind::Inbound, CONSUMER, settings)
-            .await?;
         let me = self.clone();
         alphadome_core::bus::run_consumer(
             self.bus.clone(),
             StreamKind::Inbound,
-            consumer,
+            CONSUMER,
             settings,
             shutdown,
             move |payload, meta| {

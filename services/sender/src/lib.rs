@@ -175,15 +175,11 @@ impl Sender {
         settings: ConsumerSettings,
         shutdown: CancellationToken,
     ) -> Result<(), alphadome_core::bus::BusError> {
-        let consumer = self
-            .bus
-            .consumer(StreamKind::Outbound, CONSUMER, settings)
-            .await?;
         let me = self.clone();
         alphadome_core::bus::run_consumer(
             self.bus.clone(),
             StreamKind::Outbound,
-            consumer,
+            CONSUMER,
             settings,
             shutdown,
             move |payload, meta| {
