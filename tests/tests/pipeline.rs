@@ -1099,3 +1099,93 @@ async fn verify_tokens_are_stored_as_digests_and_rotate_with_a_grace_period() {
     );
     stack.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn dead_letters_are_listed_with_their_reason_and_replayed_without_double_sends() {
+    let e = env().await;
+    let t = tenant(&e.db.pool, &e.ring, TenantSpec::default()).await;
+    e.graph.script([Behaviour::Error {
+        status: 400,
+        code: 131026,
+    }]);
+    let stack = e.stack().await;
+    post_signed(
+        &stack.webhook_url(),
+        PLATFORM_APP_SECRET,
+        &text_webhook(&t.phone_number_id, USER, "wamid.dlq.1", "opening hours"),
+    )
+    .await;
+    let envs = [
+        ("NATS_URL", nats_url()),
+        ("ALPHADOME_NATS_PREFIX", e.nats.prefix.clone()),
+        ("DATABASE_URL", e.db.url.clone()),
+    ];
+    let run = |args: Vec<&'static str>| {
+        let envs = envs.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let env: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                cli(&args, &env)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let listed = eventually(Duration::from_secs(15), "the dead letter", || async {
+        let (code, out, _) = run(vec!["dlq", "list", "--json"]).await;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (code == 0 && v.as_array()?.len() == 1).then_some(v)
+    })
+    .await;
+    assert!(
+        listed[0]["reason"].as_str().unwrap().contains("131026"),
+        "{listed}"
+    );
+    assert_eq!(listed[0]["tenant_id"], t.id.to_string());
+    let (_, table, _) = run(vec!["dlq", "list"]).await;
+    assert!(table.contains("131026"), "{table}");
+    assert!(e.graph.received().is_empty());
+
+    // The cause is fixed (the stand-in now accepts): replay sends it once.
+    let (code, out, err) = run(vec!["dlq", "replay"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replayed 1"), "{out}");
+    let got = e.graph.wait_for(1, Duration::from_secs(15)).await;
+    assert_eq!(got[0].in_reply_to(), "wamid.dlq.1");
+    let (code, out, _) = run(vec!["dlq", "list", "--json"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        serde_json::json!([])
+    );
+    assert!(run(vec!["dlq", "replay"]).await.1.contains("replayed 0"));
+
+    // A dead letter for a reply that was sent meanwhile never sends it again.
+    let bus = e.nats.bus().await;
+    let out_msg = alphadome_core::events::v1::OutboundMessage {
+        outbound_id: "reply:wamid.dlq.1".into(),
+        tenant_id: t.id.to_string(),
+        in_reply_to: "wamid.dlq.1".into(),
+        to: USER.into(),
+        text: "We are open 9 to 5.".into(),
+        ..Default::default()
+    };
+    use alphadome_core::events::Message as _;
+    bus.dead_letter(alphadome_core::events::v1::DeadLetter {
+        tenant_id: t.id.to_string(),
+        wamid: "reply:wamid.dlq.1".into(),
+        source_stream: bus.stream_name(alphadome_core::bus::StreamKind::Outbound),
+        source_subject: bus.subject(alphadome_core::bus::StreamKind::Outbound, &t.id.to_string()),
+        reason: "test".into(),
+        deliveries: 20,
+        failed_at_ms: 1,
+        payload: out_msg.encode_to_vec(),
+        trace: None,
+    })
+    .await
+    .unwrap();
+    assert!(run(vec!["dlq", "replay"]).await.1.contains("replayed 1"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(e.graph.received().len(), 1, "a replay sent a reply twice");
+    stack.stop().await.unwrap();
+}

@@ -5,6 +5,7 @@
 //! the bearer token in `ALPHADOME_ADMIN_TOKEN` (disabled when unset), and the
 //! scheduled jobs: token expiry alerts ([`tokens`]) and housekeeping.
 
+pub mod dlq;
 pub mod tokens;
 
 use std::sync::Arc;

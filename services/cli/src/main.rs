@@ -39,6 +39,9 @@ enum Command {
     /// The credential audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Messages that could not be processed (the dead-letter stream).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Conversations handed to a person.
     #[command(subcommand)]
     Conversation(ConversationCommand),
@@ -171,6 +174,21 @@ enum KeysCommand {
 }
 
 #[derive(Subcommand)]
+enum DlqCommand {
+    /// List the dead letters with their reasons.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-drive dead letters once their cause is fixed (never sends a reply twice).
+    Replay {
+        /// Sequence numbers to replay (from `dlq list`); all when omitted.
+        seq: Vec<u64>,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Check the credential audit trail's hash chain; fails on an edited or deleted row.
     Verify,
@@ -253,6 +271,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     report.failed.len(),
                     report.failed.join("; ")
                 );
+            }
+        }
+        Command::Dlq(cmd) => {
+            let prefix = config::nats_prefix()?;
+            let bus = Bus::connect(&config::nats_url(), &prefix).await?;
+            match cmd {
+                DlqCommand::List { json } => {
+                    let letters = alphadome_admin::dlq::list(&bus).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&letters)?);
+                    } else {
+                        println!(
+                            "{:>6}  {:<20}  {:<36}  {:>4}  REASON",
+                            "SEQ", "FROM", "TENANT", "TRIES"
+                        );
+                        for l in letters {
+                            println!(
+                                "{:>6}  {:<20}  {:<36}  {:>4}  {}",
+                                l.seq, l.source_stream, l.tenant_id, l.deliveries, l.reason
+                            );
+                        }
+                    }
+                }
+                DlqCommand::Replay { seq } => {
+                    let pool = pool().await?;
+                    let only = (!seq.is_empty()).then_some(seq.as_slice());
+                    let n = alphadome_admin::dlq::replay(&bus, &pool, only).await?;
+                    println!("replayed {n} dead letter(s)");
+                }
             }
         }
         Command::Audit(AuditCommand::Verify) => {
