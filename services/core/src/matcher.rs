@@ -107,12 +107,22 @@ fn stem(word: &str) -> String {
     s
 }
 
+/// Longest word considered (longer ones are noise, and would make the
+/// deletion neighbourhood costly).
+const MAX_WORD_CHARS: usize = 40;
+/// Characters of a message considered.
+const MAX_MESSAGE_CHARS: usize = 1000;
+
 /// Normalised terms of `text`, filler removed, deduplicated, in order.
 pub fn terms(text: &str) -> Vec<String> {
-    let folded: String = text.chars().filter_map(fold_char).collect();
+    let folded: String = text
+        .chars()
+        .take(MAX_MESSAGE_CHARS)
+        .filter_map(fold_char)
+        .collect();
     let mut out: Vec<String> = Vec::new();
     for word in folded.split_whitespace() {
-        if FILLER.contains(&word) {
+        if FILLER.contains(&word) || word.chars().count() > MAX_WORD_CHARS {
             continue;
         }
         let t = stem(word);
@@ -123,7 +133,10 @@ pub fn terms(text: &str) -> Vec<String> {
     if out.is_empty() {
         // A message of filler only ("hi", "how are you") still has to match
         // something like a greeting: keep its words.
-        for word in folded.split_whitespace() {
+        for word in folded
+            .split_whitespace()
+            .filter(|w| w.chars().count() <= MAX_WORD_CHARS)
+        {
             let t = stem(word);
             if !out.contains(&t) {
                 out.push(t);
@@ -377,6 +390,19 @@ mod tests {
             "delivery"
         );
         assert_eq!(i.best("gutiar lessons").unwrap().entry.answer, "lessons");
+    }
+
+    #[test]
+    fn huge_messages_stay_cheap() {
+        let i = shop();
+        let start = std::time::Instant::now();
+        assert!(i.best(&"x".repeat(100_000)).is_none());
+        assert!(i.best(&"opening hours ".repeat(10_000)).is_some());
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[test]

@@ -282,6 +282,10 @@ pub fn router(state: Arc<Ingress>) -> Router {
         .route("/webhook", get(verify).post(receive))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Refuses an oversized body from its Content-Length, before reading it.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(15),
