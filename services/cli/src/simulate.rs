@@ -149,6 +149,11 @@ pub async fn run(
         }
         if !answered {
             println!("bot> (no reply within {} s)", opts.timeout.as_secs());
+            eprintln!(
+                "     The tenant may be inactive, over a limit, or this chat handed to a person \
+                 (alphadome conversation list --tenant {}); the platform's log says why.",
+                tenant.client_phone
+            );
         }
     }
     shutdown.cancel();
