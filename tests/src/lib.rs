@@ -73,27 +73,31 @@ impl TestDb {
     }
 }
 
+/// Runs clean-up work from a `Drop`: on a thread and runtime of its own,
+/// since the test's runtime may be shutting down; waits for it.
+fn clean_up<F: std::future::Future<Output = ()> + Send + 'static>(work: F) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(work);
+        }
+    })
+    .join();
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        // Drop needs async work; do it on a thread of its own. FORCE ends
-        // the test's own pooled connections.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(admin) = PgPool::connect(&admin_database_url()).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&admin)
-                        .await;
-                }
-            });
-        })
-        .join();
+        // FORCE ends the test's own pooled connections.
+        clean_up(async move {
+            if let Ok(admin) = PgPool::connect(&admin_database_url()).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&admin)
+                    .await;
+            }
+        });
     }
 }
 
@@ -133,22 +137,13 @@ impl Default for TestNats {
 impl Drop for TestNats {
     fn drop(&mut self) {
         let prefix = self.prefix.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(bus) = Bus::connect(&nats_url(), &prefix).await {
-                    for kind in alphadome_core::bus::StreamKind::ALL {
-                        let _ = bus.js.delete_stream(bus.stream_name(kind)).await;
-                    }
+        clean_up(async move {
+            if let Ok(bus) = Bus::connect(&nats_url(), &prefix).await {
+                for kind in alphadome_core::bus::StreamKind::ALL {
+                    let _ = bus.js.delete_stream(bus.stream_name(kind)).await;
                 }
-            });
-        })
-        .join();
+            }
+        });
     }
 }
 
@@ -755,5 +750,42 @@ impl SmtpSink {
 
     pub fn messages(&self) -> Vec<String> {
         self.messages.lock().expect("lock").clone()
+    }
+}
+
+/// What most end-to-end tests start from: a migrated database, a NATS
+/// prefix, a master key and a Graph API stand-in.
+pub struct TestEnv {
+    pub db: TestDb,
+    pub nats: TestNats,
+    pub ring: Arc<Keyring>,
+    pub graph: Arc<GraphStandIn>,
+    pub graph_url: String,
+    _graph_stop: CancellationToken,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let db = TestDb::migrated().await;
+        let (_, ring) = keyring();
+        let (graph, graph_url, stop) = graph().await;
+        Self {
+            db,
+            nats: TestNats::new(),
+            ring,
+            graph,
+            graph_url,
+            _graph_stop: stop,
+        }
+    }
+
+    /// The platform's configuration for this environment.
+    pub fn config(&self) -> Config {
+        config(&self.db, &self.nats, self.ring.clone(), &self.graph_url)
+    }
+
+    /// Every service, in-process.
+    pub async fn stack(&self) -> RunningStack {
+        RunningStack::start(self.config(), &Service::ALL).await
     }
 }

@@ -12,37 +12,32 @@ use alphadome_tests::*;
 
 const USER: &str = "254711555000";
 
+/// The common environment plus an LLM stand-in behind every provider.
 struct Env {
-    db: TestDb,
-    nats: TestNats,
-    ring: Arc<alphadome_core::crypto::Keyring>,
-    graph: Arc<alphadome_core::standin::GraphStandIn>,
-    graph_url: String,
+    base: TestEnv,
     llm: Arc<LlmStandIn>,
     llm_url: String,
-    _stop: alphadome_core::CancellationToken,
+}
+
+impl std::ops::Deref for Env {
+    type Target = TestEnv;
+    fn deref(&self) -> &TestEnv {
+        &self.base
+    }
 }
 
 async fn env() -> Env {
-    let db = TestDb::migrated().await;
-    let (_, ring) = keyring();
-    let (graph, graph_url, stop) = graph().await;
     let (llm, llm_url) = LlmStandIn::start().await;
     Env {
-        db,
-        nats: TestNats::new(),
-        ring,
-        graph,
-        graph_url,
+        base: TestEnv::new().await,
         llm,
         llm_url,
-        _stop: stop,
     }
 }
 
 impl Env {
     fn config(&self) -> alphadome_core::config::Config {
-        let mut c = config(&self.db, &self.nats, self.ring.clone(), &self.graph_url);
+        let mut c = self.base.config();
         c.ai.openai_base = format!("{}/openai/v1", self.llm_url);
         c.ai.openrouter_base = format!("{}/openrouter/api/v1", self.llm_url);
         c.ai.huggingface_base = format!("{}/hf/v1", self.llm_url);

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use alphadome_cli::stack::{RunOptions, Service};
@@ -14,37 +13,8 @@ use alphadome_tests::*;
 
 const USER: &str = "254711222333";
 
-struct Env {
-    db: TestDb,
-    nats: TestNats,
-    ring: Arc<alphadome_core::crypto::Keyring>,
-    graph: Arc<alphadome_core::standin::GraphStandIn>,
-    graph_url: String,
-    _graph_stop: alphadome_core::CancellationToken,
-}
-
-async fn env() -> Env {
-    let db = TestDb::migrated().await;
-    let nats = TestNats::new();
-    let (_, ring) = keyring();
-    let (graph, graph_url, stop) = graph().await;
-    Env {
-        db,
-        nats,
-        ring,
-        graph,
-        graph_url,
-        _graph_stop: stop,
-    }
-}
-
-impl Env {
-    fn config(&self) -> alphadome_core::config::Config {
-        config(&self.db, &self.nats, self.ring.clone(), &self.graph_url)
-    }
-    async fn stack(&self) -> RunningStack {
-        RunningStack::start(self.config(), &Service::ALL).await
-    }
+async fn env() -> TestEnv {
+    TestEnv::new().await
 }
 
 #[tokio::test]
