@@ -189,7 +189,17 @@ async fn the_request_carries_the_tenants_key_model_prompt_and_knowledge() {
         "the bot's earlier answer is in the history"
     );
 
-    // alphadome usage reports it.
+    // alphadome usage reports it, once the logger has written both replies.
+    eventually(Duration::from_secs(10), "both AI replies logged", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM alphadome.bot_message_logs WHERE direction = 'outgoing' AND ai_processed",
+        )
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap();
+        (n == 2).then_some(())
+    })
+    .await;
     let (code, out, err) = tokio::task::spawn_blocking({
         let (url, id) = (e.db.url.clone(), t.id.to_string());
         move || {
