@@ -8,6 +8,9 @@
 //! `ALPHADOME_TEST_NATS_URL` (default `nats://127.0.0.1:4222`) name the
 //! servers.
 
+pub mod load;
+pub mod proc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -75,6 +75,8 @@ pub struct GraphStandIn {
     notify: Notify,
     /// Requests answered with an error or not answered.
     pub refused: AtomicU64,
+    /// Until when every request is answered with a behaviour (a timed outage).
+    outage: Mutex<Option<(Instant, Behaviour)>>,
     /// What `debug_token` says of a token: (expires_at, is_valid).
     tokens: Mutex<std::collections::HashMap<String, (i64, bool)>>,
     /// The app token `debug_token` requests carried.
@@ -87,6 +89,28 @@ impl GraphStandIn {
         if let Ok(mut s) = self.script.lock() {
             s.extend(behaviours);
         }
+    }
+
+    /// Answers every request with `behaviour` for the next `d` (429s for a
+    /// while, a stretch of 500s, a stretch of time-outs).
+    pub fn fail_for(&self, d: Duration, behaviour: Behaviour) {
+        if let Ok(mut o) = self.outage.lock() {
+            *o = Some((Instant::now() + d, behaviour));
+        }
+    }
+
+    /// How many messages were accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.received.lock().map(|r| r.len()).unwrap_or_default()
+    }
+
+    /// The messages accepted after the first `from` (a cursor for callers
+    /// that follow the stream without copying all of it every time).
+    pub fn received_from(&self, from: usize) -> Vec<Received> {
+        self.received
+            .lock()
+            .map(|r| r.get(from..).map(<[Received]>::to_vec).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Sets what `debug_token` reports for `token` (others: never expiring, valid).
@@ -181,7 +205,15 @@ async fn send(
         me.refused.fetch_add(1, Ordering::Relaxed);
         return meta_error(400, 131009);
     }
-    let next = me.script.lock().ok().and_then(|mut s| s.pop_front());
+    let outage = me.outage.lock().ok().and_then(|mut o| match &*o {
+        Some((until, b)) if Instant::now() < *until => Some(b.clone()),
+        Some(_) => {
+            *o = None;
+            None
+        }
+        None => None,
+    });
+    let next = outage.or_else(|| me.script.lock().ok().and_then(|mut s| s.pop_front()));
     match next {
         Some(Behaviour::Error { status, code }) => {
             me.refused.fetch_add(1, Ordering::Relaxed);

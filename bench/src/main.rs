@@ -1,0 +1,891 @@
+//! `alphadome-bench`: the platform's benchmarks, each against the real
+//! services (child processes of the built `alphadome` binary), the real
+//! Postgres and the real NATS, with the load generator and a Graph API
+//! stand-in in this process. `all` runs every benchmark and the three
+//! ceilings (bare HTTP handler, acknowledged JetStream publishes, COPY) in
+//! one go, so the ratios hold on a noisy machine. `--smoke` runs each one
+//! small and fails on any lost or doubled reply: CI runs that.
+//!
+//! Build with `cargo build --release --bins` and run
+//! `target/release/alphadome-bench all`; see docs/benchmarks.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alphadome_core::bus::{Bus, StreamKind};
+use alphadome_core::crypto::Keyring;
+use alphadome_core::events::v1::{Direction, InboundMessage, LogEvent};
+use alphadome_core::events::Message as _;
+use alphadome_core::standin::GraphStandIn;
+use alphadome_tests::load::{self, LoadTenant, Pace, Percentiles};
+use alphadome_tests::proc::{platform_env, Proc};
+use alphadome_tests::{keyring, nats_url, TestDb, TestNats};
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "alphadome-bench",
+    about = "Alphadome's benchmarks (see docs/benchmarks.md)"
+)]
+struct Cli {
+    /// Small runs that only check the benchmarks work (CI).
+    #[arg(long, global = true)]
+    smoke: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Everything below, in one run, with the ratios to the ceilings.
+    All,
+    /// The ceilings: bare HTTP handler, acked JetStream publishes, COPY.
+    Ceilings {
+        #[arg(long, default_value_t = 100_000)]
+        requests: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+    },
+    /// Ingress alone: signed webhooks per second, each acked by JetStream.
+    Ingress {
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        tenants: usize,
+    },
+    /// The whole pipeline on the FAQ path: webhook to reply and log rows.
+    Pipeline {
+        /// Messages per second; omit for as fast as it goes (sustained rate).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 30_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 100)]
+        tenants: usize,
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        /// Status webhooks sent back for every reply (0 to 3).
+        #[arg(long, default_value_t = 0)]
+        statuses: usize,
+        #[arg(long, default_value_t = 256)]
+        connections: usize,
+    },
+    /// The logger alone: rows per second into bot_message_logs.
+    Logger {
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+    },
+    /// Peak RSS of `alphadome up` serving many tenants.
+    Memory {
+        #[arg(long, default_value_t = 1_000)]
+        tenants: usize,
+        #[arg(long, default_value_t = 100)]
+        faq: usize,
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 1_000.0)]
+        rate: f64,
+    },
+    /// A bare axum handler answering 200 (the HTTP ceiling's server).
+    #[command(hide = true)]
+    BareHttp,
+}
+
+/// One measured number.
+#[derive(Clone)]
+struct Line {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    detail: String,
+}
+
+impl Line {
+    fn new(name: impl Into<String>, value: f64, unit: &'static str, detail: String) -> Self {
+        let l = Self {
+            name: name.into(),
+            value,
+            unit,
+            detail,
+        };
+        println!(
+            "{:<34} {:>12.1} {:<8} {}",
+            l.name, l.value, l.unit, l.detail
+        );
+        l
+    }
+}
+
+/// A database, a NATS prefix and a key of the run's own.
+struct Env {
+    db: TestDb,
+    nats: TestNats,
+    key: String,
+    keyring: Arc<Keyring>,
+}
+
+impl Env {
+    async fn new() -> Self {
+        let (key, keyring) = keyring();
+        Self {
+            db: TestDb::migrated().await,
+            nats: TestNats::new(),
+            key,
+            keyring,
+        }
+    }
+
+    fn env(&self, graph_url: &str) -> Vec<(String, String)> {
+        platform_env(
+            &self.db.url,
+            &nats_url(),
+            &self.nats.prefix,
+            &self.key,
+            graph_url,
+        )
+    }
+
+    async fn tenants(&self, n: usize, faq: usize) -> anyhow::Result<Vec<LoadTenant>> {
+        let t0 = Instant::now();
+        let t = load::create_tenants(&self.db.pool, &self.keyring, n, faq, 4)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "  ({n} tenants with {faq} FAQ entries each created in {:.1?})",
+            t0.elapsed()
+        );
+        Ok(t)
+    }
+}
+
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe
+        .parent()
+        .context("no directory for the executable")?
+        .to_owned())
+}
+
+fn alphadome_bin() -> anyhow::Result<PathBuf> {
+    let p = bin_dir()?.join("alphadome");
+    if !p.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build --bins` (add --release for real numbers)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+async fn start(args: &[&str], env: Vec<(String, String)>) -> anyhow::Result<Proc> {
+    Proc::start(&alphadome_bin()?, args, env)
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
+fn run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+fn check(smoke: bool, ok: bool, what: &str) -> anyhow::Result<()> {
+    if !ok {
+        if smoke {
+            bail!("smoke check failed: {what}");
+        }
+        eprintln!("  WARNING: {what}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- ceilings
+
+async fn bare_http() -> anyhow::Result<()> {
+    let addr: SocketAddr = std::env::var("ALPHADOME_HTTP_ADDR")
+        .context("ALPHADOME_HTTP_ADDR")?
+        .parse()?;
+    let app = axum::Router::new().fallback(|_body: bytes::Bytes| async { "ok" });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn ceiling_http(requests: usize, connections: usize) -> anyhow::Result<Line> {
+    let exe = std::env::current_exe()?;
+    let server = Proc::start(&exe, &["bare-http"], Vec::new())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let tenants: Vec<LoadTenant> = (0..100).map(load::load_tenant).collect();
+    let shots = Arc::new(load::text_shots(&run_id(), &tenants, 1000, requests));
+    let sent = load::send(
+        server.addr,
+        "/webhook",
+        shots,
+        Pace {
+            rate: None,
+            connections,
+        },
+    )
+    .await;
+    check(
+        false,
+        sent.accepted() == requests,
+        "bare handler refused requests",
+    )?;
+    Ok(Line::new(
+        "ceiling: bare axum handler",
+        sent.per_sec(),
+        "req/s",
+        format!(
+            "{} requests, {connections} connections; {}",
+            requests,
+            Percentiles::of(&sent.post_us)
+        ),
+    ))
+}
+
+fn inbound_payload(seq: usize) -> bytes::Bytes {
+    InboundMessage {
+        tenant_id: uuid::Uuid::new_v4().to_string(),
+        wamid: format!("wamid.ceiling.{seq}"),
+        phone_number_id: "900000000000001".into(),
+        from: "254700000001".into(),
+        profile_name: "Load User".into(),
+        kind: 1,
+        type_name: "text".into(),
+        text: load::customer_text(seq),
+        sent_at: 1_700_000_000,
+        received_at_ms: 1_700_000_000_000,
+        raw_json: load::customer_text(seq),
+        ..Default::default()
+    }
+    .encode_to_vec()
+    .into()
+}
+
+async fn ceiling_broker(publishes: usize, concurrency: usize) -> anyhow::Result<Line> {
+    let nats = TestNats::new();
+    let bus = Bus::connect(&nats_url(), &nats.prefix).await?;
+    bus.ensure_streams(Duration::from_secs(120)).await?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (bus, next) = (bus.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= publishes {
+                    return Ok::<(), alphadome_core::bus::BusError>(());
+                }
+                let subject = bus.subject(StreamKind::Inbound, "ceiling");
+                bus.publish(subject, &format!("wamid.ceiling.{i}"), inbound_payload(i))
+                    .await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(Line::new(
+        "ceiling: acked JetStream publish",
+        publishes as f64 / secs,
+        "msg/s",
+        format!("{publishes} publishes with Nats-Msg-Id, {concurrency} in flight, async-nats"),
+    ))
+}
+
+async fn ceiling_copy(rows: usize) -> anyhow::Result<Line> {
+    let env = Env::new().await;
+    let tenants = env.tenants(10, 0).await?;
+    let mut data = String::with_capacity(rows * 200);
+    for i in 0..rows {
+        let t = &tenants[i % tenants.len()];
+        data.push_str(&format!(
+            "{}\t2547{:08}\t{}\t{}\twamid.copy.{i}\tf\t{{\"reason\": \"faq_match\"}}\t2026-11-28 12:00:00+00\tin:wamid.copy.{i}\n",
+            t.id,
+            i % 1000,
+            if i % 2 == 0 { "incoming" } else { "outgoing" },
+            load::customer_text(i),
+        ));
+    }
+    let t0 = Instant::now();
+    let mut conn = env.db.pool.acquire().await?;
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY alphadome.bot_message_logs (bot_tenant_id, user_phone, direction, message_text, \
+             whatsapp_message_id, ai_processed, metadata, created_at, dedup_key) FROM STDIN",
+        )
+        .await?;
+    for chunk in data.as_bytes().chunks(1 << 20) {
+        copy.send(chunk).await?;
+    }
+    let n = copy.finish().await?;
+    let secs = t0.elapsed().as_secs_f64();
+    if n as usize != rows {
+        bail!("COPY wrote {n} rows of {rows}");
+    }
+    Ok(Line::new(
+        "ceiling: COPY into bot_message_logs",
+        rows as f64 / secs,
+        "rows/s",
+        format!("{rows} rows in one COPY, indexes and triggers in place"),
+    ))
+}
+
+// ---------------------------------------------------------------- services
+
+async fn ingress(
+    smoke: bool,
+    messages: usize,
+    connections: usize,
+    tenants: usize,
+) -> anyhow::Result<Line> {
+    let env = Env::new().await;
+    let tenants = env.tenants(tenants, 0).await?;
+    let (_graph, graph_url, _stop) = alphadome_tests::graph().await;
+    let p = start(&["run", "ingress"], env.env(&graph_url)).await?;
+    let run = run_id();
+    let shots = Arc::new(load::text_shots(&run, &tenants, 1000, messages));
+    let sent = load::send(
+        p.addr,
+        "/webhook",
+        shots,
+        Pace {
+            rate: None,
+            connections,
+        },
+    )
+    .await;
+    let bus = Bus::connect(&nats_url(), &env.nats.prefix).await?;
+    let stored = bus
+        .js
+        .get_stream(bus.stream_name(StreamKind::Inbound))
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    check(
+        smoke,
+        sent.accepted() == messages,
+        &format!(
+            "ingress accepted {} of {messages}: {:?}",
+            sent.accepted(),
+            sent.errors
+        ),
+    )?;
+    check(
+        smoke,
+        stored as usize == messages,
+        &format!("{stored} of {messages} messages are in the stream"),
+    )?;
+    let rss = p.rss_kib().map(|(_, peak)| peak / 1024).unwrap_or_default();
+    Ok(Line::new(
+        "ingress: signed webhooks, acked",
+        sent.per_sec(),
+        "req/s",
+        format!(
+            "{messages} webhooks, {} tenants, {connections} connections, {stored} stored; POST {}; peak RSS {rss} MiB",
+            tenants.len(),
+            Percentiles::of(&sent.post_us)
+        ),
+    ))
+}
+
+struct PipelineRun {
+    rate: Option<f64>,
+    messages: usize,
+    tenants: usize,
+    users: usize,
+    statuses: usize,
+    connections: usize,
+    faq: usize,
+}
+
+async fn count_logs(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM alphadome.bot_message_logs")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+async fn pipeline(smoke: bool, r: PipelineRun) -> anyhow::Result<Vec<Line>> {
+    let env = Env::new().await;
+    let tenants = Arc::new(env.tenants(r.tenants, r.faq).await?);
+    let stop_graph = CancellationToken::new();
+    let (graph, graph_url) =
+        GraphStandIn::start(SocketAddr::from(([127, 0, 0, 1], 0)), stop_graph.clone()).await?;
+    let mut up = start(&["up"], env.env(&graph_url)).await?;
+    // Warm up: every tenant answers once before the clock starts.
+    let warm = run_id();
+    let shots = Arc::new(load::text_shots(&warm, &tenants, r.users, tenants.len()));
+    let sent = load::send(
+        up.addr,
+        "/webhook",
+        shots,
+        Pace {
+            rate: None,
+            connections: 16,
+        },
+    )
+    .await;
+    load::wait_for_replies(&warm, &sent, &graph, Duration::from_secs(60)).await;
+    let warm_replies = load::replies(&warm, &sent, &graph);
+    check(smoke, warm_replies.missing == 0, "warm-up replies missing")?;
+    let logs_before = 2 * sent.accepted() as i64;
+
+    let run = run_id();
+    let shots = Arc::new(load::text_shots(&run, &tenants, r.users, r.messages));
+    let statuses_stop = CancellationToken::new();
+    let statuses = (r.statuses > 0).then(|| {
+        tokio::spawn(load::follow_with_statuses(
+            up.addr,
+            graph.clone(),
+            tenants.clone(),
+            r.statuses,
+            statuses_stop.clone(),
+        ))
+    });
+    let rss_stop = CancellationToken::new();
+    let rss = sample_rss(up.pid(), rss_stop.clone());
+    let sent = load::send(
+        up.addr,
+        "/webhook",
+        shots,
+        Pace {
+            rate: r.rate,
+            connections: r.connections,
+        },
+    )
+    .await;
+    load::wait_for_replies(&run, &sent, &graph, Duration::from_secs(300)).await;
+    let replies = load::replies(&run, &sent, &graph);
+    // The log rows: both directions of every accepted message.
+    let want = logs_before + 2 * sent.accepted() as i64;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut logged = count_logs(&env.db.pool).await?;
+    while logged < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        logged = count_logs(&env.db.pool).await?;
+    }
+    let logs_done = Instant::now();
+    statuses_stop.cancel();
+    let status_counts = match statuses {
+        Some(t) => Some(t.await?),
+        None => None,
+    };
+    rss_stop.cancel();
+    let peak_rss = rss.await?.max(up.rss_kib().map(|(_, p)| p).unwrap_or(0));
+    up.terminate(Duration::from_secs(20));
+    stop_graph.cancel();
+
+    let accepted = sent.accepted();
+    check(
+        smoke,
+        accepted == r.messages,
+        &format!(
+            "ingress accepted {accepted} of {}: {:?}",
+            r.messages, sent.errors
+        ),
+    )?;
+    check(
+        smoke,
+        replies.missing == 0,
+        &format!("{} replies missing", replies.missing),
+    )?;
+    check(
+        smoke,
+        replies.duplicated == 0,
+        &format!("{} replies doubled", replies.duplicated),
+    )?;
+    check(
+        smoke,
+        logged >= want,
+        &format!("{} of {want} log rows written", logged),
+    )?;
+    let label = match r.rate {
+        Some(rate) => format!("pipeline @ {rate:.0} msg/s"),
+        None => "pipeline, as fast as it goes".to_owned(),
+    };
+    let delivered_secs = replies
+        .last
+        .map_or(f64::NAN, |l| (l - sent.started).as_secs_f64());
+    let logged_secs = (logs_done - sent.started).as_secs_f64();
+    let mut detail = format!(
+        "{} msgs, {} tenants x {} users; sent {}, accepted {accepted}, replied {}, missing {}, duplicated {}, log rows {}/{}; \
+         replies done in {delivered_secs:.2} s, logs in {logged_secs:.2} s; webhook->reply {}; peak RSS {} MiB",
+        r.messages,
+        r.tenants,
+        r.users,
+        sent.status.len(),
+        replies.replied,
+        replies.missing,
+        replies.duplicated,
+        logged - logs_before,
+        want - logs_before,
+        Percentiles::of(&replies.latency_us),
+        peak_rss / 1024,
+    );
+    if let Some((n, refused)) = status_counts {
+        detail.push_str(&format!("; {n} status webhooks ({refused} refused)"));
+    }
+    let mut lines = vec![Line::new(
+        format!("{label}: sustained"),
+        accepted as f64 / logged_secs,
+        "msg/s",
+        detail,
+    )];
+    let p = Percentiles::of(&replies.latency_us);
+    lines.push(Line::new(
+        format!("{label}: p99 webhook->reply"),
+        p.p99,
+        "ms",
+        format!("p50 {:.2} ms, p99.9 {:.2} ms", p.p50, p.p999),
+    ));
+    Ok(lines)
+}
+
+/// Samples a process's resident memory every 50 ms; returns the peak (KiB).
+fn sample_rss(pid: Option<u32>, stop: CancellationToken) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut peak = 0;
+        let Some(pid) = pid else { return 0 };
+        while !stop.is_cancelled() {
+            if let Ok(s) = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await {
+                if let Some(v) = s
+                    .lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    peak = peak.max(v);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        peak
+    })
+}
+
+async fn logger(smoke: bool, rows: usize) -> anyhow::Result<Line> {
+    let env = Env::new().await;
+    let tenants = env.tenants(10, 0).await?;
+    let bus = Bus::connect(&nats_url(), &env.nats.prefix).await?;
+    bus.ensure_streams(Duration::from_secs(120)).await?;
+    // The log stream is filled first; then the logger drains it.
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tenants = Arc::new(tenants);
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (bus, next, tenants) = (bus.clone(), next.clone(), tenants.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= rows {
+                    return Ok::<(), alphadome_core::bus::BusError>(());
+                }
+                let t = &tenants[i % tenants.len()];
+                let incoming = i % 2 == 0;
+                let ev = LogEvent {
+                    tenant_id: t.id.to_string(),
+                    direction: if incoming {
+                        Direction::Incoming
+                    } else {
+                        Direction::Outgoing
+                    } as i32,
+                    dedup_key: format!(
+                        "{}:wamid.log.{}",
+                        if incoming { "in" } else { "out" },
+                        i / 2
+                    ),
+                    wamid: format!("wamid.log.{i}"),
+                    user_phone: format!("2547{:08}", (i / 2) % 1000),
+                    message_text: load::customer_text(i),
+                    metadata_json: r#"{"reason":"faq_match","match_score":0.82}"#.into(),
+                    occurred_at_ms: alphadome_core::events::now_ms(),
+                    raw_json: if incoming {
+                        format!(
+                            r#"{{"from":"2547{:08}","id":"wamid.log.{i}","type":"text"}}"#,
+                            (i / 2) % 1000
+                        )
+                    } else {
+                        String::new()
+                    },
+                    ..Default::default()
+                };
+                let id = ev.dedup_key.clone();
+                bus.publish(
+                    bus.subject(StreamKind::Log, &ev.tenant_id),
+                    &id,
+                    ev.encode_to_vec().into(),
+                )
+                .await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let (_graph, graph_url, _stop) = alphadome_tests::graph().await;
+    let t0 = Instant::now();
+    let p = start(&["run", "logger"], env.env(&graph_url)).await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut n = count_logs(&env.db.pool).await?;
+    while (n as usize) < rows && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        n = count_logs(&env.db.pool).await?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let conversations: i64 = sqlx::query_scalar("SELECT count(*) FROM public.conversations")
+        .fetch_one(&env.db.pool)
+        .await?;
+    drop(p);
+    check(
+        smoke,
+        n as usize == rows,
+        &format!("{n} of {rows} rows written"),
+    )?;
+    Ok(Line::new(
+        "logger: rows into bot_message_logs",
+        n as f64 / secs,
+        "rows/s",
+        format!("{rows} events drained from JetStream in {secs:.2} s (process start included), 10 tenants; {conversations} conversations mirrored"),
+    ))
+}
+
+async fn memory(
+    smoke: bool,
+    tenants: usize,
+    faq: usize,
+    messages: usize,
+    rate: f64,
+) -> anyhow::Result<Line> {
+    let env = Env::new().await;
+    let tenants = env.tenants(tenants, faq).await?;
+    let stop_graph = CancellationToken::new();
+    let (graph, graph_url) =
+        GraphStandIn::start(SocketAddr::from(([127, 0, 0, 1], 0)), stop_graph.clone()).await?;
+    let up = start(&["up"], env.env(&graph_url)).await?;
+    let idle = up.rss_kib().map(|(now, _)| now).unwrap_or_default();
+    let stop = CancellationToken::new();
+    let rss = sample_rss(up.pid(), stop.clone());
+    let run = run_id();
+    let shots = Arc::new(load::text_shots(&run, &tenants, 100, messages));
+    let sent = load::send(
+        up.addr,
+        "/webhook",
+        shots,
+        Pace {
+            rate: Some(rate),
+            connections: 128,
+        },
+    )
+    .await;
+    load::wait_for_replies(&run, &sent, &graph, Duration::from_secs(300)).await;
+    let replies = load::replies(&run, &sent, &graph);
+    stop.cancel();
+    let peak = rss.await?.max(up.rss_kib().map(|(_, p)| p).unwrap_or(0));
+    check(
+        smoke,
+        replies.missing == 0 && replies.duplicated == 0,
+        &format!(
+            "{} missing, {} doubled",
+            replies.missing, replies.duplicated
+        ),
+    )?;
+    Ok(Line::new(
+        "memory: peak RSS of alphadome up",
+        peak as f64 / 1024.0,
+        "MiB",
+        format!(
+            "{} tenants x {faq} FAQ entries; {messages} messages at {rate:.0}/s over all tenants, {} replied; {:.1} MiB after start",
+            tenants.len(),
+            replies.replied,
+            idle as f64 / 1024.0
+        ),
+    ))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024 / 1024);
+    let profile = if cfg!(debug_assertions) {
+        "debug build"
+    } else {
+        "release build"
+    };
+    format!("{cores} cores ({cpu}), {mem} GiB, {profile}")
+}
+
+async fn all(smoke: bool) -> anyhow::Result<()> {
+    println!(
+        "# alphadome-bench all{} on {}",
+        if smoke { " --smoke" } else { "" },
+        machine()
+    );
+    let s = |full: usize, small: usize| if smoke { small } else { full };
+    let http = ceiling_http(s(100_000, 500), 64).await?;
+    let broker = ceiling_broker(s(100_000, 500), 64).await?;
+    let copy = ceiling_copy(s(200_000, 1_000)).await?;
+    let ingress_line = ingress(smoke, s(100_000, 500), 64, s(100, 5)).await?;
+    let run = |rate: Option<f64>, messages: usize| PipelineRun {
+        rate,
+        messages,
+        tenants: s(100, 5),
+        users: s(1000, 20),
+        statuses: 0,
+        connections: 256,
+        faq: s(20, 5),
+    };
+    let p1000 = pipeline(
+        smoke,
+        run(Some(if smoke { 200.0 } else { 1000.0 }), s(30_000, 300)),
+    )
+    .await?;
+    let p5000 = pipeline(
+        smoke,
+        run(Some(if smoke { 400.0 } else { 5000.0 }), s(50_000, 300)),
+    )
+    .await?;
+    let pmax = pipeline(smoke, run(None, s(50_000, 300))).await?;
+    let pstatus = pipeline(
+        smoke,
+        PipelineRun {
+            statuses: 3,
+            ..run(Some(if smoke { 200.0 } else { 1000.0 }), s(20_000, 200))
+        },
+    )
+    .await?;
+    let logger_line = logger(smoke, s(200_000, 2_000)).await?;
+    let mem = memory(
+        smoke,
+        s(1000, 20),
+        s(100, 10),
+        s(10_000, 200),
+        if smoke { 200.0 } else { 1000.0 },
+    )
+    .await?;
+
+    println!("\n| benchmark | result | ceiling | ratio |\n|---|---|---|---|");
+    let row = |l: &Line, c: Option<&Line>| {
+        let (ceiling, ratio) = match c {
+            Some(c) => (
+                format!(
+                    "{:.0} {} ({})",
+                    c.value,
+                    c.unit,
+                    c.name.trim_start_matches("ceiling: ")
+                ),
+                format!("{:.0} %", 100.0 * l.value / c.value),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "| {} | {:.1} {} | {ceiling} | {ratio} |",
+            l.name, l.value, l.unit
+        );
+    };
+    row(&http, None);
+    row(&broker, None);
+    row(&copy, None);
+    row(&ingress_line, Some(&http));
+    row(&ingress_line, Some(&broker));
+    for l in p1000.iter().chain(&p5000).chain(&pmax).chain(&pstatus) {
+        row(
+            l,
+            if l.unit == "msg/s" {
+                Some(&broker)
+            } else {
+                None
+            },
+        );
+    }
+    row(&logger_line, Some(&copy));
+    row(&mem, None);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let smoke = cli.smoke;
+    match cli.cmd {
+        Cmd::BareHttp => bare_http().await?,
+        Cmd::All => all(smoke).await?,
+        Cmd::Ceilings {
+            requests,
+            connections,
+        } => {
+            println!("# on {}", machine());
+            ceiling_http(requests, connections).await?;
+            ceiling_broker(requests, connections).await?;
+            ceiling_copy(requests).await?;
+        }
+        Cmd::Ingress {
+            messages,
+            connections,
+            tenants,
+        } => {
+            ingress(smoke, messages, connections, tenants).await?;
+        }
+        Cmd::Pipeline {
+            rate,
+            messages,
+            tenants,
+            users,
+            statuses,
+            connections,
+        } => {
+            pipeline(
+                smoke,
+                PipelineRun {
+                    rate,
+                    messages,
+                    tenants,
+                    users,
+                    statuses,
+                    connections,
+                    faq: 20,
+                },
+            )
+            .await?;
+        }
+        Cmd::Logger { rows } => {
+            logger(smoke, rows).await?;
+        }
+        Cmd::Memory {
+            tenants,
+            faq,
+            messages,
+            rate,
+        } => {
+            memory(smoke, tenants, faq, messages, rate).await?;
+        }
+    }
+    Ok(())
+}
