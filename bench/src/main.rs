@@ -473,7 +473,7 @@ async fn pipeline(smoke: bool, r: PipelineRun) -> anyhow::Result<Vec<Line>> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut logged = count_logs(&env.db.pool).await?;
     while logged < want && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         logged = count_logs(&env.db.pool).await?;
     }
     let logs_done = Instant::now();
@@ -640,7 +640,7 @@ async fn logger(smoke: bool, rows: usize) -> anyhow::Result<Line> {
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut n = count_logs(&env.db.pool).await?;
     while (n as usize) < rows && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         n = count_logs(&env.db.pool).await?;
     }
     let secs = t0.elapsed().as_secs_f64();

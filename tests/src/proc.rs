@@ -33,10 +33,13 @@ pub fn platform_env(
         ("WHATSAPP_GRAPH_URL", graph_url),
         ("ALPHADOME_SEND_TIMEOUT_MS", "1000"),
         ("ALPHADOME_TENANT_REFRESH_MS", "500"),
-        ("RUST_LOG", "warn"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .chain([(
+        "RUST_LOG".to_owned(),
+        std::env::var("ALPHADOME_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+    )])
     .collect()
 }
 
@@ -178,6 +181,8 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_file(&self.log);
+        if std::env::var_os("ALPHADOME_CHILD_LOG").is_none() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }

@@ -64,7 +64,15 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pool = db::connect(&config.database_url, 32)
+    // Postgres serves best with few busy connections (a few per core): the
+    // pools are small, and every process stays far below max_connections.
+    let size = std::env::var("ALPHADOME_DB_POOL_SIZE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(8)
+        .clamp(2, 256);
+    let small = (size / 2).max(2);
+    let pool = db::connect(&config.database_url, small)
         .await
         .context("cannot connect to Postgres (DATABASE_URL)")?;
     if opts.migrate {
@@ -93,7 +101,7 @@ pub async fn run(
     if has(Service::Ingress) {
         let ingress = alphadome_ingress::Ingress::start(
             &config,
-            as_role(db::ServiceRole::Ingress, 16).await?,
+            as_role(db::ServiceRole::Ingress, small).await?,
             bus.clone(),
             shutdown.clone(),
         )
@@ -118,7 +126,7 @@ pub async fn run(
     if has(Service::Responder) {
         let r = alphadome_responder::Responder::start(
             &config,
-            as_role(db::ServiceRole::Responder, 32).await?,
+            as_role(db::ServiceRole::Responder, size).await?,
             bus.clone(),
             shutdown.clone(),
         )
@@ -135,7 +143,7 @@ pub async fn run(
     if has(Service::Sender) {
         let snd = alphadome_sender::Sender::start(
             &config,
-            as_role(db::ServiceRole::Sender, 32).await?,
+            as_role(db::ServiceRole::Sender, size).await?,
             bus.clone(),
             shutdown.clone(),
         )
@@ -151,7 +159,7 @@ pub async fn run(
     }
     if has(Service::Logger) {
         let (p, b, s) = (
-            as_role(db::ServiceRole::Logger, 8).await?,
+            as_role(db::ServiceRole::Logger, size).await?,
             bus.clone(),
             shutdown.clone(),
         );

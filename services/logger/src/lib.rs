@@ -118,38 +118,50 @@ async fn consume(
             }
         };
         let mut messages = std::pin::pin!(messages);
+        // Up to PARALLEL_BATCHES batches are written at once, each in its
+        // own transaction, so the database is never idle while a batch's
+        // acks go out or the next one is pulled. Order does not matter:
+        // rows carry their own time, statuses never regress.
+        let mut writing = futures_util::stream::FuturesUnordered::new();
         loop {
             let chunk = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                c = next_chunk(&mut messages) => c,
+                Some(()) = writing.next(), if !writing.is_empty() => continue,
+                c = next_chunk(&mut messages), if writing.len() < PARALLEL_BATCHES => c,
             };
             let Some(batch) = chunk else { break };
             if batch.is_empty() {
                 continue;
             }
-            let outcomes = match kind {
-                StreamKind::Status => apply_statuses(&db, &batch).await,
-                _ => write_logs(&db, &batch).await,
-            };
-            let settle = batch.iter().zip(outcomes).map(|(msg, outcome)| {
-                let meta = MessageMeta {
-                    subject: msg.subject.to_string(),
-                    delivered: msg.info().map(|i| i.delivered).unwrap_or(1),
-                    headers: msg.headers.clone(),
+            let (db, bus, stream_name) = (db.clone(), bus.clone(), stream_name.clone());
+            writing.push(async move {
+                let outcomes = match kind {
+                    StreamKind::Status => apply_statuses(&db, &batch).await,
+                    _ => write_logs(&db, &batch).await,
                 };
-                let bus = bus.clone();
-                let stream_name = stream_name.clone();
-                async move { bus::settle(&bus, &stream_name, &s, msg, &meta, outcome).await }
+                let settle = batch.iter().zip(outcomes).map(|(msg, outcome)| {
+                    let meta = MessageMeta {
+                        subject: msg.subject.to_string(),
+                        delivered: msg.info().map(|i| i.delivered).unwrap_or(1),
+                        headers: msg.headers.clone(),
+                    };
+                    let (bus, stream_name) = (&bus, &stream_name);
+                    async move { bus::settle(bus, stream_name, &s, msg, &meta, outcome).await }
+                });
+                futures_util::future::join_all(settle).await;
             });
-            futures_util::future::join_all(settle).await;
         }
+        while writing.next().await.is_some() {}
         if shutdown.is_cancelled() {
             bus::hand_back(&mut messages, 1000).await;
         }
     }
     Ok(())
 }
+
+/// Batches written at once by one consumer.
+pub const PARALLEL_BATCHES: usize = 4;
 
 /// Waits for at least one message, then takes whatever else is already
 /// buffered (up to a batch); `None` when the pull stream ended.
@@ -371,18 +383,25 @@ async fn insert_group(
         key.push(clean(&e.dedup_key));
         raw.push(json(&e.raw_json));
     }
-    let inserted: Vec<(String,)> = sqlx::query_as(
-        "INSERT INTO alphadome.bot_message_logs (bot_tenant_id, user_phone, user_id, direction, message_text, \
-           whatsapp_message_id, ai_processed, ai_response, error_message, template_used, training_data_id, \
-           metadata, created_at, dedup_key) \
-         SELECT u.tenant, u.phone, u.usr, u.direction, u.text, u.wamid, u.ai, u.ai_response, u.error, u.template, \
-           (SELECT d.id FROM alphadome.bot_training_data d WHERE d.id = u.training AND d.bot_tenant_id = u.tenant), \
-           u.metadata, u.at, u.key \
-         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::bool[], \
-                     $8::text[], $9::text[], $10::text[], $11::uuid[], $12::jsonb[], $13::timestamptz[], $14::text[]) \
-           AS u(tenant, phone, usr, direction, text, wamid, ai, ai_response, error, template, training, metadata, at, key) \
-         WHERE EXISTS (SELECT 1 FROM alphadome.bot_tenants t WHERE t.id = u.tenant) \
-         ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key",
+    // One statement: insert the rows, and mirror to public.conversations
+    // only those inserted just now (a redelivery mirrors nothing twice).
+    sqlx::query(
+        "WITH u AS ( \
+           SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::bool[], \
+                     $8::text[], $9::text[], $10::text[], $11::uuid[], $12::jsonb[], $13::timestamptz[], $14::text[], $15::jsonb[]) \
+           AS u(tenant, phone, usr, direction, text, wamid, ai, ai_response, error, template, training, metadata, at, key, raw)), \
+         ins AS ( \
+           INSERT INTO alphadome.bot_message_logs (bot_tenant_id, user_phone, user_id, direction, message_text, \
+             whatsapp_message_id, ai_processed, ai_response, error_message, template_used, training_data_id, \
+             metadata, created_at, dedup_key) \
+           SELECT u.tenant, u.phone, u.usr, u.direction, u.text, u.wamid, u.ai, u.ai_response, u.error, u.template, \
+             (SELECT d.id FROM alphadome.bot_training_data d WHERE d.id = u.training AND d.bot_tenant_id = u.tenant), \
+             u.metadata, u.at, u.key \
+           FROM u WHERE EXISTS (SELECT 1 FROM alphadome.bot_tenants t WHERE t.id = u.tenant) \
+           ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key) \
+         INSERT INTO public.conversations (brand_id, user_id, whatsapp_message_id, direction, raw_payload, message_text, created_at, updated_at) \
+         SELECT t.brand_id, u.usr, u.wamid, u.direction, COALESCE(u.raw, u.metadata), u.text, u.at, u.at \
+         FROM u JOIN ins ON ins.dedup_key = u.key JOIN alphadome.bot_tenants t ON t.id = u.tenant",
     )
     .bind(&tenant)
     .bind(&phone)
@@ -398,34 +417,10 @@ async fn insert_group(
     .bind(&metadata)
     .bind(&at)
     .bind(&key)
-    .fetch_all(&mut **tx)
+    .bind(&raw)
+    .execute(&mut **tx)
     .await
     .map_err(classify)?;
-    if !inserted.is_empty() {
-        // Mirror only rows logged just now, so a redelivery mirrors nothing twice.
-        let new_keys: Vec<String> = inserted.into_iter().map(|(k,)| k).collect();
-        sqlx::query(
-            "INSERT INTO public.conversations (brand_id, user_id, whatsapp_message_id, direction, raw_payload, message_text, created_at, updated_at) \
-             SELECT t.brand_id, u.usr, u.wamid, u.direction, COALESCE(u.raw, u.metadata), u.text, u.at, u.at \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], $8::timestamptz[], $9::text[]) \
-               AS u(tenant, usr, wamid, direction, raw, metadata, text, at, key) \
-             JOIN alphadome.bot_tenants t ON t.id = u.tenant \
-             WHERE u.key = ANY($10)",
-        )
-        .bind(&tenant)
-        .bind(&user)
-        .bind(&wamid)
-        .bind(&direction)
-        .bind(&raw)
-        .bind(&metadata)
-        .bind(&text)
-        .bind(&at)
-        .bind(&key)
-        .bind(&new_keys)
-        .execute(&mut **tx)
-        .await
-        .map_err(classify)?;
-    }
     Ok(())
 }
 

@@ -60,17 +60,12 @@ pub fn wants_human(text: &str) -> bool {
 /// Whether the conversation of `user` with `tenant` is with a human now.
 /// Returns the wamid that started the handoff.
 pub async fn active(db: &PgPool, tenant: Uuid, user: &str) -> Result<Option<String>, sqlx::Error> {
-    let mut tx = scoped(db, tenant).await?;
-    let row: Option<(Option<String>,)> = sqlx::query_as(
-        "SELECT trigger_wamid FROM alphadome.conversation_handoffs \
-         WHERE bot_tenant_id = $1 AND user_phone = $2 AND resumed_at IS NULL AND paused_until > now()",
-    )
-    .bind(tenant)
-    .bind(user)
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(row.map(|(w,)| w.unwrap_or_default()))
+    // One round trip: alphadome.active_handoff (migration 0009).
+    sqlx::query_scalar("SELECT alphadome.active_handoff($1, $2)")
+        .bind(tenant)
+        .bind(user)
+        .fetch_one(db)
+        .await
 }
 
 /// Ends a handoff: the bot answers again. Returns whether one was active.

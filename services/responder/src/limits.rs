@@ -22,14 +22,6 @@ pub enum LimitDecision {
 }
 
 impl LimitDecision {
-    fn as_str(self) -> &'static str {
-        match self {
-            LimitDecision::Allow => "allow",
-            LimitDecision::Notice => "notice",
-            LimitDecision::Silent => "silent",
-        }
-    }
-
     fn parse(s: &str) -> Self {
         match s {
             "notice" => LimitDecision::Notice,
@@ -64,109 +56,15 @@ pub async fn check(
     if per_hour.is_none() && per_day.is_none() {
         return Ok(LimitDecision::Allow);
     }
-    let mut tx = alphadome_core::db::scoped(db, tenant).await?;
-    let first: Option<(i32,)> = sqlx::query_as(
-        "INSERT INTO alphadome.rate_limit_events (bot_tenant_id, whatsapp_message_id, decision) VALUES ($1, $2, 'allow') \
-         ON CONFLICT DO NOTHING RETURNING 1",
-    )
-    .bind(tenant)
-    .bind(wamid)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if first.is_none() {
-        // Seen before: the decision stands.
-        let d: String = sqlx::query_scalar(
-            "SELECT decision FROM alphadome.rate_limit_events WHERE bot_tenant_id = $1 AND whatsapp_message_id = $2",
-        )
+    // One round trip: alphadome.count_message (migration 0009) does the
+    // whole check in the statement's own transaction.
+    let d: String = sqlx::query_scalar("SELECT alphadome.count_message($1, $2, $3, $4, $5)")
         .bind(tenant)
+        .bind(user)
         .bind(wamid)
-        .fetch_one(&mut *tx)
+        .bind(per_hour)
+        .bind(per_day)
+        .fetch_one(db)
         .await?;
-        tx.commit().await?;
-        return Ok(LimitDecision::parse(&d));
-    }
-    // Only replies the limits allow are counted: each counter is raised only
-    // while below its limit (one atomic upsert each); the per-user count is
-    // given back when the tenant's hourly cap refuses the message.
-    let mut over: Option<(&str, &str)> = None; // (window kind, date_trunc unit)
-    let mut counted_user = false;
-    if let Some(limit) = per_day {
-        if bump(&mut tx, tenant, &format!("user:{user}"), "day", limit).await? {
-            counted_user = true;
-        } else {
-            over = Some(("day", "day"));
-        }
-    }
-    if let (None, Some(limit)) = (over, per_hour) {
-        if !bump(&mut tx, tenant, "tenant", "hour", limit).await? {
-            over = Some(("hour", "hour"));
-            if counted_user {
-                sqlx::query(
-                    "UPDATE alphadome.rate_limit_counters SET count = count - 1 \
-                     WHERE bot_tenant_id = $1 AND scope = $2 AND window_start = date_trunc('day', now())",
-                )
-                .bind(tenant)
-                .bind(format!("user:{user}"))
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-    }
-    let decision = match over {
-        None => LimitDecision::Allow,
-        Some((kind, unit)) => {
-            let first_notice: Option<(i32,)> = sqlx::query_as(
-                "INSERT INTO alphadome.rate_limit_notices (bot_tenant_id, user_phone, window_kind, window_start) \
-                 VALUES ($1, $2, $3, date_trunc($4, now())) ON CONFLICT DO NOTHING RETURNING 1",
-            )
-            .bind(tenant)
-            .bind(user)
-            .bind(kind)
-            .bind(unit)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if first_notice.is_some() {
-                LimitDecision::Notice
-            } else {
-                LimitDecision::Silent
-            }
-        }
-    };
-    if decision != LimitDecision::Allow {
-        sqlx::query("UPDATE alphadome.rate_limit_events SET decision = $3 WHERE bot_tenant_id = $1 AND whatsapp_message_id = $2")
-            .bind(tenant)
-            .bind(wamid)
-            .bind(decision.as_str())
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(decision)
-}
-
-/// Raises the counter of `scope` in the current `unit` window if it is below
-/// `limit`; returns whether it did.
-async fn bump(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    tenant: Uuid,
-    scope: &str,
-    unit: &str,
-    limit: i32,
-) -> Result<bool, sqlx::Error> {
-    if limit <= 0 {
-        return Ok(false);
-    }
-    let row: Option<(i32,)> = sqlx::query_as(
-        "INSERT INTO alphadome.rate_limit_counters AS c (bot_tenant_id, scope, window_start, count) \
-         VALUES ($1, $2, date_trunc($3, now()), 1) \
-         ON CONFLICT (bot_tenant_id, scope, window_start) DO UPDATE SET count = c.count + 1 \
-         WHERE c.count < $4 RETURNING count",
-    )
-    .bind(tenant)
-    .bind(scope)
-    .bind(unit)
-    .bind(limit)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(row.is_some())
+    Ok(LimitDecision::parse(&d))
 }

@@ -23,6 +23,7 @@ use alphadome_core::telemetry;
 use alphadome_core::tenant::{self, TenantCache};
 use alphadome_core::CancellationToken;
 use bytes::Bytes;
+use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
@@ -149,7 +150,8 @@ impl Sender {
             .build()
             .map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
         // Meta's defaults: 80 messages/s per number; 1 per 6 s per
-        // recipient with bursts of up to 45 (protocols.md 2.9).
+        // business number and customer pair, with bursts of up to 45
+        // (protocols.md 2.9).
         let mps = NonZeroU32::new(config.send_mps).unwrap_or(NonZeroU32::MIN);
         let pair_burst = NonZeroU32::new(config.pair_burst).unwrap_or(NonZeroU32::MIN);
         let per_recipient = Quota::with_period(Duration::from_secs(6))
@@ -241,6 +243,18 @@ impl Sender {
                 reason: "the tenant has no usable WhatsApp access token or phone number id".into(),
             };
         };
+        let recipient = if msg.to.is_empty() {
+            msg.to_user_id.clone()
+        } else {
+            msg.to.clone()
+        };
+        // Paced before claiming, so no claim lease runs out in a queue.
+        if let Err(wait) = self.pace(pnid, &recipient).await {
+            return Outcome::Retry {
+                delay: wait,
+                reason: "pair rate limit: this customer was sent many messages from this number just now".into(),
+            };
+        }
         let claim = match self.claim(&msg, tenant_id).await {
             Ok(c) => c,
             Err(e) => return retry(delivered, format!("claiming the reply: {e}")),
@@ -265,15 +279,20 @@ impl Sender {
             }
         };
         let parts = meta::split_text(&msg.text, MAX_TEXT_CHARS);
-        let recipient = if msg.to.is_empty() {
-            msg.to_user_id.clone()
-        } else {
-            msg.to.clone()
-        };
+        let mut paced = true;
         while (parts_sent as usize) < parts.len() {
             let i = parts_sent as usize;
-            self.per_number.until_key_ready(&pnid.to_owned()).await;
-            self.per_recipient.until_key_ready(&recipient).await;
+            if !std::mem::take(&mut paced) {
+                if let Err(wait) = self.pace(pnid, &recipient).await {
+                    // The parts sent so far are recorded; the rest comes later.
+                    self.release(tenant.id, &msg.outbound_id, "pair rate limit")
+                        .await;
+                    return Outcome::Retry {
+                        delay: wait,
+                        reason: "pair rate limit between the parts of a long reply".into(),
+                    };
+                }
+            }
             // Only the first part quotes the customer's message.
             let context = if i == 0 { msg.in_reply_to.as_str() } else { "" };
             let body = meta::text_reply_body(
@@ -424,40 +443,45 @@ impl Sender {
         Ok(n)
     }
 
-    async fn claim(&self, msg: &OutboundMessage, tenant_id: Uuid) -> Result<Claim, sqlx::Error> {
-        let lease = self.claim_lease.as_secs_f64();
-        let mut tx = alphadome_core::db::scoped(&self.db, tenant_id).await?;
-        let row: Option<(i32, Option<String>)> = sqlx::query_as(
-            "INSERT INTO alphadome.outbound_messages AS o (outbound_id, bot_tenant_id, in_reply_to, state, attempts, claimed_until) \
-             VALUES ($1, $2, $3, 'sending', 1, now() + make_interval(secs => $4)) \
-             ON CONFLICT (outbound_id) DO UPDATE SET attempts = o.attempts + 1, \
-               claimed_until = now() + make_interval(secs => $4) \
-             WHERE o.state = 'sending' AND (o.claimed_until IS NULL OR o.claimed_until < now()) \
-             RETURNING o.parts_sent, o.whatsapp_message_id",
-        )
-        .bind(&msg.outbound_id)
-        .bind(tenant_id)
-        .bind(&msg.in_reply_to)
-        .bind(lease)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((parts_sent, first_wamid)) = row {
-            tx.commit().await?;
-            return Ok(Claim::Mine {
-                parts_sent,
-                first_wamid,
-            });
+    /// Takes a sending slot for `pnid` → `recipient`: waits for the number's
+    /// rate (short waits), but when the pair's limit says wait, says how
+    /// long instead of holding a worker, so one busy conversation never
+    /// delays the others.
+    async fn pace(&self, pnid: &str, recipient: &str) -> Result<(), Duration> {
+        let pair = format!("{pnid}:{recipient}");
+        if let Err(not_until) = self.per_recipient.check_key(&pair) {
+            let now = self.per_recipient.clock().now();
+            return Err(not_until
+                .wait_time_from(now)
+                .max(Duration::from_millis(100)));
         }
-        let (state, wamid, parts): (String, Option<String>, i32) = sqlx::query_as(
-            "SELECT state, whatsapp_message_id, parts_sent FROM alphadome.outbound_messages WHERE outbound_id = $1",
-        )
-        .bind(&msg.outbound_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(match state.as_str() {
-            "sent" => Claim::Sent { wamid, parts },
-            "failed" => Claim::Failed,
+        self.per_number.until_key_ready(&pnid.to_owned()).await;
+        Ok(())
+    }
+
+    async fn claim(&self, msg: &OutboundMessage, tenant_id: Uuid) -> Result<Claim, sqlx::Error> {
+        // One round trip: alphadome.claim_outbound (migration 0009).
+        let row: Option<(bool, String, i32, Option<String>)> =
+            sqlx::query_as("SELECT * FROM alphadome.claim_outbound($1, $2, $3, $4)")
+                .bind(tenant_id)
+                .bind(&msg.outbound_id)
+                .bind(&msg.in_reply_to)
+                .bind(self.claim_lease.as_secs_f64())
+                .fetch_optional(&self.db)
+                .await?;
+        let Some((claimed, state, parts_sent, wamid)) = row else {
+            return Ok(Claim::Busy);
+        };
+        Ok(match (claimed, state.as_str()) {
+            (true, _) => Claim::Mine {
+                parts_sent,
+                first_wamid: wamid,
+            },
+            (false, "sent") => Claim::Sent {
+                wamid,
+                parts: parts_sent,
+            },
+            (false, "failed") => Claim::Failed,
             _ => Claim::Busy,
         })
     }
@@ -470,21 +494,15 @@ impl Sender {
         wamid: Option<&str>,
         total: usize,
     ) -> Result<(), sqlx::Error> {
-        self.execute_for(
-            tenant,
-            sqlx::query(
-                "UPDATE alphadome.outbound_messages SET parts_sent = $2, whatsapp_message_id = $3, \
-                   state = CASE WHEN $2 >= $4 THEN 'sent' ELSE state END, \
-                   claimed_until = CASE WHEN $2 >= $4 THEN NULL ELSE claimed_until END, last_error = NULL \
-                 WHERE outbound_id = $1",
-            )
+        sqlx::query("SELECT alphadome.record_outbound_progress($1, $2, $3, $4, $5)")
+            .bind(tenant)
             .bind(id)
             .bind(parts_sent)
             .bind(wamid)
-            .bind(total as i32),
-        )
-        .await
-        .map(|_| ())
+            .bind(total as i32)
+            .execute(&self.db)
+            .await
+            .map(|_| ())
     }
 
     async fn release(&self, tenant: Uuid, id: &str, reason: &str) {
