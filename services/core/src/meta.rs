@@ -278,6 +278,11 @@ pub fn parse_webhook(body: &[u8]) -> Result<ParsedWebhook, WebhookError> {
                 continue;
             };
             let pnid = meta.phone_number_id;
+            if pnid.trim().is_empty() {
+                out.rejected
+                    .push("change value with an empty metadata.phone_number_id".into());
+                continue;
+            }
             for m in value.messages {
                 match parse_message(&pnid, &value.contacts, m) {
                     Ok(msg) => out.messages.push(msg),
@@ -286,6 +291,9 @@ pub fn parse_webhook(body: &[u8]) -> Result<ParsedWebhook, WebhookError> {
             }
             for s in value.statuses {
                 match serde_json::from_str::<RawStatus>(s.get()) {
+                    Ok(st) if st.id.trim().is_empty() => {
+                        out.rejected.push("status: empty status id".into())
+                    }
                     Ok(st) => {
                         let err = st.errors.into_iter().next().unwrap_or_default();
                         out.statuses.push(ParsedStatus {
