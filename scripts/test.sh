@@ -13,6 +13,16 @@ psql "$ALPHADOME_TEST_DATABASE_URL" -qAtc \
   "SELECT 'DROP DATABASE IF EXISTS ' || datname || ' WITH (FORCE);' FROM pg_database WHERE datname LIKE 'alphadome\_t\_%'" \
   | psql "$ALPHADOME_TEST_DATABASE_URL" -q >/dev/null 2>&1 || true
 
-# The process tests run the real binary.
-cargo build --bins --locked
-cargo test --workspace --locked "$@"
+# The process tests and the benchmarks' smoke run use the real binaries.
+cargo build --workspace --bins --locked
+if [ "$#" -gt 0 ]; then
+  cargo test --workspace --locked "$@"
+  exit
+fi
+# Everything but the fault-injection suite, including the criterion
+# benchmarks run once each as tests.
+cargo test --workspace --locked --all-targets -- --skip faults_
+# The fault-injection suite, with its per-fault counts printed.
+cargo test -p alphadome-tests --test faults --locked -- --nocapture
+# Every benchmark, small, checking that nothing is lost or doubled.
+target/debug/alphadome-bench --smoke all

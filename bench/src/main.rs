@@ -92,6 +92,19 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000.0)]
         rate: f64,
     },
+    /// Noisy neighbour: the quiet tenants' latency with and without one
+    /// tenant flooding at `factor` times their rate.
+    Neighbour {
+        /// Messages per second of each quiet tenant.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        factor: f64,
+        #[arg(long, default_value_t = 9)]
+        quiet: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// A bare axum handler answering 200 (the HTTP ceiling's server).
     #[command(hide = true)]
     BareHttp,
@@ -714,6 +727,102 @@ async fn memory(
     ))
 }
 
+/// The quiet tenants' webhook-to-reply latency, alone and next to a
+/// tenant flooding at `factor` times their per-tenant rate.
+async fn neighbour(
+    smoke: bool,
+    rate: f64,
+    factor: f64,
+    quiet: usize,
+    seconds: u64,
+) -> anyhow::Result<Vec<Line>> {
+    let env = Env::new().await;
+    let tenants = env.tenants(quiet + 1, 20).await?;
+    let (noisy, quiet_tenants) = (tenants[0].clone(), tenants[1..].to_vec());
+    let stop_graph = CancellationToken::new();
+    let (graph, graph_url) =
+        GraphStandIn::start(SocketAddr::from(([127, 0, 0, 1], 0)), stop_graph.clone()).await?;
+    let up = start(&["up"], env.env(&graph_url)).await?;
+    let quiet_rate = rate * quiet as f64;
+    let n_quiet = (quiet_rate * seconds as f64) as usize;
+    let n_noisy = (rate * factor * seconds as f64) as usize;
+    let mut lines = Vec::new();
+    for flood in [false, true] {
+        let run = run_id();
+        let shots = Arc::new(load::text_shots(&run, &quiet_tenants, 1000, n_quiet));
+        let quiet_send = load::send(
+            up.addr,
+            "/webhook",
+            shots,
+            Pace {
+                rate: Some(quiet_rate),
+                connections: 32,
+            },
+        );
+        let noisy_run = run_id();
+        let (sent, noisy_sent) = if flood {
+            let shots = Arc::new(load::text_shots(
+                &noisy_run,
+                std::slice::from_ref(&noisy),
+                100_000,
+                n_noisy,
+            ));
+            let noisy_send = load::send(
+                up.addr,
+                "/webhook",
+                shots,
+                Pace {
+                    rate: Some(rate * factor),
+                    connections: 64,
+                },
+            );
+            let (q, n) = tokio::join!(quiet_send, noisy_send);
+            (q, Some(n))
+        } else {
+            (quiet_send.await, None)
+        };
+        load::wait_for_replies(&run, &sent, &graph, Duration::from_secs(300)).await;
+        let r = load::replies(&run, &sent, &graph);
+        let p = Percentiles::of(&r.latency_us);
+        let mut detail = format!(
+            "{} quiet tenants at {rate:.0} msg/s each: {}; missing {}, duplicated {}",
+            quiet_tenants.len(),
+            p,
+            r.missing,
+            r.duplicated
+        );
+        if let Some(ns) = noisy_sent {
+            load::wait_for_replies(&noisy_run, &ns, &graph, Duration::from_secs(300)).await;
+            let nr = load::replies(&noisy_run, &ns, &graph);
+            detail.push_str(&format!(
+                "; the noisy tenant at {:.0} msg/s: {} accepted, {} replied, {}",
+                rate * factor,
+                ns.accepted(),
+                nr.replied,
+                Percentiles::of(&nr.latency_us)
+            ));
+        }
+        check(
+            smoke,
+            r.missing == 0 && r.duplicated == 0,
+            "quiet tenants' replies missing or doubled",
+        )?;
+        lines.push(Line::new(
+            if flood {
+                "neighbour: quiet p99, one tenant flooding"
+            } else {
+                "neighbour: quiet p99, no flood"
+            },
+            p.p99,
+            "ms",
+            detail,
+        ));
+    }
+    drop(up);
+    stop_graph.cancel();
+    Ok(lines)
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -790,6 +899,7 @@ async fn all(smoke: bool) -> anyhow::Result<()> {
         if smoke { 200.0 } else { 1000.0 },
     )
     .await?;
+    let neighbours = neighbour(smoke, 5.0, 10.0, 9, s(20, 3) as u64).await?;
 
     println!("\n| benchmark | result | ceiling | ratio |\n|---|---|---|---|");
     let row = |l: &Line, c: Option<&Line>| {
@@ -827,6 +937,9 @@ async fn all(smoke: bool) -> anyhow::Result<()> {
     }
     row(&logger_line, Some(&copy));
     row(&mem, None);
+    for l in &neighbours {
+        row(l, None);
+    }
     Ok(())
 }
 
@@ -885,6 +998,14 @@ async fn main() -> anyhow::Result<()> {
             rate,
         } => {
             memory(smoke, tenants, faq, messages, rate).await?;
+        }
+        Cmd::Neighbour {
+            rate,
+            factor,
+            quiet,
+            seconds,
+        } => {
+            neighbour(smoke, rate, factor, quiet, seconds).await?;
         }
     }
     Ok(())

@@ -46,9 +46,12 @@ impl RunOptions {
             services: services.to_vec(),
             migrate: false,
             responder: ConsumerSettings::default(),
+            // Sends mostly wait (for Meta, or for a number's rate), so the
+            // sender keeps many in hand: a number flooded past its rate
+            // must not hold back the other numbers' sends.
             sender: ConsumerSettings {
-                concurrency: 128,
-                max_ack_pending: 4096,
+                concurrency: 4096,
+                max_ack_pending: 8192,
                 ..ConsumerSettings::default()
             },
         }

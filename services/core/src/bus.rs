@@ -346,7 +346,21 @@ where
                                 delivered,
                                 headers: msg.headers.clone(),
                             };
-                            let outcome = handle(msg.payload.clone(), meta.clone()).await;
+                            // Long work (a slow LLM, a send waiting for its
+                            // number's rate) tells JetStream it is alive, so
+                            // the message is not redelivered meanwhile.
+                            let work = handle(msg.payload.clone(), meta.clone());
+                            let mut work = std::pin::pin!(work);
+                            let every = (settings.ack_wait / 2).max(Duration::from_millis(100));
+                            let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                            let outcome = loop {
+                                tokio::select! {
+                                    o = &mut work => break o,
+                                    _ = beat.tick() => {
+                                        let _ = msg.ack_with(AckKind::Progress).await;
+                                    }
+                                }
+                            };
                             settle(&bus, &stream_name, &settings, &msg, &meta, outcome).await;
                         });
                     }
