@@ -19,9 +19,10 @@ if [ "$#" -gt 0 ]; then
   cargo test --workspace --locked "$@"
   exit
 fi
-# Everything but the fault-injection suite, including the criterion
-# benchmarks run once each as tests.
-cargo test --workspace --locked --all-targets -- --skip faults_
+# Everything but the fault-injection suite.
+cargo test --workspace --locked --lib --bins --tests -- --skip faults_
+# The criterion benchmarks, each run once as a test.
+cargo test -p alphadome-bench --benches --locked
 # The fault-injection suite, with its per-fault counts printed.
 cargo test -p alphadome-tests --test faults --locked -- --nocapture
 # Every benchmark, small, checking that nothing is lost or doubled.
