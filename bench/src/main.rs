@@ -104,6 +104,10 @@ enum Cmd {
         quiet: usize,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// The flooding tenant's messages go to its LLM, which takes this
+        /// long to answer (a slow model) instead of to its FAQ.
+        #[arg(long)]
+        slow_llm_ms: Option<u64>,
     },
     /// A bare axum handler answering 200 (the HTTP ceiling's server).
     #[command(hide = true)]
@@ -735,10 +739,30 @@ async fn neighbour(
     factor: f64,
     quiet: usize,
     seconds: u64,
+    slow_llm: Option<Duration>,
 ) -> anyhow::Result<Vec<Line>> {
     let env = Env::new().await;
-    let tenants = env.tenants(quiet + 1, 20).await?;
-    let (noisy, quiet_tenants) = (tenants[0].clone(), tenants[1..].to_vec());
+    let quiet_tenants = env.tenants(quiet, 20).await?;
+    let llm = match slow_llm {
+        Some(d) => {
+            let (llm, url) = alphadome_tests::LlmStandIn::start().await;
+            llm.set_latency(d);
+            Some((llm, url))
+        }
+        None => None,
+    };
+    let noisy = load::create_tenants_from(
+        &env.db.pool,
+        &env.keyring,
+        quiet,
+        1,
+        if llm.is_some() { 0 } else { 20 },
+        llm.as_ref().map(|(_, u)| u.as_str()),
+        1,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?
+    .remove(0);
     let stop_graph = CancellationToken::new();
     let (graph, graph_url) =
         GraphStandIn::start(SocketAddr::from(([127, 0, 0, 1], 0)), stop_graph.clone()).await?;
@@ -795,8 +819,9 @@ async fn neighbour(
             load::wait_for_replies(&noisy_run, &ns, &graph, Duration::from_secs(300)).await;
             let nr = load::replies(&noisy_run, &ns, &graph);
             detail.push_str(&format!(
-                "; the noisy tenant at {:.0} msg/s: {} accepted, {} replied, {}",
+                "; the noisy tenant at {:.0} msg/s{}: {} accepted, {} replied, {}",
                 rate * factor,
+                slow_llm.map_or(String::new(), |d| format!(" to an LLM taking {d:?}")),
                 ns.accepted(),
                 nr.replied,
                 Percentiles::of(&nr.latency_us)
@@ -899,7 +924,18 @@ async fn all(smoke: bool) -> anyhow::Result<()> {
         if smoke { 200.0 } else { 1000.0 },
     )
     .await?;
-    let neighbours = neighbour(smoke, 5.0, 10.0, 9, s(20, 3) as u64).await?;
+    let mut neighbours = neighbour(smoke, 5.0, 10.0, 9, s(20, 3) as u64, None).await?;
+    neighbours.extend(
+        neighbour(
+            smoke,
+            5.0,
+            10.0,
+            9,
+            s(20, 3) as u64,
+            Some(Duration::from_millis(s(1000, 200) as u64)),
+        )
+        .await?,
+    );
 
     println!("\n| benchmark | result | ceiling | ratio |\n|---|---|---|---|");
     let row = |l: &Line, c: Option<&Line>| {
@@ -1004,8 +1040,17 @@ async fn main() -> anyhow::Result<()> {
             factor,
             quiet,
             seconds,
+            slow_llm_ms,
         } => {
-            neighbour(smoke, rate, factor, quiet, seconds).await?;
+            neighbour(
+                smoke,
+                rate,
+                factor,
+                quiet,
+                seconds,
+                slow_llm_ms.map(Duration::from_millis),
+            )
+            .await?;
         }
     }
     Ok(())

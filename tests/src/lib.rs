@@ -606,6 +606,8 @@ pub enum LlmBehaviour {
 /// `"AI answer to: <last user message>"`.
 #[derive(Default)]
 pub struct LlmStandIn {
+    /// How long every answer takes (a slow model).
+    latency: std::sync::Mutex<Duration>,
     requests: std::sync::Mutex<Vec<LlmRequest>>,
     script: std::sync::Mutex<std::collections::VecDeque<LlmBehaviour>>,
 }
@@ -638,6 +640,10 @@ impl LlmStandIn {
             };
             let last = req.last_user();
             me.requests.lock().expect("lock").push(req);
+            let latency = *me.latency.lock().expect("lock");
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
             let next = me.script.lock().expect("lock").pop_front();
             let reply = |text: String| {
                 axum::Json(serde_json::json!({"id": "chatcmpl-standin", "object": "chat.completion", "model": "standin-model",
@@ -682,6 +688,11 @@ impl LlmStandIn {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await });
         (me, url)
+    }
+
+    /// Makes every answer take `d`.
+    pub fn set_latency(&self, d: Duration) {
+        *self.latency.lock().expect("lock") = d;
     }
 
     pub fn script(&self, b: impl IntoIterator<Item = LlmBehaviour>) {

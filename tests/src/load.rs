@@ -138,7 +138,23 @@ pub async fn create_tenants(
     faq: usize,
     jobs: usize,
 ) -> Result<Vec<LoadTenant>, String> {
-    let next = AtomicUsize::new(0);
+    create_tenants_from(pool, keyring, 0, n, faq, None, jobs).await
+}
+
+/// Creates tenants `first..first + n` like [`create_tenants`]; with
+/// `ai_base_url`, their AI answers whatever the FAQ cannot, through an
+/// OpenAI-compatible server there.
+pub async fn create_tenants_from(
+    pool: &PgPool,
+    keyring: &Keyring,
+    first: usize,
+    n: usize,
+    faq: usize,
+    ai_base_url: Option<&str>,
+    jobs: usize,
+) -> Result<Vec<LoadTenant>, String> {
+    let next = AtomicUsize::new(first);
+    let n = first + n;
     let out = Mutex::new(Vec::with_capacity(n));
     let worker = || async {
         loop {
@@ -151,11 +167,15 @@ pub async fn create_tenants(
                 "tenant:\n  client_name: Load tenant {k}\n  client_phone: \"+2547{k:08}\"\n  \
                  whatsapp_phone_number_id: \"{pnid}\"\n  whatsapp_access_token: EAAG-load-{k}\n  \
                  whatsapp_app_secret: {secret}\n  is_active: true\n  webhook_verify_token: verify-load-{k}\n\
-                 control_settings:\n  log_conversations: true\n  enable_ai_responses: false\n  \
+                 {ai}control_settings:\n  log_conversations: true\n  enable_ai_responses: {ai_on}\n  \
                  max_messages_per_hour: 1000000\n  max_messages_per_user_per_day: 1000000\n\
                  templates:\n  - template_name: default\n    is_default: true\n    system_prompt: You are a helpful assistant.\n",
                 pnid = t.phone_number_id,
                 secret = t.app_secret,
+                ai = ai_base_url.map_or(String::new(), |u| format!(
+                    "  ai_provider: openai_compatible\n  ai_base_url: {u}\n  ai_api_key: load-key-{k}\n  ai_model: load-model\n"
+                )),
+                ai_on = ai_base_url.is_some(),
             );
             if faq > 0 {
                 y.push_str("training_data:\n");

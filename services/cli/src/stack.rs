@@ -45,7 +45,13 @@ impl RunOptions {
         Self {
             services: services.to_vec(),
             migrate: false,
-            responder: ConsumerSettings::default(),
+            // A message waiting for its tenant's LLM holds no worker the
+            // others need: the responder keeps many in hand.
+            responder: ConsumerSettings {
+                concurrency: 1024,
+                max_ack_pending: 8192,
+                ..ConsumerSettings::default()
+            },
             // Sends mostly wait (for Meta, or for a number's rate), so the
             // sender keeps many in hand: a number flooded past its rate
             // must not hold back the other numbers' sends.

@@ -275,8 +275,7 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
     }
     let mut tx = db.begin().await.map_err(classify)?;
     // Resolve (or register) the customers in public.users, as the existing
-    // system does; an advisory lock per phone keeps concurrent loggers from
-    // registering the same phone twice.
+    // system does.
     let mut phones: Vec<String> = rows
         .iter()
         .map(|r| clean(&r.event.user_phone))
@@ -286,29 +285,32 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
     phones.dedup();
     let mut users: std::collections::HashMap<String, Uuid> = std::collections::HashMap::new();
     if !phones.is_empty() {
+        users.extend(known_users(&mut tx, &phones).await?);
+    }
+    // Only customers seen for the first time need registering; an advisory
+    // lock per new phone (taken in order) keeps concurrent batches from
+    // registering one twice, and known customers take no lock at all.
+    let missing: Vec<String> = phones
+        .iter()
+        .filter(|p| !users.contains_key(*p))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('alphadome.users:' || p)) FROM unnest($1::text[]) AS p ORDER BY p")
-            .bind(&phones)
+            .bind(&missing)
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
-        let found: Vec<(String, Uuid)> = sqlx::query_as(
-            "SELECT DISTINCT ON (phone) phone, id FROM public.users WHERE phone = ANY($1) ORDER BY phone, created_at NULLS LAST, id",
-        )
-        .bind(&phones)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(classify)?;
-        users.extend(found);
-        let missing: Vec<String> = phones
-            .iter()
-            .filter(|p| !users.contains_key(*p))
-            .cloned()
+        users.extend(known_users(&mut tx, &missing).await?);
+        let still: Vec<String> = missing
+            .into_iter()
+            .filter(|p| !users.contains_key(p))
             .collect();
-        if !missing.is_empty() {
+        if !still.is_empty() {
             let created: Vec<(String, Uuid)> = sqlx::query_as(
                 "INSERT INTO public.users (phone, full_name) SELECT p, 'Unknown User' FROM unnest($1::text[]) AS p RETURNING phone, id",
             )
-            .bind(&missing)
+            .bind(&still)
             .fetch_all(&mut *tx)
             .await
             .map_err(classify)?;
@@ -327,6 +329,20 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
         insert_group(&mut tx, &group, &users).await?;
     }
     tx.commit().await.map_err(classify)
+}
+
+/// The `public.users` ids of `phones` that are registered.
+async fn known_users(
+    tx: &mut sqlx::PgConnection,
+    phones: &[String],
+) -> Result<Vec<(String, Uuid)>, BatchError> {
+    sqlx::query_as(
+        "SELECT DISTINCT ON (phone) phone, id FROM public.users WHERE phone = ANY($1) ORDER BY phone, created_at NULLS LAST, id",
+    )
+    .bind(phones)
+    .fetch_all(tx)
+    .await
+    .map_err(classify)
 }
 
 /// Inserts one tenant's rows (the transaction acts for that tenant) and

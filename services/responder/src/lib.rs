@@ -138,8 +138,21 @@ fn reply_metadata(ctx: &TenantContext, d: &Decision) -> String {
     m.to_string()
 }
 
+/// LLM calls one tenant may have under way at once (per instance). Calls
+/// beyond wait, asleep, without holding anything the other tenants need,
+/// so a tenant with a slow model cannot hold the responder's workers.
+pub fn ai_calls_per_tenant() -> usize {
+    std::env::var("ALPHADOME_AI_CALLS_PER_TENANT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16usize)
+        .max(1)
+}
+
 /// The running responder's state.
 pub struct Responder {
+    /// One gate per tenant for its LLM calls ([`ai_calls_per_tenant`]).
+    ai_gates: std::sync::Mutex<std::collections::HashMap<Uuid, Arc<tokio::sync::Semaphore>>>,
     bus: Bus,
     db: PgPool,
     contexts: Arc<TenantCache<TenantContext>>,
@@ -189,6 +202,7 @@ impl Responder {
                 &config.smtp_from,
             ),
             ai_keys: Default::default(),
+            ai_gates: Default::default(),
             handled: Default::default(),
         }))
     }
@@ -438,6 +452,16 @@ impl Responder {
             .unwrap_or_default();
         let messages = prompt::build(ctx, template, &retrieved, &examples, &history, &msg.text);
         let max_chars = prompt::max_chars(template);
+        let gate = self
+            .ai_gates
+            .lock()
+            .map(|mut g| {
+                g.entry(t.id)
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(ai_calls_per_tenant())))
+                    .clone()
+            })
+            .unwrap_or_else(|_| Arc::new(tokio::sync::Semaphore::new(ai_calls_per_tenant())));
+        let _turn = gate.acquire().await;
         let answer = self
             .llm
             .chat(

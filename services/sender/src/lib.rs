@@ -312,7 +312,7 @@ impl Sender {
                     parts_sent += 1;
                     first_wamid.get_or_insert(wamid);
                     if let Err(e) = self
-                        .record_progress(
+                        .record_sent(
                             tenant.id,
                             &msg.outbound_id,
                             parts_sent,
@@ -321,7 +321,8 @@ impl Sender {
                         )
                         .await
                     {
-                        // Sent but not recorded: the one window where a redelivery may repeat this part.
+                        // Sent but not recorded even after waiting: the one
+                        // window where a redelivery may repeat this part.
                         tracing::error!(error = %e, "send succeeded but could not be recorded");
                         return retry(delivered, format!("recording the send: {e}"));
                     }
@@ -501,6 +502,36 @@ impl Sender {
         })
     }
 
+    /// Records a send Meta accepted. Only this process knows it happened,
+    /// so a database outage is waited out here (the message keeps telling
+    /// JetStream it is being worked on) rather than handed back, which
+    /// would send it again once the claim expired.
+    async fn record_sent(
+        &self,
+        tenant: Uuid,
+        id: &str,
+        parts_sent: i32,
+        wamid: Option<&str>,
+        total: usize,
+    ) -> Result<(), sqlx::Error> {
+        let deadline = std::time::Instant::now() + RECORD_PATIENCE;
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self
+                .record_progress(tenant, id, parts_sent, wamid, total)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() + wait > deadline => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "send succeeded; recording it failed, trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
     async fn record_progress(
         &self,
         tenant: Uuid,
@@ -661,6 +692,10 @@ fn without_url(e: &reqwest::Error) -> String {
 }
 
 /// Exponential backoff with jitter: 1 s, 2 s, 4 s ... up to 60 s.
+/// How long a send Meta accepted keeps trying to be recorded through a
+/// database outage.
+pub const RECORD_PATIENCE: Duration = Duration::from_secs(600);
+
 fn retry(delivered: i64, reason: String) -> Outcome {
     let n = (delivered - 1).clamp(0, 6) as u32;
     Outcome::Retry {
