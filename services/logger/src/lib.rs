@@ -273,7 +273,6 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let mut tx = db.begin().await.map_err(classify)?;
     // Resolve (or register) the customers in public.users, as the existing
     // system does.
     let mut phones: Vec<String> = rows
@@ -285,23 +284,26 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
     phones.dedup();
     let mut users: std::collections::HashMap<String, Uuid> = std::collections::HashMap::new();
     if !phones.is_empty() {
-        users.extend(known_users(&mut tx, &phones).await?);
+        let mut conn = db.acquire().await.map_err(classify)?;
+        users.extend(known_users(&mut conn, &phones).await?);
     }
-    // Only customers seen for the first time need registering; an advisory
-    // lock per new phone (taken in order) keeps concurrent batches from
-    // registering one twice, and known customers take no lock at all.
+    // Customers seen for the first time are registered in a short
+    // transaction of their own, under an advisory lock per new phone (taken
+    // in order), so concurrent batches never register one twice and never
+    // wait on each other for longer than that registration.
     let missing: Vec<String> = phones
         .iter()
         .filter(|p| !users.contains_key(*p))
         .cloned()
         .collect();
     if !missing.is_empty() {
+        let mut reg = db.begin().await.map_err(classify)?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('alphadome.users:' || p)) FROM unnest($1::text[]) AS p ORDER BY p")
             .bind(&missing)
-            .execute(&mut *tx)
+            .execute(&mut *reg)
             .await
             .map_err(classify)?;
-        users.extend(known_users(&mut tx, &missing).await?);
+        users.extend(known_users(&mut reg, &missing).await?);
         let still: Vec<String> = missing
             .into_iter()
             .filter(|p| !users.contains_key(p))
@@ -311,12 +313,14 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
                 "INSERT INTO public.users (phone, full_name) SELECT p, 'Unknown User' FROM unnest($1::text[]) AS p RETURNING phone, id",
             )
             .bind(&still)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut *reg)
             .await
             .map_err(classify)?;
             users.extend(created);
         }
+        reg.commit().await.map_err(classify)?;
     }
+    let mut tx = db.begin().await.map_err(classify)?;
     // Row-level security: each tenant's rows are written with that tenant set.
     let mut groups: std::collections::BTreeMap<Uuid, Vec<&Row>> = std::collections::BTreeMap::new();
     for r in rows {
