@@ -30,6 +30,17 @@ impl Service {
     ];
 }
 
+/// Messages a service works on at once (`var`, else `default`): more
+/// keeps a tenant that waits (for its rate, its LLM) from holding back the
+/// others; fewer uses less memory under a backlog.
+fn in_hand(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+        .clamp(1, 65_536)
+}
+
 /// Options of a run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -48,16 +59,16 @@ impl RunOptions {
             // A message waiting for its tenant's LLM holds no worker the
             // others need: the responder keeps many in hand.
             responder: ConsumerSettings {
-                concurrency: 1024,
-                max_ack_pending: 8192,
+                concurrency: in_hand("ALPHADOME_RESPONDER_IN_HAND", 512),
+                max_ack_pending: 4 * in_hand("ALPHADOME_RESPONDER_IN_HAND", 512) as i64,
                 ..ConsumerSettings::default()
             },
             // Sends mostly wait (for Meta, or for a number's rate), so the
             // sender keeps many in hand: a number flooded past its rate
             // must not hold back the other numbers' sends.
             sender: ConsumerSettings {
-                concurrency: 4096,
-                max_ack_pending: 8192,
+                concurrency: in_hand("ALPHADOME_SENDER_IN_HAND", 2048),
+                max_ack_pending: 2 * in_hand("ALPHADOME_SENDER_IN_HAND", 2048) as i64,
                 ..ConsumerSettings::default()
             },
         }

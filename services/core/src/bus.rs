@@ -311,7 +311,9 @@ where
     loop {
         let messages = consumer
             .stream()
-            .max_messages_per_batch(settings.concurrency.max(1) * 2)
+            // Pulled in modest batches: what is buffered but not started
+            // costs memory and helps nobody.
+            .max_messages_per_batch((settings.concurrency.max(1) * 2).min(MAX_PULL_BATCH))
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(10))
             .messages()
@@ -386,6 +388,9 @@ where
         }
     }
 }
+
+/// The most messages one pull asks for.
+pub const MAX_PULL_BATCH: usize = 256;
 
 /// Naks every message already pulled into `messages` but not handled, so
 /// another instance gets it in a moment rather than after `ack_wait`. The
