@@ -9,6 +9,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod events;
+pub mod gate;
 pub mod health;
 pub mod manifest;
 pub mod matcher;

@@ -152,7 +152,7 @@ pub fn ai_calls_per_tenant() -> usize {
 /// The running responder's state.
 pub struct Responder {
     /// One gate per tenant for its LLM calls ([`ai_calls_per_tenant`]).
-    ai_gates: std::sync::Mutex<std::collections::HashMap<Uuid, Arc<tokio::sync::Semaphore>>>,
+    ai_gates: alphadome_core::gate::KeyedGates<Uuid>,
     bus: Bus,
     db: PgPool,
     contexts: Arc<TenantCache<TenantContext>>,
@@ -202,7 +202,7 @@ impl Responder {
                 &config.smtp_from,
             ),
             ai_keys: Default::default(),
-            ai_gates: Default::default(),
+            ai_gates: alphadome_core::gate::KeyedGates::new(ai_calls_per_tenant()),
             handled: Default::default(),
         }))
     }
@@ -452,16 +452,7 @@ impl Responder {
             .unwrap_or_default();
         let messages = prompt::build(ctx, template, &retrieved, &examples, &history, &msg.text);
         let max_chars = prompt::max_chars(template);
-        let gate = self
-            .ai_gates
-            .lock()
-            .map(|mut g| {
-                g.entry(t.id)
-                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(ai_calls_per_tenant())))
-                    .clone()
-            })
-            .unwrap_or_else(|_| Arc::new(tokio::sync::Semaphore::new(ai_calls_per_tenant())));
-        let _turn = gate.acquire().await;
+        let _turn = self.ai_gates.enter(&t.id).await;
         let answer = self
             .llm
             .chat(

@@ -121,7 +121,7 @@ pub struct Sender {
     /// One waiter per number at the rate limiter; the rest queue here in
     /// order, asleep, so a flooded number costs no CPU and no other
     /// number's sends.
-    number_gates: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    number_gates: alphadome_core::gate::KeyedGates<String>,
     per_recipient: DefaultKeyedRateLimiter<String>,
     claim_lease: Duration,
 }
@@ -169,7 +169,7 @@ impl Sender {
             graph_url: config.graph_url.clone(),
             tenants,
             per_number: RateLimiter::keyed(Quota::per_second(mps)),
-            number_gates: Default::default(),
+            number_gates: alphadome_core::gate::KeyedGates::new(1),
             per_recipient: RateLimiter::keyed(per_recipient),
             // A claim outlives any request it covers (the timeout), with margin.
             claim_lease: config.send_timeout * 2 + Duration::from_secs(5),
@@ -461,16 +461,7 @@ impl Sender {
                 .wait_time_from(now)
                 .max(Duration::from_millis(100)));
         }
-        let gate = self
-            .number_gates
-            .lock()
-            .map(|mut g| {
-                g.entry(pnid.to_owned())
-                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
-                    .clone()
-            })
-            .unwrap_or_else(|_| Arc::new(tokio::sync::Semaphore::new(1)));
-        let _turn = gate.acquire().await;
+        let _turn = self.number_gates.enter(&pnid.to_owned()).await;
         self.per_number.until_key_ready(&pnid.to_owned()).await;
         Ok(())
     }
