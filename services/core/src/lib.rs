@@ -4,6 +4,7 @@
 //! send formats, telemetry and the HTTP health endpoints.
 
 pub mod audit;
+pub mod batch;
 pub mod bus;
 pub mod config;
 pub mod crypto;

@@ -167,9 +167,15 @@ pub struct TenantContext {
     pub tenant: Tenant,
     pub settings: ControlSettings,
     pub templates: Vec<Template>,
-    pub training: Vec<TrainingRow>,
+    /// The first [`PROMPT_EXAMPLES`] active `example` rows, by priority
+    /// (FAQ and canned replies live in `index` only: at 1,000 tenants a
+    /// second copy of every row was a quarter of the process's memory).
+    pub examples: Vec<TrainingRow>,
     pub index: FaqIndex,
 }
+
+/// Example conversations given to the LLM with each prompt.
+pub const PROMPT_EXAMPLES: usize = 3;
 
 impl TenantContext {
     /// The active default template, if any.
@@ -247,25 +253,33 @@ pub async fn load_context(pool: &PgPool, id: Uuid) -> Result<Option<TenantContex
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let index = FaqIndex::build(training.iter().filter_map(|r| {
-        let answerable = r.data_type == "faq" || r.data_type == "canned_reply";
-        match (answerable, &r.question, &r.answer) {
-            (true, Some(q), Some(a)) if !a.trim().is_empty() => Some(FaqEntry {
-                id: r.id,
-                question: q.clone(),
-                answer: a.clone(),
-                category: r.category.clone(),
-                priority: r.priority,
-                confidence: r.confidence_score,
-            }),
-            _ => None,
+    let mut examples = Vec::new();
+    let mut answerable = Vec::new();
+    for r in training {
+        let faq_like = r.data_type == "faq" || r.data_type == "canned_reply";
+        if r.data_type == "example" && examples.len() < PROMPT_EXAMPLES {
+            examples.push(r);
+        } else if faq_like {
+            if let (Some(question), Some(answer)) = (r.question, r.answer) {
+                if !answer.trim().is_empty() {
+                    answerable.push(FaqEntry {
+                        id: r.id,
+                        question,
+                        answer,
+                        category: r.category,
+                        priority: r.priority,
+                        confidence: r.confidence_score,
+                    });
+                }
+            }
         }
-    }));
+    }
+    let index = FaqIndex::build(answerable);
     Ok(Some(TenantContext {
         tenant,
         settings,
         templates,
-        training,
+        examples,
         index,
     }))
 }

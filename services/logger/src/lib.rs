@@ -14,13 +14,11 @@ use std::time::Duration;
 use alphadome_core::bus::{self, Bus, ConsumerSettings, MessageMeta, Outcome, StreamKind};
 use alphadome_core::events::v1::{Direction, LogEvent, StatusUpdate};
 use alphadome_core::events::Message as _;
-use alphadome_core::telemetry;
 use alphadome_core::CancellationToken;
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use sqlx::PgPool;
-use tracing::Instrument;
 use uuid::Uuid;
 
 /// Durable consumer on the log stream.
@@ -320,19 +318,8 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
         }
         reg.commit().await.map_err(classify)?;
     }
-    let mut tx = db.begin().await.map_err(classify)?;
-    // Row-level security: each tenant's rows are written with that tenant set.
-    let mut groups: std::collections::BTreeMap<Uuid, Vec<&Row>> = std::collections::BTreeMap::new();
-    for r in rows {
-        groups.entry(r.tenant).or_default().push(r);
-    }
-    for (tenant, group) in groups {
-        alphadome_core::db::set_tenant(&mut tx, tenant)
-            .await
-            .map_err(classify)?;
-        insert_group(&mut tx, &group, &users).await?;
-    }
-    tx.commit().await.map_err(classify)
+    let all: Vec<&Row> = rows.iter().collect();
+    insert_logs(db, &all, &users).await
 }
 
 /// The `public.users` ids of `phones` that are registered.
@@ -349,10 +336,11 @@ async fn known_users(
     .map_err(classify)
 }
 
-/// Inserts one tenant's rows (the transaction acts for that tenant) and
-/// mirrors the new ones to public.conversations.
-async fn insert_group(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+/// Inserts the rows of any tenants in one statement and mirrors the new
+/// ones to public.conversations (`alphadome.write_message_logs`, migration
+/// 0010: it checks each row's tenant and training row, and inserts only).
+async fn insert_logs(
+    db: &PgPool,
     rows: &[&Row],
     users: &std::collections::HashMap<String, Uuid>,
 ) -> Result<(), BatchError> {
@@ -406,22 +394,7 @@ async fn insert_group(
     // One statement: insert the rows, and mirror to public.conversations
     // only those inserted just now (a redelivery mirrors nothing twice).
     sqlx::query(
-        "WITH u AS ( \
-           SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::bool[], \
-                     $8::text[], $9::text[], $10::text[], $11::uuid[], $12::jsonb[], $13::timestamptz[], $14::text[], $15::jsonb[]) \
-           AS u(tenant, phone, usr, direction, text, wamid, ai, ai_response, error, template, training, metadata, at, key, raw)), \
-         ins AS ( \
-           INSERT INTO alphadome.bot_message_logs (bot_tenant_id, user_phone, user_id, direction, message_text, \
-             whatsapp_message_id, ai_processed, ai_response, error_message, template_used, training_data_id, \
-             metadata, created_at, dedup_key) \
-           SELECT u.tenant, u.phone, u.usr, u.direction, u.text, u.wamid, u.ai, u.ai_response, u.error, u.template, \
-             (SELECT d.id FROM alphadome.bot_training_data d WHERE d.id = u.training AND d.bot_tenant_id = u.tenant), \
-             u.metadata, u.at, u.key \
-           FROM u WHERE EXISTS (SELECT 1 FROM alphadome.bot_tenants t WHERE t.id = u.tenant) \
-           ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key) \
-         INSERT INTO public.conversations (brand_id, user_id, whatsapp_message_id, direction, raw_payload, message_text, created_at, updated_at) \
-         SELECT t.brand_id, u.usr, u.wamid, u.direction, COALESCE(u.raw, u.metadata), u.text, u.at, u.at \
-         FROM u JOIN ins ON ins.dedup_key = u.key JOIN alphadome.bot_tenants t ON t.id = u.tenant",
+        "SELECT alphadome.write_message_logs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&tenant)
     .bind(&phone)
@@ -438,7 +411,7 @@ async fn insert_group(
     .bind(&at)
     .bind(&key)
     .bind(&raw)
-    .execute(&mut **tx)
+    .execute(db)
     .await
     .map_err(classify)?;
     Ok(())
@@ -448,55 +421,157 @@ async fn insert_group(
 /// (sent from elsewhere, or its log row was not written) is dropped.
 const UNKNOWN_STATUS_DELIVERIES: i64 = 8;
 
+/// What a status update writes.
+struct StatusRow {
+    tenant: Uuid,
+    wamid: String,
+    status: String,
+    at: DateTime<Utc>,
+    error: Option<String>,
+}
+
+impl StatusRow {
+    /// `None` when the status names no valid tenant (nothing to write).
+    fn of(st: &StatusUpdate) -> Option<Self> {
+        let tenant = Uuid::parse_str(&st.tenant_id).ok()?;
+        Some(Self {
+            tenant,
+            wamid: clean(&st.wamid),
+            status: clean(&st.status),
+            at: DateTime::<Utc>::from_timestamp(st.timestamp, 0)
+                .filter(|_| st.timestamp > 0)
+                .unwrap_or_else(Utc::now),
+            error: (st.error_code != 0).then(|| {
+                clean(format!("{}: {} {}", st.error_code, st.error_title, st.error_details).trim())
+            }),
+        })
+    }
+}
+
+/// Applies a batch of statuses in one call (`alphadome.apply_status_batch`,
+/// migration 0010); when the database refuses the batch, each status alone,
+/// so only the bad one is dead-lettered.
 async fn apply_statuses(db: &PgPool, batch: &[jetstream::Message]) -> Vec<Outcome> {
-    let mut out = Vec::with_capacity(batch.len());
-    for msg in batch {
-        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-        let outcome = match StatusUpdate::decode(msg.payload.clone()) {
-            Err(e) => Outcome::Poison {
+    let mut found: Vec<Option<Result<bool, sqlx::Error>>> = Vec::with_capacity(batch.len());
+    let mut rows: Vec<(usize, StatusRow)> = Vec::new();
+    let mut out: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
+    for (i, msg) in batch.iter().enumerate() {
+        found.push(None);
+        match StatusUpdate::decode(msg.payload.clone()) {
+            Err(e) => out.push(Some(Outcome::Poison {
                 reason: format!("undecodable StatusUpdate: {e}"),
-            },
+            })),
             Ok(st) => {
-                let span = tracing::info_span!("logger.status", tenant_id = %st.tenant_id, wamid = %st.wamid, status = %st.status);
-                telemetry::set_parent_from_headers(&span, msg.headers.as_ref());
-                match apply_status(db, &st).instrument(span).await {
-                    Ok(true) => Outcome::Ack,
-                    Ok(false) if delivered >= UNKNOWN_STATUS_DELIVERIES => {
-                        tracing::warn!("status for a message with no outgoing log row; dropped");
-                        Outcome::Ack
-                    }
-                    Ok(false) => Outcome::Retry {
-                        delay: Duration::from_secs(2),
-                        reason: "outgoing log row not written yet".into(),
-                    },
-                    Err(e) => match classify(e) {
-                        BatchError::Unavailable(e) => Outcome::Retry {
-                            delay: backoff(msg),
-                            reason: e.to_string(),
-                        },
-                        BatchError::Refused(e) => Outcome::Poison {
-                            reason: format!("database refused the status: {e}"),
-                        },
-                    },
+                out.push(None);
+                match StatusRow::of(&st) {
+                    Some(row) => rows.push((i, row)),
+                    None => found[i] = Some(Ok(true)),
                 }
             }
-        };
-        out.push(outcome);
+        }
     }
-    out
+    if !rows.is_empty() {
+        match apply_status_batch(db, &rows).await {
+            Ok(flags) => {
+                for ((i, _), f) in rows.iter().zip(flags) {
+                    found[*i] = Some(Ok(f));
+                }
+            }
+            Err(e) => match classify(e) {
+                BatchError::Unavailable(e) => {
+                    tracing::warn!(error = %e, statuses = rows.len(), "database unavailable; statuses will be retried");
+                    for (i, _) in &rows {
+                        out[*i] = Some(Outcome::Retry {
+                            delay: backoff(&batch[*i]),
+                            reason: format!("database unavailable: {e}"),
+                        });
+                    }
+                }
+                BatchError::Refused(e) => {
+                    tracing::warn!(error = %e, "database refused a status batch; applying them one by one");
+                    for (i, row) in &rows {
+                        found[*i] = Some(apply_status(db, row).await);
+                    }
+                }
+            },
+        }
+    }
+    out.into_iter()
+        .zip(found)
+        .zip(batch)
+        .map(|((o, f), msg)| match (o, f) {
+            (Some(o), _) => o,
+            (None, Some(f)) => status_outcome(msg, f),
+            (None, None) => Outcome::Retry {
+                delay: backoff(msg),
+                reason: "status not applied".into(),
+            },
+        })
+        .collect()
+}
+
+fn status_outcome(msg: &jetstream::Message, applied: Result<bool, sqlx::Error>) -> Outcome {
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    match applied {
+        Ok(true) => Outcome::Ack,
+        Ok(false) if delivered >= UNKNOWN_STATUS_DELIVERIES => {
+            tracing::warn!("status for a message with no outgoing log row; dropped");
+            Outcome::Ack
+        }
+        Ok(false) => Outcome::Retry {
+            delay: Duration::from_secs(2),
+            reason: "outgoing log row not written yet".into(),
+        },
+        Err(e) => match classify(e) {
+            BatchError::Unavailable(e) => Outcome::Retry {
+                delay: backoff(msg),
+                reason: e.to_string(),
+            },
+            BatchError::Refused(e) => Outcome::Poison {
+                reason: format!("database refused the status: {e}"),
+            },
+        },
+    }
+}
+
+/// Whether each status's outgoing row exists, in order.
+async fn apply_status_batch(
+    db: &PgPool,
+    rows: &[(usize, StatusRow)],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let n = rows.len();
+    let (mut tenant, mut wamid, mut status, mut at, mut error) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (_, r) in rows {
+        tenant.push(r.tenant);
+        wamid.push(r.wamid.as_str());
+        status.push(r.status.as_str());
+        at.push(r.at);
+        error.push(r.error.as_deref());
+    }
+    let found: Vec<(i32, bool)> =
+        sqlx::query_as("SELECT * FROM alphadome.apply_status_batch($1, $2, $3, $4, $5)")
+            .bind(&tenant)
+            .bind(&wamid)
+            .bind(&status)
+            .bind(&at)
+            .bind(&error)
+            .fetch_all(db)
+            .await?;
+    Ok(alphadome_core::batch::by_index(n, found)
+        .into_iter()
+        .map(|f| f.unwrap_or(false))
+        .collect())
 }
 
 /// Applies one status; `Ok(false)` when the outgoing row does not exist.
-async fn apply_status(db: &PgPool, st: &StatusUpdate) -> Result<bool, sqlx::Error> {
-    let Ok(tenant) = Uuid::parse_str(&st.tenant_id) else {
-        return Ok(true);
-    };
-    let at = DateTime::<Utc>::from_timestamp(st.timestamp, 0)
-        .filter(|_| st.timestamp > 0)
-        .unwrap_or_else(Utc::now);
-    let error = (st.error_code != 0).then(|| {
-        clean(format!("{}: {} {}", st.error_code, st.error_title, st.error_details).trim())
-    });
+async fn apply_status(db: &PgPool, st: &StatusRow) -> Result<bool, sqlx::Error> {
+    let (tenant, at, error) = (st.tenant, st.at, st.error.as_deref());
     let mut tx = alphadome_core::db::scoped(db, tenant).await?;
     let r: Option<(bool,)> = sqlx::query_as(
         "WITH target AS ( \

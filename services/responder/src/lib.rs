@@ -160,6 +160,8 @@ pub struct Responder {
     keyring: Arc<alphadome_core::crypto::Keyring>,
     llm: llm::LlmClient,
     escalator: escalation::Escalator,
+    handoffs: escalation::Handoffs,
+    limits: limits::Limits,
     /// Decrypted AI keys, by tenant, with the ciphertext they came from and
     /// when: held at most [`AI_KEY_CACHE_AGE`].
     ai_keys: std::sync::Mutex<
@@ -201,6 +203,8 @@ impl Responder {
                 config.smtp_url.as_ref(),
                 &config.smtp_from,
             ),
+            handoffs: escalation::Handoffs::new(db.clone()),
+            limits: limits::Limits::new(db.clone()),
             ai_keys: Default::default(),
             ai_gates: alphadome_core::gate::KeyedGates::new(ai_calls_per_tenant()),
             handled: Default::default(),
@@ -313,7 +317,7 @@ impl Responder {
         };
         let has_contacts =
             ctx.settings.escalation_phone.is_some() || ctx.settings.escalation_email.is_some();
-        if let Some(trigger) = escalation::active(&self.db, tenant, user).await? {
+        if let Some(trigger) = self.handoffs.active(tenant, user).await? {
             if trigger != msg.wamid {
                 return Ok(Decision::silent("handoff_active"));
             }
@@ -351,7 +355,11 @@ impl Responder {
                     .await?;
             }
         }
-        match limits::check(&self.db, tenant, &ctx.settings, user, &msg.wamid).await? {
+        match self
+            .limits
+            .check(tenant, &ctx.settings, user, &msg.wamid)
+            .await?
+        {
             limits::LimitDecision::Allow => {}
             limits::LimitDecision::Notice => {
                 let contact = ctx
@@ -435,12 +443,7 @@ impl Responder {
             ctx,
             retrieved.first().and_then(|m| m.entry.category.as_deref()),
         );
-        let examples: Vec<_> = ctx
-            .training
-            .iter()
-            .filter(|r| r.data_type == "example")
-            .take(3)
-            .collect();
+        let examples: Vec<_> = ctx.examples.iter().collect();
         let user = if msg.from.is_empty() {
             msg.from_user_id.as_str()
         } else {

@@ -5,6 +5,7 @@
 //! is redelivered (its decision is stored with it). Past a limit the
 //! customer gets at most one notice per window, then silence.
 
+use alphadome_core::batch::Coalescer;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -41,30 +42,82 @@ pub fn notice_text(contact: Option<&str>) -> String {
     }
 }
 
-/// Counts the message `wamid` from `user` against the tenant's limits.
-pub async fn check(
-    db: &PgPool,
-    tenant: Uuid,
-    settings: &ControlSettings,
-    user: &str,
-    wamid: &str,
-) -> Result<LimitDecision, sqlx::Error> {
-    let (per_hour, per_day) = (
-        settings.max_messages_per_hour,
-        settings.max_messages_per_user_per_day,
-    );
-    if per_hour.is_none() && per_day.is_none() {
-        return Ok(LimitDecision::Allow);
+/// One message to count: tenant, customer, wamid, per-hour and per-day limits.
+type CountRequest = (Uuid, String, String, Option<i32>, Option<i32>);
+
+/// The limit checks of one responder: those made at the same moment share
+/// one call of `alphadome.count_message_batch` (one round trip, one commit).
+pub struct Limits {
+    db: PgPool,
+    batch: Coalescer<CountRequest, String>,
+}
+
+impl Limits {
+    pub fn new(db: PgPool) -> Self {
+        let pool = db.clone();
+        let batch = Coalescer::new("count_message", 256, 1, move |reqs: Vec<CountRequest>| {
+            let db = pool.clone();
+            async move {
+                let n = reqs.len();
+                let mut cols = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                for (t, u, w, h, d) in reqs {
+                    cols.0.push(t);
+                    cols.1.push(u);
+                    cols.2.push(w);
+                    cols.3.push(h);
+                    cols.4.push(d);
+                }
+                let rows: Vec<(i32, String)> = sqlx::query_as(
+                    "SELECT * FROM alphadome.count_message_batch($1, $2, $3, $4, $5)",
+                )
+                .bind(&cols.0)
+                .bind(&cols.1)
+                .bind(&cols.2)
+                .bind(&cols.3)
+                .bind(&cols.4)
+                .fetch_all(&db)
+                .await?;
+                Ok::<_, sqlx::Error>(alphadome_core::batch::by_index(n, rows))
+            }
+        });
+        Self { db, batch }
     }
-    // One round trip: alphadome.count_message (migration 0009) does the
-    // whole check in the statement's own transaction.
-    let d: String = sqlx::query_scalar("SELECT alphadome.count_message($1, $2, $3, $4, $5)")
-        .bind(tenant)
-        .bind(user)
-        .bind(wamid)
-        .bind(per_hour)
-        .bind(per_day)
-        .fetch_one(db)
-        .await?;
-    Ok(LimitDecision::parse(&d))
+
+    /// Counts the message `wamid` from `user` against the tenant's limits.
+    pub async fn check(
+        &self,
+        tenant: Uuid,
+        settings: &ControlSettings,
+        user: &str,
+        wamid: &str,
+    ) -> Result<LimitDecision, sqlx::Error> {
+        let (per_hour, per_day) = (
+            settings.max_messages_per_hour,
+            settings.max_messages_per_user_per_day,
+        );
+        if per_hour.is_none() && per_day.is_none() {
+            return Ok(LimitDecision::Allow);
+        }
+        let req = (tenant, user.to_owned(), wamid.to_owned(), per_hour, per_day);
+        if let Some(d) = self.batch.call(req).await {
+            return Ok(LimitDecision::parse(&d));
+        }
+        // Alone, in one round trip: alphadome.count_message (migration
+        // 0009) does the whole check in the statement's own transaction.
+        let d: String = sqlx::query_scalar("SELECT alphadome.count_message($1, $2, $3, $4, $5)")
+            .bind(tenant)
+            .bind(user)
+            .bind(wamid)
+            .bind(per_hour)
+            .bind(per_day)
+            .fetch_one(&self.db)
+            .await?;
+        Ok(LimitDecision::parse(&d))
+    }
 }

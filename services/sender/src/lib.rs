@@ -13,6 +13,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alphadome_core::batch::Coalescer;
 use alphadome_core::bus::{Bus, ConsumerSettings, MessageMeta, Outcome, StreamKind};
 use alphadome_core::config::Config;
 use alphadome_core::crypto::{Keyring, SecretColumn};
@@ -124,6 +125,99 @@ pub struct Sender {
     number_gates: alphadome_core::gate::KeyedGates<String>,
     per_recipient: DefaultKeyedRateLimiter<String>,
     claim_lease: Duration,
+    /// Claims and records made at the same moment share one call
+    /// (`alphadome.claim_outbound_batch`, `record_outbound_progress_batch`).
+    claims: Coalescer<ClaimRequest, ClaimRow>,
+    records: Coalescer<RecordRequest, ()>,
+}
+
+/// One claim for the claim batch: tenant, outbound id, in reply to.
+type ClaimRequest = (Uuid, String, String);
+/// The claim function's answer: claimed, state, parts sent, first wamid.
+type ClaimRow = (bool, String, i32, Option<String>);
+/// One record for the record batch: tenant, outbound id, parts, wamid, total.
+type RecordRequest = (Uuid, String, i32, Option<String>, i32);
+
+/// Most items in one batch call.
+const MAX_BATCH: usize = 256;
+/// Batch calls of one kind in flight at once.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+fn claim_batcher(db: PgPool, lease: Duration) -> Coalescer<ClaimRequest, ClaimRow> {
+    Coalescer::new(
+        "claim",
+        MAX_BATCH,
+        BATCHES_IN_FLIGHT,
+        move |reqs: Vec<ClaimRequest>| {
+            let db = db.clone();
+            async move {
+                let n = reqs.len();
+                let (mut tenants, mut ids, mut replies) = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                for (t, id, reply) in reqs {
+                    tenants.push(t);
+                    ids.push(id);
+                    replies.push(reply);
+                }
+                let rows: Vec<(i32, bool, String, i32, Option<String>)> =
+                    sqlx::query_as("SELECT * FROM alphadome.claim_outbound_batch($1, $2, $3, $4)")
+                        .bind(&tenants)
+                        .bind(&ids)
+                        .bind(&replies)
+                        .bind(lease.as_secs_f64())
+                        .fetch_all(&db)
+                        .await?;
+                Ok::<_, sqlx::Error>(alphadome_core::batch::by_index(
+                    n,
+                    rows.into_iter()
+                        .map(|(i, claimed, state, parts, wamid)| {
+                            (i, (claimed, state, parts, wamid))
+                        })
+                        .collect(),
+                ))
+            }
+        },
+    )
+}
+
+fn record_batcher(db: PgPool) -> Coalescer<RecordRequest, ()> {
+    Coalescer::new(
+        "record",
+        MAX_BATCH,
+        BATCHES_IN_FLIGHT,
+        move |reqs: Vec<RecordRequest>| {
+            let db = db.clone();
+            async move {
+                let n = reqs.len();
+                let mut cols = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                for (t, id, parts, wamid, total) in reqs {
+                    cols.0.push(t);
+                    cols.1.push(id);
+                    cols.2.push(parts);
+                    cols.3.push(wamid);
+                    cols.4.push(total);
+                }
+                sqlx::query("SELECT alphadome.record_outbound_progress_batch($1, $2, $3, $4, $5)")
+                    .bind(&cols.0)
+                    .bind(&cols.1)
+                    .bind(&cols.2)
+                    .bind(&cols.3)
+                    .bind(&cols.4)
+                    .execute(&db)
+                    .await?;
+                Ok::<_, sqlx::Error>(vec![Some(()); n])
+            }
+        },
+    )
 }
 
 impl Sender {
@@ -161,8 +255,11 @@ impl Sender {
         let per_recipient = Quota::with_period(Duration::from_secs(6))
             .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
             .allow_burst(pair_burst);
+        let claim_lease = config.send_timeout * 2 + Duration::from_secs(5);
         Ok(Arc::new(Self {
             bus,
+            claims: claim_batcher(db.clone(), claim_lease),
+            records: record_batcher(db.clone()),
             db,
             keyring,
             http,
@@ -172,7 +269,7 @@ impl Sender {
             number_gates: alphadome_core::gate::KeyedGates::new(1),
             per_recipient: RateLimiter::keyed(per_recipient),
             // A claim outlives any request it covers (the timeout), with margin.
-            claim_lease: config.send_timeout * 2 + Duration::from_secs(5),
+            claim_lease,
         }))
     }
 
@@ -467,15 +564,25 @@ impl Sender {
     }
 
     async fn claim(&self, msg: &OutboundMessage, tenant_id: Uuid) -> Result<Claim, sqlx::Error> {
-        // One round trip: alphadome.claim_outbound (migration 0009).
-        let row: Option<(bool, String, i32, Option<String>)> =
-            sqlx::query_as("SELECT * FROM alphadome.claim_outbound($1, $2, $3, $4)")
-                .bind(tenant_id)
-                .bind(&msg.outbound_id)
-                .bind(&msg.in_reply_to)
-                .bind(self.claim_lease.as_secs_f64())
-                .fetch_optional(&self.db)
-                .await?;
+        // Usually in a batch with the claims made at the same moment; alone
+        // (alphadome.claim_outbound, one round trip) when the batch had no
+        // answer for it.
+        let batched = self
+            .claims
+            .call((tenant_id, msg.outbound_id.clone(), msg.in_reply_to.clone()))
+            .await;
+        let row: Option<ClaimRow> = match batched {
+            Some(row) => Some(row),
+            None => {
+                sqlx::query_as("SELECT * FROM alphadome.claim_outbound($1, $2, $3, $4)")
+                    .bind(tenant_id)
+                    .bind(&msg.outbound_id)
+                    .bind(&msg.in_reply_to)
+                    .bind(self.claim_lease.as_secs_f64())
+                    .fetch_optional(&self.db)
+                    .await?
+            }
+        };
         let Some((claimed, state, parts_sent, wamid)) = row else {
             return Ok(Claim::Busy);
         };
@@ -531,6 +638,16 @@ impl Sender {
         wamid: Option<&str>,
         total: usize,
     ) -> Result<(), sqlx::Error> {
+        let req = (
+            tenant,
+            id.to_owned(),
+            parts_sent,
+            wamid.map(str::to_owned),
+            total as i32,
+        );
+        if self.records.call(req).await.is_some() {
+            return Ok(());
+        }
         sqlx::query("SELECT alphadome.record_outbound_progress($1, $2, $3, $4, $5)")
             .bind(tenant)
             .bind(id)
