@@ -1,7 +1,7 @@
 -- Batches: one round trip and one commit for many messages.
 --
 -- Under load the services coalesce concurrent calls of the per-message hot
--- paths (claim, record, handoff check, limit check, delivery status) into
+-- paths (claim, record, admission: handoff and limit check, delivery status) into
 -- one call of the batch functions below (see services/core/src/batch.rs).
 -- Each batch function loops over its items in a fixed order and does for
 -- every item exactly what the single-item function does, as its caller
@@ -74,26 +74,14 @@ BEGIN
 END
 $$;
 
--- Responder: the active handoff of each customer (alphadome.active_handoff).
-CREATE FUNCTION alphadome.active_handoff_batch(p_tenant uuid[], p_user text[])
-RETURNS TABLE (r_index integer, r_trigger text)
-LANGUAGE plpgsql VOLATILE SECURITY INVOKER AS $$
-DECLARE
-    i integer;
-BEGIN
-    FOR i IN 1 .. coalesce(array_length(p_tenant, 1), 0) LOOP
-        r_index := i;
-        r_trigger := alphadome.active_handoff(p_tenant[i], p_user[i]);
-        RETURN NEXT;
-    END LOOP;
-END
-$$;
-
--- Responder: counts each message against its tenant's limits
--- (alphadome.count_message), in (tenant, customer, message) order.
-CREATE FUNCTION alphadome.count_message_batch(p_tenant uuid[], p_user text[], p_wamid text[],
+-- Responder: admits each message: the customer's active handoff
+-- (alphadome.active_handoff) and, unless a handoff that another message
+-- started silences it, its count against the tenant's limits
+-- (alphadome.count_message; 'allow' when the tenant has none), in
+-- (tenant, customer, message) order. r_decision is NULL when not counted.
+CREATE FUNCTION alphadome.admit_message_batch(p_tenant uuid[], p_user text[], p_wamid text[],
                                               p_per_hour integer[], p_per_day integer[])
-RETURNS TABLE (r_index integer, r_decision text)
+RETURNS TABLE (r_index integer, r_trigger text, r_decision text)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER AS $$
 DECLARE
     i integer;
@@ -101,7 +89,15 @@ BEGIN
     FOR i IN SELECT x.o FROM unnest(p_tenant, p_user, p_wamid) WITH ORDINALITY AS x(t, u, w, o)
              ORDER BY x.t, x.u, x.w, x.o LOOP
         r_index := i;
-        r_decision := alphadome.count_message(p_tenant[i], p_user[i], p_wamid[i], p_per_hour[i], p_per_day[i]);
+        r_trigger := alphadome.active_handoff(p_tenant[i], p_user[i]);
+        r_decision := NULL;
+        IF r_trigger IS NULL OR r_trigger = p_wamid[i] THEN
+            IF p_per_hour[i] IS NULL AND p_per_day[i] IS NULL THEN
+                r_decision := 'allow';
+            ELSE
+                r_decision := alphadome.count_message(p_tenant[i], p_user[i], p_wamid[i], p_per_hour[i], p_per_day[i]);
+            END IF;
+        END IF;
         RETURN NEXT;
     END LOOP;
 END
@@ -177,8 +173,7 @@ $$;
 REVOKE ALL ON FUNCTION
     alphadome.claim_outbound_batch(uuid[], text[], text[], double precision),
     alphadome.record_outbound_progress_batch(uuid[], text[], integer[], text[], integer[]),
-    alphadome.active_handoff_batch(uuid[], text[]),
-    alphadome.count_message_batch(uuid[], text[], text[], integer[], integer[]),
+    alphadome.admit_message_batch(uuid[], text[], text[], integer[], integer[]),
     alphadome.apply_status_batch(uuid[], text[], text[], timestamptz[], text[]),
     alphadome.write_message_logs(uuid[], text[], uuid[], text[], text[], text[], boolean[], text[], text[], text[],
         uuid[], jsonb[], timestamptz[], text[], jsonb[])
@@ -187,8 +182,7 @@ GRANT EXECUTE ON FUNCTION
     alphadome.claim_outbound_batch(uuid[], text[], text[], double precision),
     alphadome.record_outbound_progress_batch(uuid[], text[], integer[], text[], integer[]) TO alphadome_sender;
 GRANT EXECUTE ON FUNCTION
-    alphadome.active_handoff_batch(uuid[], text[]),
-    alphadome.count_message_batch(uuid[], text[], text[], integer[], integer[]) TO alphadome_responder;
+    alphadome.admit_message_batch(uuid[], text[], text[], integer[], integer[]) TO alphadome_responder;
 GRANT EXECUTE ON FUNCTION
     alphadome.apply_status_batch(uuid[], text[], text[], timestamptz[], text[]),
     alphadome.write_message_logs(uuid[], text[], uuid[], text[], text[], text[], boolean[], text[], text[], text[],

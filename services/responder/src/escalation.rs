@@ -5,7 +5,6 @@
 //! quiet in that conversation for `handoff_pause_minutes`, or until
 //! `alphadome conversation resume`.
 
-use alphadome_core::batch::Coalescer;
 use alphadome_core::bus::Bus;
 use alphadome_core::db::scoped;
 use alphadome_core::events::v1::InboundMessage;
@@ -58,51 +57,16 @@ pub fn wants_human(text: &str) -> bool {
     HUMAN_WORDS.iter().any(|w| has(w)) && (ASK_WORDS.iter().any(|w| has(w)) || words.len() <= 3)
 }
 
-/// The handoff checks of one responder: those made at the same moment share
-/// one call of `alphadome.active_handoff_batch`.
-pub struct Handoffs {
-    db: PgPool,
-    batch: Coalescer<(Uuid, String), Option<String>>,
-}
-
-impl Handoffs {
-    pub fn new(db: PgPool) -> Self {
-        let pool = db.clone();
-        let batch = Coalescer::new(
-            "active_handoff",
-            256,
-            1,
-            move |reqs: Vec<(Uuid, String)>| {
-                let db = pool.clone();
-                async move {
-                    let n = reqs.len();
-                    let (tenants, users): (Vec<Uuid>, Vec<String>) = reqs.into_iter().unzip();
-                    let rows: Vec<(i32, Option<String>)> =
-                        sqlx::query_as("SELECT * FROM alphadome.active_handoff_batch($1, $2)")
-                            .bind(&tenants)
-                            .bind(&users)
-                            .fetch_all(&db)
-                            .await?;
-                    Ok::<_, sqlx::Error>(alphadome_core::batch::by_index(n, rows))
-                }
-            },
-        );
-        Self { db, batch }
-    }
-
-    /// Whether the conversation of `user` with `tenant` is with a human
-    /// now. Returns the wamid that started the handoff.
-    pub async fn active(&self, tenant: Uuid, user: &str) -> Result<Option<String>, sqlx::Error> {
-        if let Some(trigger) = self.batch.call((tenant, user.to_owned())).await {
-            return Ok(trigger);
-        }
-        // Alone, in one round trip: alphadome.active_handoff (migration 0009).
-        sqlx::query_scalar("SELECT alphadome.active_handoff($1, $2)")
-            .bind(tenant)
-            .bind(user)
-            .fetch_one(&self.db)
-            .await
-    }
+/// Whether the conversation of `user` with `tenant` is with a human now.
+/// Returns the wamid that started the handoff. (The responder asks in a
+/// batch, with the limit check: [`crate::limits::Admission`].)
+pub async fn active(db: &PgPool, tenant: Uuid, user: &str) -> Result<Option<String>, sqlx::Error> {
+    // One round trip: alphadome.active_handoff (migration 0009).
+    sqlx::query_scalar("SELECT alphadome.active_handoff($1, $2)")
+        .bind(tenant)
+        .bind(user)
+        .fetch_one(db)
+        .await
 }
 
 /// Ends a handoff: the bot answers again. Returns whether one was active.

@@ -160,8 +160,7 @@ pub struct Responder {
     keyring: Arc<alphadome_core::crypto::Keyring>,
     llm: llm::LlmClient,
     escalator: escalation::Escalator,
-    handoffs: escalation::Handoffs,
-    limits: limits::Limits,
+    admission: limits::Admission,
     /// Decrypted AI keys, by tenant, with the ciphertext they came from and
     /// when: held at most [`AI_KEY_CACHE_AGE`].
     ai_keys: std::sync::Mutex<
@@ -203,8 +202,7 @@ impl Responder {
                 config.smtp_url.as_ref(),
                 &config.smtp_from,
             ),
-            handoffs: escalation::Handoffs::new(db.clone()),
-            limits: limits::Limits::new(db.clone()),
+            admission: limits::Admission::new(db.clone()),
             ai_keys: Default::default(),
             ai_gates: alphadome_core::gate::KeyedGates::new(ai_calls_per_tenant()),
             handled: Default::default(),
@@ -298,8 +296,8 @@ impl Responder {
         Outcome::Ack
     }
 
-    /// The whole decision for one message: handoff, FAQ, AI, escalation
-    /// and limits, in that order.
+    /// The whole decision for one message: FAQ, then handoff and limits
+    /// (one call), then escalation and AI.
     async fn converse(
         &self,
         ctx: &TenantContext,
@@ -317,17 +315,23 @@ impl Responder {
         };
         let has_contacts =
             ctx.settings.escalation_phone.is_some() || ctx.settings.escalation_email.is_some();
-        if let Some(trigger) = self.handoffs.active(tenant, user).await? {
-            if trigger != msg.wamid {
-                return Ok(Decision::silent("handoff_active"));
-            }
-        }
+        // One call for the handoff check and the limit count; a handoff
+        // started by another message silences this one, uncounted.
+        let admitted = self
+            .admission
+            .admit(tenant, &ctx.settings, user, &msg.wamid)
+            .await?;
+        let Some(limit) = admitted.limit else {
+            return Ok(Decision::silent("handoff_active"));
+        };
         if has_contacts && escalation::wants_human(&msg.text) {
             self.escalator
                 .escalate(ctx, msg, "the customer asked for a person")
                 .await?;
             d = Decision::reply(escalation::HANDOFF_REPLY.to_owned(), "handoff");
-        } else if d.reason == "fallback" {
+        } else if d.reason == "fallback" && limit == limits::LimitDecision::Allow {
+            // (Past a limit the customer gets the notice or silence: no AI
+            // call is spent on a reply that will not be sent.)
             if ctx.settings.enable_ai_responses {
                 match self.ai_answer(ctx, msg).await {
                     Ok(ai) => d = ai,
@@ -355,11 +359,7 @@ impl Responder {
                     .await?;
             }
         }
-        match self
-            .limits
-            .check(tenant, &ctx.settings, user, &msg.wamid)
-            .await?
-        {
+        match limit {
             limits::LimitDecision::Allow => {}
             limits::LimitDecision::Notice => {
                 let contact = ctx
@@ -555,6 +555,9 @@ impl Responder {
         d: &Decision,
     ) -> Result<(), alphadome_core::bus::BusError> {
         let tenant_id = msg.tenant_id.clone();
+        // The log row and the reply are published at once: the reply does
+        // not wait for the log's acknowledgement.
+        let mut log_publish = None;
         if ctx.settings.log_conversations {
             let mut metadata = serde_json::json!({
                 "reason": d.reason,
@@ -600,15 +603,9 @@ impl Responder {
                 raw_json: msg.raw_json.clone(),
                 trace: Some(telemetry::current_trace()),
             };
-            let key = log.dedup_key.clone();
-            self.bus
-                .publish(
-                    self.bus.subject(StreamKind::Log, &tenant_id),
-                    &key,
-                    log.encode_to_vec().into(),
-                )
-                .await?;
+            log_publish = Some((log.dedup_key.clone(), log.encode_to_vec()));
         }
+        let mut out_publish = None;
         if let Some(text) = &d.reply {
             let out = OutboundMessage {
                 outbound_id: outbound_id(&msg.wamid),
@@ -632,15 +629,36 @@ impl Responder {
                 trace: Some(telemetry::current_trace()),
                 metadata_json: reply_metadata(ctx, d),
             };
-            let id = out.outbound_id.clone();
-            self.bus
-                .publish(
-                    self.bus.subject(StreamKind::Outbound, &tenant_id),
-                    &id,
-                    out.encode_to_vec().into(),
-                )
-                .await?;
+            out_publish = Some((out.outbound_id.clone(), out.encode_to_vec()));
         }
-        Ok(())
+        let log = async {
+            match log_publish {
+                Some((key, body)) => self
+                    .bus
+                    .publish(
+                        self.bus.subject(StreamKind::Log, &tenant_id),
+                        &key,
+                        body.into(),
+                    )
+                    .await
+                    .map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        let reply = async {
+            match out_publish {
+                Some((id, body)) => self
+                    .bus
+                    .publish(
+                        self.bus.subject(StreamKind::Outbound, &tenant_id),
+                        &id,
+                        body.into(),
+                    )
+                    .await
+                    .map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(log, reply).map(|_| ())
     }
 }

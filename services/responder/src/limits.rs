@@ -42,20 +42,36 @@ pub fn notice_text(contact: Option<&str>) -> String {
     }
 }
 
-/// One message to count: tenant, customer, wamid, per-hour and per-day limits.
-type CountRequest = (Uuid, String, String, Option<i32>, Option<i32>);
+/// One message to admit: tenant, customer, wamid, per-hour and per-day limits.
+type AdmitRequest = (Uuid, String, String, Option<i32>, Option<i32>);
+/// The handoff trigger, and the limit decision (`None`: not counted).
+type AdmitRow = (Option<String>, Option<String>);
 
-/// The limit checks of one responder: those made at the same moment share
-/// one call of `alphadome.count_message_batch` (one round trip, one commit).
-pub struct Limits {
-    db: PgPool,
-    batch: Coalescer<CountRequest, String>,
+/// What admitting a message found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The wamid that started the customer's active handoff, if any.
+    pub handoff: Option<String>,
+    /// The limit decision; `None` when a handoff started by another
+    /// message silences this one (it is not counted).
+    pub limit: Option<LimitDecision>,
 }
 
-impl Limits {
+/// Admits messages: the handoff check and the limit count in one call
+/// (`alphadome.admit_message_batch`), shared by the messages admitted at
+/// the same moment: one round trip and one commit for all. One batch at a
+/// time, so two batches of this process never lock counters in opposite
+/// orders; a batch that fails (a deadlock with another instance, say) is
+/// retried message by message.
+pub struct Admission {
+    db: PgPool,
+    batch: Coalescer<AdmitRequest, AdmitRow>,
+}
+
+impl Admission {
     pub fn new(db: PgPool) -> Self {
         let pool = db.clone();
-        let batch = Coalescer::new("count_message", 256, 1, move |reqs: Vec<CountRequest>| {
+        let batch = Coalescer::new("admit_message", 256, 1, move |reqs: Vec<AdmitRequest>| {
             let db = pool.clone();
             async move {
                 let n = reqs.len();
@@ -73,8 +89,8 @@ impl Limits {
                     cols.3.push(h);
                     cols.4.push(d);
                 }
-                let rows: Vec<(i32, String)> = sqlx::query_as(
-                    "SELECT * FROM alphadome.count_message_batch($1, $2, $3, $4, $5)",
+                let rows: Vec<(i32, Option<String>, Option<String>)> = sqlx::query_as(
+                    "SELECT * FROM alphadome.admit_message_batch($1, $2, $3, $4, $5)",
                 )
                 .bind(&cols.0)
                 .bind(&cols.1)
@@ -83,41 +99,75 @@ impl Limits {
                 .bind(&cols.4)
                 .fetch_all(&db)
                 .await?;
-                Ok::<_, sqlx::Error>(alphadome_core::batch::by_index(n, rows))
+                Ok::<_, sqlx::Error>(alphadome_core::batch::by_index(
+                    n,
+                    rows.into_iter().map(|(i, t, d)| (i, (t, d))).collect(),
+                ))
             }
         });
         Self { db, batch }
     }
 
-    /// Counts the message `wamid` from `user` against the tenant's limits.
-    pub async fn check(
+    /// Admits the message `wamid` from `user`: its customer's handoff, and
+    /// (unless that handoff silences it) its count against the limits.
+    pub async fn admit(
         &self,
         tenant: Uuid,
         settings: &ControlSettings,
         user: &str,
         wamid: &str,
-    ) -> Result<LimitDecision, sqlx::Error> {
+    ) -> Result<Admitted, sqlx::Error> {
         let (per_hour, per_day) = (
             settings.max_messages_per_hour,
             settings.max_messages_per_user_per_day,
         );
-        if per_hour.is_none() && per_day.is_none() {
-            return Ok(LimitDecision::Allow);
-        }
         let req = (tenant, user.to_owned(), wamid.to_owned(), per_hour, per_day);
-        if let Some(d) = self.batch.call(req).await {
-            return Ok(LimitDecision::parse(&d));
+        if let Some((handoff, decision)) = self.batch.call(req).await {
+            return Ok(Admitted {
+                handoff,
+                limit: decision.as_deref().map(LimitDecision::parse),
+            });
         }
-        // Alone, in one round trip: alphadome.count_message (migration
-        // 0009) does the whole check in the statement's own transaction.
-        let d: String = sqlx::query_scalar("SELECT alphadome.count_message($1, $2, $3, $4, $5)")
-            .bind(tenant)
-            .bind(user)
-            .bind(wamid)
-            .bind(per_hour)
-            .bind(per_day)
-            .fetch_one(&self.db)
-            .await?;
-        Ok(LimitDecision::parse(&d))
+        // Alone: the same two steps, one round trip each.
+        let handoff = crate::escalation::active(&self.db, tenant, user).await?;
+        if handoff.as_deref().is_some_and(|t| t != wamid) {
+            return Ok(Admitted {
+                handoff,
+                limit: None,
+            });
+        }
+        let limit = count(&self.db, tenant, settings, user, wamid).await?;
+        Ok(Admitted {
+            handoff,
+            limit: Some(limit),
+        })
     }
+}
+
+/// Counts the message `wamid` from `user` against the tenant's limits.
+pub async fn count(
+    db: &PgPool,
+    tenant: Uuid,
+    settings: &ControlSettings,
+    user: &str,
+    wamid: &str,
+) -> Result<LimitDecision, sqlx::Error> {
+    let (per_hour, per_day) = (
+        settings.max_messages_per_hour,
+        settings.max_messages_per_user_per_day,
+    );
+    if per_hour.is_none() && per_day.is_none() {
+        return Ok(LimitDecision::Allow);
+    }
+    // One round trip: alphadome.count_message (migration 0009) does the
+    // whole check in the statement's own transaction.
+    let d: String = sqlx::query_scalar("SELECT alphadome.count_message($1, $2, $3, $4, $5)")
+        .bind(tenant)
+        .bind(user)
+        .bind(wamid)
+        .bind(per_hour)
+        .bind(per_day)
+        .fetch_one(db)
+        .await?;
+    Ok(LimitDecision::parse(&d))
 }

@@ -1,0 +1,349 @@
+//! The batch functions (migration 0010) do for every item what the
+//! single-item functions do, under the item's own tenant: claims and
+//! records, admission (handoff and limits), log rows, delivery statuses.
+//! Each runs as the service role that calls it in production.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use alphadome_core::db::{self, ServiceRole};
+use alphadome_tests::*;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+async fn two_tenants(db: &TestDb, control: &str) -> (TestTenant, TestTenant) {
+    let (_, ring) = keyring();
+    let a = tenant(
+        &db.pool,
+        &ring,
+        TenantSpec {
+            phone: "254700000601",
+            phone_number_id: "601",
+            token: "EAAG-a",
+            control,
+            ..Default::default()
+        },
+    )
+    .await;
+    let b = tenant(
+        &db.pool,
+        &ring,
+        TenantSpec {
+            phone: "254700000602",
+            phone_number_id: "602",
+            token: "EAAG-b",
+            control,
+            ..Default::default()
+        },
+    )
+    .await;
+    (a, b)
+}
+
+async fn as_role(db: &TestDb, role: ServiceRole) -> PgPool {
+    db::connect_as(&SecretString::from(db.url.clone()), role, 1)
+        .await
+        .unwrap()
+}
+
+type ClaimRow = (i32, bool, String, i32, Option<String>);
+
+async fn claim(pool: &PgPool, items: &[(Uuid, &str)]) -> Vec<ClaimRow> {
+    let tenants: Vec<Uuid> = items.iter().map(|i| i.0).collect();
+    let ids: Vec<&str> = items.iter().map(|i| i.1).collect();
+    let replies: Vec<&str> = items.iter().map(|_| "wamid.in").collect();
+    sqlx::query_as("SELECT * FROM alphadome.claim_outbound_batch($1, $2, $3, 60) ORDER BY r_index")
+        .bind(&tenants)
+        .bind(&ids)
+        .bind(&replies)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn claims_and_records_in_a_batch_act_for_each_items_own_tenant() {
+    let db = TestDb::migrated().await;
+    let (a, b) = two_tenants(&db, "").await;
+    let sender = as_role(&db, ServiceRole::Sender).await;
+
+    // New replies of two tenants in one batch: both claimed, each row
+    // belongs to its own tenant.
+    let rows = claim(&sender, &[(a.id, "reply:a1"), (b.id, "reply:b1")]).await;
+    assert_eq!(
+        rows,
+        vec![
+            (1, true, "sending".into(), 0, None),
+            (2, true, "sending".into(), 0, None)
+        ]
+    );
+    let owners: Vec<(String, Uuid)> = sqlx::query_as(
+        "SELECT outbound_id, bot_tenant_id FROM alphadome.outbound_messages ORDER BY outbound_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        owners,
+        vec![("reply:a1".into(), a.id), ("reply:b1".into(), b.id)]
+    );
+
+    // Claimed again while the lease runs (a redelivery in the same batch
+    // too): nobody gets it twice.
+    let rows = claim(
+        &sender,
+        &[(a.id, "reply:a1"), (a.id, "reply:a2"), (a.id, "reply:a2")],
+    )
+    .await;
+    assert_eq!(rows.len(), 3);
+    assert!(!rows[0].1, "a live claim was taken again: {rows:?}");
+    assert_eq!(
+        rows.iter().filter(|r| r.1).count(),
+        1,
+        "reply:a2 claimed twice in one batch: {rows:?}"
+    );
+
+    // Records: a's reply sent; a record naming tenant a for b's reply
+    // changes nothing of b's.
+    sqlx::query("SELECT alphadome.record_outbound_progress_batch($1, $2, $3, $4, $5)")
+        .bind(vec![a.id, a.id])
+        .bind(vec!["reply:a1", "reply:b1"])
+        .bind(vec![1i32, 1])
+        .bind(vec!["wamid.out.a1", "wamid.forged"])
+        .bind(vec![1i32, 1])
+        .execute(&sender)
+        .await
+        .unwrap();
+    let states: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT outbound_id, state, whatsapp_message_id FROM alphadome.outbound_messages \
+         WHERE outbound_id IN ('reply:a1', 'reply:b1') ORDER BY outbound_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        states,
+        vec![
+            (
+                "reply:a1".into(),
+                "sent".into(),
+                Some("wamid.out.a1".into())
+            ),
+            ("reply:b1".into(), "sending".into(), None)
+        ]
+    );
+    // A sent reply is never claimed again; the caller learns its wamid.
+    let rows = claim(&sender, &[(a.id, "reply:a1")]).await;
+    assert_eq!(
+        rows,
+        vec![(1, false, "sent".into(), 1, Some("wamid.out.a1".into()))]
+    );
+}
+
+type AdmitRow = (i32, Option<String>, Option<String>);
+
+async fn admit(pool: &PgPool, tenant: Uuid, items: &[(&str, &str)], per_day: i32) -> Vec<AdmitRow> {
+    let tenants: Vec<Uuid> = items.iter().map(|_| tenant).collect();
+    let users: Vec<&str> = items.iter().map(|i| i.0).collect();
+    let wamids: Vec<&str> = items.iter().map(|i| i.1).collect();
+    let per_hour: Vec<Option<i32>> = items.iter().map(|_| Some(1000)).collect();
+    let per_days: Vec<Option<i32>> = items.iter().map(|_| Some(per_day)).collect();
+    sqlx::query_as(
+        "SELECT * FROM alphadome.admit_message_batch($1, $2, $3, $4, $5) ORDER BY r_index",
+    )
+    .bind(&tenants)
+    .bind(&users)
+    .bind(&wamids)
+    .bind(&per_hour)
+    .bind(&per_days)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn admission_in_a_batch_counts_each_message_once_and_honours_handoffs() {
+    let db = TestDb::migrated().await;
+    let (a, _b) = two_tenants(&db, "").await;
+    let responder = as_role(&db, ServiceRole::Responder).await;
+    sqlx::query(
+        "INSERT INTO alphadome.conversation_handoffs (bot_tenant_id, user_phone, reason, paused_until, trigger_wamid) \
+         VALUES ($1, '254711000003', 'asked for a person', now() + interval '1 hour', 'wamid.h')",
+    )
+    .bind(a.id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    // Out of order on purpose: the function orders the work, the results
+    // come back by item.
+    let items = [
+        ("254711000001", "wamid.3"),
+        ("254711000002", "wamid.x"),
+        ("254711000001", "wamid.1"),
+        ("254711000001", "wamid.4"),
+        ("254711000003", "wamid.later"),
+        ("254711000003", "wamid.h"),
+        ("254711000001", "wamid.2"),
+    ];
+    let decisions = |rows: &[AdmitRow]| -> Vec<(Option<String>, Option<String>)> {
+        rows.iter().map(|r| (r.1.clone(), r.2.clone())).collect()
+    };
+    let first = admit(&responder, a.id, &items, 2).await;
+    let s = |v: &str| Some(v.to_owned());
+    assert_eq!(
+        decisions(&first),
+        vec![
+            (None, s("notice")),        // wamid.3: the third of the day
+            (None, s("allow")),         // another customer
+            (None, s("allow")),         // wamid.1
+            (None, s("silent")),        // wamid.4: notice already sent
+            (s("wamid.h"), None),       // in a handoff: silenced, not counted
+            (s("wamid.h"), s("allow")), // the message that started it
+            (None, s("allow")),         // wamid.2
+        ]
+    );
+    // Redelivered, in another order: the same decisions, nothing counted twice.
+    let mut again = items;
+    again.reverse();
+    let second = admit(&responder, a.id, &again, 2).await;
+    let mut second = decisions(&second);
+    second.reverse();
+    assert_eq!(second, decisions(&first));
+    let count: i32 = sqlx::query_scalar(
+        "SELECT count FROM alphadome.rate_limit_counters WHERE bot_tenant_id = $1 AND scope = 'user:254711000001'",
+    )
+    .bind(a.id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(count, 2, "the per-day counter stops at the limit");
+}
+
+#[tokio::test]
+async fn one_log_statement_writes_many_tenants_and_checks_what_rls_cannot() {
+    let db = TestDb::migrated().await;
+    let (a, b) = two_tenants(&db, "").await;
+    let logger = as_role(&db, ServiceRole::Logger).await;
+    let b_training: Uuid = sqlx::query_scalar(
+        "SELECT id FROM alphadome.bot_training_data WHERE bot_tenant_id = $1 LIMIT 1",
+    )
+    .bind(b.id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let a_training: Uuid = sqlx::query_scalar(
+        "SELECT id FROM alphadome.bot_training_data WHERE bot_tenant_id = $1 LIMIT 1",
+    )
+    .bind(a.id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let nobody = Uuid::new_v4();
+    let write = || {
+        let tenants = vec![a.id, b.id, nobody, a.id];
+        let keys = vec!["in:w.a", "in:w.b", "in:w.nobody", "out:w.a"];
+        let training = vec![Some(a_training), None, None, Some(b_training)];
+        let pool = logger.clone();
+        async move {
+            let n = tenants.len();
+            let texts: Vec<Option<&str>> = vec![Some("hi"); n];
+            let wamids: Vec<Option<String>> =
+                keys.iter().map(|k| Some(k.replace(':', "."))).collect();
+            sqlx::query_scalar::<_, i32>(
+                "SELECT alphadome.write_message_logs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            )
+            .bind(&tenants)
+            .bind(vec![Some("254711000001"); n])
+            .bind(vec![None::<Uuid>; n])
+            .bind(vec!["incoming", "incoming", "incoming", "outgoing"])
+            .bind(&texts)
+            .bind(&wamids)
+            .bind(vec![false; n])
+            .bind(vec![None::<String>; n])
+            .bind(vec![None::<String>; n])
+            .bind(vec![None::<String>; n])
+            .bind(&training)
+            .bind(vec![serde_json::json!({}); n])
+            .bind(vec![chrono::Utc::now(); n])
+            .bind(&keys)
+            .bind(vec![None::<serde_json::Value>; n])
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        write().await,
+        3,
+        "the row of a tenant that does not exist is not written"
+    );
+    let rows: Vec<(String, Uuid, Option<Uuid>)> = sqlx::query_as(
+        "SELECT dedup_key, bot_tenant_id, training_data_id FROM alphadome.bot_message_logs ORDER BY dedup_key",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("in:w.a".into(), a.id, Some(a_training)),
+            ("in:w.b".into(), b.id, None),
+            // Citing another tenant's training row: the citation is dropped.
+            ("out:w.a".into(), a.id, None),
+        ]
+    );
+    let mirrored: i64 = sqlx::query_scalar("SELECT count(*) FROM public.conversations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(mirrored, 3);
+    // Written again (a redelivered batch): nothing new, nothing mirrored twice.
+    assert_eq!(write().await, 0);
+    let mirrored: i64 = sqlx::query_scalar("SELECT count(*) FROM public.conversations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(mirrored, 3);
+
+    // Statuses in one batch: never regress, unknown wamids and other
+    // tenants' rows are not found.
+    let statuses = |tenants: Vec<Uuid>, wamids: Vec<&'static str>, statuses: Vec<&'static str>| {
+        let pool = logger.clone();
+        async move {
+            let n = tenants.len();
+            sqlx::query_as::<_, (i32, bool)>(
+                "SELECT * FROM alphadome.apply_status_batch($1, $2, $3, $4, $5) ORDER BY r_index",
+            )
+            .bind(&tenants)
+            .bind(&wamids)
+            .bind(&statuses)
+            .bind(vec![chrono::Utc::now(); n])
+            .bind(vec![None::<String>; n])
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let found = statuses(
+        vec![a.id, a.id, a.id, b.id, a.id],
+        vec!["out.w.a", "out.w.a", "out.w.a", "out.w.a", "out.w.unknown"],
+        vec!["delivered", "sent", "read", "failed", "read"],
+    )
+    .await;
+    assert_eq!(
+        found.iter().map(|f| f.1).collect::<Vec<_>>(),
+        vec![true, true, true, false, false]
+    );
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT delivery_status FROM alphadome.bot_message_logs WHERE dedup_key = 'out:w.a'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        status.as_deref(),
+        Some("read"),
+        "b's 'failed' must not reach a's row, 'sent' must not regress it"
+    );
+}
