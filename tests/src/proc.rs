@@ -95,7 +95,11 @@ impl Proc {
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("ALPHADOME_HTTP_ADDR", self.addr.to_string())
-            .stdout(Stdio::null())
+            .stdout(
+                log.try_clone()
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;

@@ -129,7 +129,16 @@ pub struct Sender {
     /// (`alphadome.claim_outbound_batch`, `record_outbound_progress_batch`).
     claims: Coalescer<ClaimRequest, ClaimRow>,
     records: Coalescer<RecordRequest, ()>,
+    /// Graph API requests in flight at once ([`MAX_CONCURRENT_POSTS`]).
+    posts: tokio::sync::Semaphore,
 }
+
+/// Most Graph API requests in flight at once per sender: each reuses a
+/// kept-alive connection from a pool of this size instead of thousands of
+/// sends in hand opening as many connections at once, and the request's
+/// time-out runs only from the moment it has its slot, so waiting here is
+/// never mistaken for a slow Graph API.
+pub const MAX_CONCURRENT_POSTS: usize = 256;
 
 /// One claim for the claim batch: tenant, outbound id, in reply to.
 type ClaimRequest = (Uuid, String, String);
@@ -244,7 +253,7 @@ impl Sender {
         );
         let http = reqwest::Client::builder()
             .timeout(config.send_timeout)
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(MAX_CONCURRENT_POSTS)
             .build()
             .map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
         // Meta's defaults: 80 messages/s per number; 1 per 6 s per
@@ -260,6 +269,7 @@ impl Sender {
             bus,
             claims: claim_batcher(db.clone(), claim_lease),
             records: record_batcher(db.clone()),
+            posts: tokio::sync::Semaphore::new(MAX_CONCURRENT_POSTS),
             db,
             keyring,
             http,
@@ -680,6 +690,7 @@ impl Sender {
         body: &serde_json::Value,
     ) -> Result<String, Failure> {
         let url = format!("{}/{}/messages", self.graph_url, pnid);
+        let _slot = self.posts.acquire().await.ok();
         let resp = self
             .http
             .post(url)
