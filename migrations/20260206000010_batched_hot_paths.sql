@@ -106,17 +106,35 @@ $$;
 -- Logger: applies delivery statuses to outgoing log rows, never moving a
 -- row back to a lower state, in (message, arrival) order. r_found says
 -- whether the outgoing row exists (a status can overtake its row).
+--
+-- A status whose callback data names one of the platform's sends
+-- ("<outbound_id>#<part>", set by the sender as biz_opaque_callback_data)
+-- also proves that part went out: a send whose answer never came (a
+-- time-out, a 5xx) is marked as sent here, so the sender, trying again
+-- later, sends only what Meta does not have (protocols.md: reconcile from
+-- status webhooks, do not resend blindly).
 CREATE FUNCTION alphadome.apply_status_batch(p_tenant uuid[], p_wamid text[], p_status text[],
-                                             p_at timestamptz[], p_error text[])
+                                             p_at timestamptz[], p_error text[], p_callback text[])
 RETURNS TABLE (r_index integer, r_found boolean)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER AS $$
 DECLARE
     i integer;
     v_id uuid;
     v_status text;
+    v_outbound text;
+    v_part integer;
 BEGIN
     FOR i IN SELECT x.o FROM unnest(p_wamid) WITH ORDINALITY AS x(w, o) ORDER BY x.w, x.o LOOP
         PERFORM set_config('alphadome.tenant_id', p_tenant[i]::text, true);
+        -- Any status, 'failed' included, means Meta accepted the send.
+        IF p_callback[i] ~ '^reply:.+#[0-9]{1,4}$' THEN
+            v_outbound := substring(p_callback[i] FROM '^(.*)#[0-9]+$');
+            v_part := substring(p_callback[i] FROM '#([0-9]+)$')::integer;
+            UPDATE alphadome.outbound_messages o SET parts_sent = v_part + 1,
+                whatsapp_message_id = CASE WHEN v_part = 0 THEN p_wamid[i] ELSE o.whatsapp_message_id END
+            WHERE o.outbound_id = v_outbound AND o.bot_tenant_id = p_tenant[i]
+              AND o.state = 'sending' AND o.parts_sent = v_part;
+        END IF;
         SELECT l.id, l.delivery_status INTO v_id, v_status FROM alphadome.bot_message_logs l
         WHERE l.whatsapp_message_id = p_wamid[i] AND l.bot_tenant_id = p_tenant[i] AND l.direction = 'outgoing'
         ORDER BY l.created_at LIMIT 1 FOR UPDATE;
@@ -174,7 +192,7 @@ REVOKE ALL ON FUNCTION
     alphadome.claim_outbound_batch(uuid[], text[], text[], double precision),
     alphadome.record_outbound_progress_batch(uuid[], text[], integer[], text[], integer[]),
     alphadome.admit_message_batch(uuid[], text[], text[], integer[], integer[]),
-    alphadome.apply_status_batch(uuid[], text[], text[], timestamptz[], text[]),
+    alphadome.apply_status_batch(uuid[], text[], text[], timestamptz[], text[], text[]),
     alphadome.write_message_logs(uuid[], text[], uuid[], text[], text[], text[], boolean[], text[], text[], text[],
         uuid[], jsonb[], timestamptz[], text[], jsonb[])
     FROM PUBLIC;
@@ -184,6 +202,10 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION
     alphadome.admit_message_batch(uuid[], text[], text[], integer[], integer[]) TO alphadome_responder;
 GRANT EXECUTE ON FUNCTION
-    alphadome.apply_status_batch(uuid[], text[], text[], timestamptz[], text[]),
+    alphadome.apply_status_batch(uuid[], text[], text[], timestamptz[], text[], text[]),
     alphadome.write_message_logs(uuid[], text[], uuid[], text[], text[], text[], boolean[], text[], text[], text[],
         uuid[], jsonb[], timestamptz[], text[], jsonb[]) TO alphadome_logger;
+
+-- The logger reconciles the platform's own sends from their statuses (see
+-- apply_status_batch): it may read replies and raise their progress only.
+GRANT SELECT, UPDATE (parts_sent, whatsapp_message_id) ON alphadome.outbound_messages TO alphadome_logger;

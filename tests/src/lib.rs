@@ -162,6 +162,7 @@ pub fn config(db: &TestDb, nats: &TestNats, keyring: Arc<Keyring>, graph_url: &s
         graph_url: graph_url.to_owned(),
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         send_timeout: Duration::from_secs(2),
+        send_reconcile_wait: Duration::from_secs(1),
         tenant_refresh: Duration::from_millis(500),
         default_fallback_reply: alphadome_core::config::DEFAULT_FALLBACK_REPLY.to_owned(),
         duplicate_window: Duration::from_secs(120),

@@ -32,6 +32,7 @@ pub fn platform_env(
         ("META_APP_SECRET", crate::PLATFORM_APP_SECRET),
         ("WHATSAPP_GRAPH_URL", graph_url),
         ("ALPHADOME_SEND_TIMEOUT_MS", "1000"),
+        ("ALPHADOME_SEND_RECONCILE_WAIT_MS", "2000"),
         ("ALPHADOME_TENANT_REFRESH_MS", "500"),
     ]
     .into_iter()

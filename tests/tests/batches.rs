@@ -308,18 +308,22 @@ async fn one_log_statement_writes_many_tenants_and_checks_what_rls_cannot() {
 
     // Statuses in one batch: never regress, unknown wamids and other
     // tenants' rows are not found.
-    let statuses = |tenants: Vec<Uuid>, wamids: Vec<&'static str>, statuses: Vec<&'static str>| {
+    let statuses = |tenants: Vec<Uuid>,
+                    wamids: Vec<&'static str>,
+                    statuses: Vec<&'static str>,
+                    callbacks: Vec<&'static str>| {
         let pool = logger.clone();
         async move {
             let n = tenants.len();
             sqlx::query_as::<_, (i32, bool)>(
-                "SELECT * FROM alphadome.apply_status_batch($1, $2, $3, $4, $5) ORDER BY r_index",
+                "SELECT * FROM alphadome.apply_status_batch($1, $2, $3, $4, $5, $6) ORDER BY r_index",
             )
             .bind(&tenants)
             .bind(&wamids)
             .bind(&statuses)
             .bind(vec![chrono::Utc::now(); n])
             .bind(vec![None::<String>; n])
+            .bind(&callbacks)
             .fetch_all(&pool)
             .await
             .unwrap()
@@ -329,6 +333,7 @@ async fn one_log_statement_writes_many_tenants_and_checks_what_rls_cannot() {
         vec![a.id, a.id, a.id, b.id, a.id],
         vec!["out.w.a", "out.w.a", "out.w.a", "out.w.a", "out.w.unknown"],
         vec!["delivered", "sent", "read", "failed", "read"],
+        vec![""; 5],
     )
     .await;
     assert_eq!(
@@ -345,5 +350,39 @@ async fn one_log_statement_writes_many_tenants_and_checks_what_rls_cannot() {
         status.as_deref(),
         Some("read"),
         "b's 'failed' must not reach a's row, 'sent' must not regress it"
+    );
+
+    // A status whose callback data names a reply still being sent proves
+    // that part went out: the reply's progress is raised, under its own
+    // tenant only, and only from the part it names.
+    sqlx::query(
+        "INSERT INTO alphadome.outbound_messages (outbound_id, bot_tenant_id, state, parts_sent) \
+         VALUES ('reply:w.x', $1, 'sending', 0), ('reply:w.y', $1, 'sending', 0)",
+    )
+    .bind(a.id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    statuses(
+        vec![b.id, a.id, a.id, a.id],
+        vec!["wamid.x0", "wamid.y0", "wamid.x0", "wamid.x5"],
+        vec!["sent", "sent", "sent", "sent"],
+        vec!["reply:w.y#0", "reply:w.y#1", "reply:w.x#0", "reply:w.x#5"],
+    )
+    .await;
+    let progress: Vec<(String, i32, Option<String>)> = sqlx::query_as(
+        "SELECT outbound_id, parts_sent, whatsapp_message_id FROM alphadome.outbound_messages \
+         WHERE outbound_id IN ('reply:w.x', 'reply:w.y') ORDER BY outbound_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        progress,
+        vec![
+            ("reply:w.x".into(), 1, Some("wamid.x0".into())),
+            // b's status (and a part that was not the next) changed nothing.
+            ("reply:w.y".into(), 0, None),
+        ]
     );
 }

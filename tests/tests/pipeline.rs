@@ -560,6 +560,113 @@ async fn graph_throughput_error_then_success_sends_one_reply() {
     stack.stop().await.unwrap();
 }
 
+/// Meta accepted the send but its answer never came (the request timed
+/// out). The part's status webhook, echoing the callback data the sender
+/// set, shows it went out: the sender's next try sends nothing and logs the
+/// reply with Meta's wamid. Without a status, the next try sends again
+/// (a lost reply is worse than a repeated one).
+#[tokio::test]
+async fn a_send_that_timed_out_is_reconciled_from_its_status_webhook_not_repeated() {
+    let e = env().await;
+    let t = tenant(&e.db.pool, &e.ring, TenantSpec::default()).await;
+    let mut config = e.config();
+    config.send_reconcile_wait = Duration::from_secs(4);
+    // Accepted, answered after the sender's 2 s time-out: twice.
+    e.graph.script([
+        Behaviour::AcceptLate(Duration::from_secs(3)),
+        Behaviour::AcceptLate(Duration::from_secs(3)),
+    ]);
+    let stack = RunningStack::start(config, &Service::ALL).await;
+    let webhook = stack.webhook_url();
+
+    // 1. Meta reports the send: reconciled, not repeated.
+    post_signed(
+        &webhook,
+        PLATFORM_APP_SECRET,
+        &text_webhook(&t.phone_number_id, USER, "wamid.late.1", "opening hours"),
+    )
+    .await;
+    let got = e.graph.wait_for(1, Duration::from_secs(10)).await;
+    let callback = got[0].body["biz_opaque_callback_data"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        callback, "reply:wamid.late.1#0",
+        "each part names its reply and its place"
+    );
+    let mut status: serde_json::Value = serde_json::from_str(&status_webhook(
+        &t.phone_number_id,
+        &got[0].wamid,
+        "sent",
+        1_751_142_888,
+        None,
+    ))
+    .unwrap();
+    status["entry"][0]["changes"][0]["value"]["statuses"][0]["biz_opaque_callback_data"] =
+        serde_json::Value::String(callback);
+    let resp = post_signed(&webhook, PLATFORM_APP_SECRET, &status.to_string()).await;
+    assert_eq!(resp.status(), 200);
+    let (state, wamid): (String, Option<String>) = eventually(
+        Duration::from_secs(20),
+        "the reply recorded as sent",
+        || async {
+            sqlx::query_as::<_, (String, Option<String>)>(
+                "SELECT state, whatsapp_message_id FROM alphadome.outbound_messages WHERE outbound_id = 'reply:wamid.late.1'",
+            )
+            .fetch_optional(&e.db.pool)
+            .await
+            .ok()
+            .flatten()
+            .filter(|(state, _)| state == "sent")
+        },
+    )
+    .await;
+    assert_eq!(
+        (state.as_str(), wamid.as_deref()),
+        ("sent", Some(got[0].wamid.as_str()))
+    );
+    let logged: String = eventually(Duration::from_secs(10), "the outgoing log row", || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT whatsapp_message_id FROM alphadome.bot_message_logs WHERE dedup_key = 'out:wamid.late.1'",
+        )
+        .fetch_optional(&e.db.pool)
+        .await
+        .ok()
+        .flatten()
+    })
+    .await;
+    assert_eq!(logged, got[0].wamid);
+    // The status reached the row once the row existed.
+    let delivery: Option<String> = eventually(Duration::from_secs(20), "the status on the row", || async {
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT delivery_status FROM alphadome.bot_message_logs WHERE dedup_key = 'out:wamid.late.1'",
+        )
+        .fetch_one(&e.db.pool)
+        .await
+        .ok()
+        .flatten()
+        .map(Some)
+    })
+    .await;
+    assert_eq!(delivery.as_deref(), Some("sent"));
+    assert_eq!(e.graph.received().len(), 1, "the reply went out once");
+
+    // 2. No status comes: after the wait the reply is sent again, once.
+    post_signed(
+        &webhook,
+        PLATFORM_APP_SECRET,
+        &text_webhook(&t.phone_number_id, USER, "wamid.late.2", "opening hours"),
+    )
+    .await;
+    let got = e.graph.wait_for(3, Duration::from_secs(20)).await;
+    let to_second = |r: &&alphadome_core::standin::Received| r.in_reply_to() == "wamid.late.2";
+    assert_eq!(got.iter().filter(to_second).count(), 2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(e.graph.received().len(), 3, "sent again once, not more");
+    stack.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_permanent_error_is_dead_lettered_and_a_190_holds_the_tenant() {
     let e = env().await;

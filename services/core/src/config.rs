@@ -50,6 +50,9 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `ALPHADOME_SEND_TIMEOUT_MS`, default 10000: Graph API request timeout.
     pub send_timeout: Duration,
+    /// How long a send that may have reached Meta (a time-out, a 5xx)
+    /// waits for its status webhook before it is tried again.
+    pub send_reconcile_wait: Duration,
     /// `ALPHADOME_TENANT_REFRESH_MS`, default 2000: how often cached tenant
     /// context is checked against the database.
     pub tenant_refresh: Duration,
@@ -203,6 +206,10 @@ impl Config {
                 SocketAddr::from(([0, 0, 0, 0], 8080)),
             )?,
             send_timeout: Duration::from_millis(parse("ALPHADOME_SEND_TIMEOUT_MS", 10_000u64)?),
+            send_reconcile_wait: Duration::from_millis(parse(
+                "ALPHADOME_SEND_RECONCILE_WAIT_MS",
+                15_000u64,
+            )?),
             tenant_refresh: Duration::from_millis(parse("ALPHADOME_TENANT_REFRESH_MS", 2_000u64)?),
             default_fallback_reply: var("ALPHADOME_DEFAULT_FALLBACK_REPLY")
                 .unwrap_or_else(|| DEFAULT_FALLBACK_REPLY.to_owned()),

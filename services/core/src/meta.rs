@@ -200,6 +200,8 @@ struct RawStatus {
     recipient_id: String,
     #[serde(default)]
     errors: Vec<ErrorObject>,
+    #[serde(default)]
+    biz_opaque_callback_data: Option<String>,
 }
 
 /// An inbound customer message, as far as the platform cares.
@@ -230,6 +232,8 @@ pub struct ParsedStatus {
     pub error_code: i64,
     pub error_title: String,
     pub error_details: String,
+    /// `biz_opaque_callback_data`: what the sender set on the message.
+    pub callback_data: String,
     pub raw_json: String,
 }
 
@@ -305,6 +309,7 @@ pub fn parse_webhook(body: &[u8]) -> Result<ParsedWebhook, WebhookError> {
                             error_code: err.code,
                             error_title: err.title,
                             error_details: err.error_data.map(|d| d.details).unwrap_or_default(),
+                            callback_data: st.biz_opaque_callback_data.unwrap_or_default(),
                             raw_json: s.get().to_owned(),
                         })
                     }
@@ -577,7 +582,9 @@ mod tests {
  "messages":[{"context":{"from":"1","id":"wamid.biz"},"from":"16505551234","id":"wamid.new","timestamp":"1714510003","type":"interactive",
    "interactive":{"type":"button_reply","button_reply":{"id":"change-button","title":"Change"}}}],
  "statuses":[{"id":"wamid.out","status":"failed","timestamp":"1751142888","recipient_id":"16505551234",
-   "errors":[{"code":131049,"title":"t","message":"m","error_data":{"details":"d"}}]}]}}]}]}"#;
+   "errors":[{"code":131049,"title":"t","message":"m","error_data":{"details":"d"}}]},
+  {"id":"wamid.out2","status":"sent","timestamp":"1751142889","recipient_id":"16505551234",
+   "biz_opaque_callback_data":"reply:wamid.in#1"}]}}]}]}"#;
         let p = parse_webhook(b.as_bytes()).unwrap();
         assert_eq!(p.messages[0].kind, MessageKind::InteractiveButtonReply);
         assert_eq!(p.messages[0].text, "Change");
@@ -585,6 +592,8 @@ mod tests {
         assert_eq!(p.messages[0].context_wamid, "wamid.biz");
         assert_eq!(p.statuses[0].error_code, 131049);
         assert_eq!(p.statuses[0].error_details, "d");
+        assert_eq!(p.statuses[0].callback_data, "");
+        assert_eq!(p.statuses[1].callback_data, "reply:wamid.in#1");
     }
 
     #[test]

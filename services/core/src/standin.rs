@@ -64,6 +64,9 @@ pub enum Behaviour {
     Error { status: u16, code: i64 },
     /// Do not answer for this long (the client times out).
     Hang(Duration),
+    /// Accept the message (it counts as sent), but answer only after this
+    /// long: the client times out not knowing it went out.
+    AcceptLate(Duration),
 }
 
 /// Shared state of a running stand-in.
@@ -224,7 +227,7 @@ async fn send(
             tokio::time::sleep(d).await;
             return meta_error(500, 131000);
         }
-        None => {}
+        Some(Behaviour::AcceptLate(_)) | None => {}
     }
     let n = me.counter.fetch_add(1, Ordering::Relaxed);
     let wamid = format!("wamid.standin.{phone_number_id}.{n}");
@@ -239,6 +242,9 @@ async fn send(
         });
     }
     me.notify.notify_waiters();
+    if let Some(Behaviour::AcceptLate(d)) = next {
+        tokio::time::sleep(d).await;
+    }
     axum::Json(serde_json::json!({
         "messaging_product": "whatsapp",
         "contacts": [{"input": to, "wa_id": to.trim_start_matches('+')}],

@@ -576,6 +576,7 @@ async fn publish_all(
                     error_code: st.error_code,
                     error_title: st.error_title,
                     error_details: st.error_details,
+                    callback_data: st.callback_data,
                     raw_json: st.raw_json,
                     received_at_ms,
                     trace: Some(telemetry::current_trace()),

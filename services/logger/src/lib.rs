@@ -450,6 +450,7 @@ struct StatusRow {
     status: String,
     at: DateTime<Utc>,
     error: Option<String>,
+    callback: String,
 }
 
 impl StatusRow {
@@ -466,6 +467,7 @@ impl StatusRow {
             error: (st.error_code != 0).then(|| {
                 clean(format!("{}: {} {}", st.error_code, st.error_title, st.error_details).trim())
             }),
+            callback: clean(&st.callback_data),
         })
     }
 }
@@ -493,7 +495,8 @@ async fn apply_statuses(db: &PgPool, batch: &[jetstream::Message]) -> Vec<Outcom
         }
     }
     if !rows.is_empty() {
-        match apply_status_batch(db, &rows).await {
+        let all: Vec<&StatusRow> = rows.iter().map(|(_, r)| r).collect();
+        match apply_status_batch(db, &all).await {
             Ok(flags) => {
                 for ((i, _), f) in rows.iter().zip(flags) {
                     found[*i] = Some(Ok(f));
@@ -512,7 +515,11 @@ async fn apply_statuses(db: &PgPool, batch: &[jetstream::Message]) -> Vec<Outcom
                 BatchError::Refused(e) => {
                     tracing::warn!(error = %e, "database refused a status batch; applying them one by one");
                     for (i, row) in &rows {
-                        found[*i] = Some(apply_status(db, row).await);
+                        found[*i] = Some(
+                            apply_status_batch(db, &[row])
+                                .await
+                                .map(|f| f.first().copied().unwrap_or(false)),
+                        );
                     }
                 }
             },
@@ -557,65 +564,36 @@ fn status_outcome(msg: &jetstream::Message, applied: Result<bool, sqlx::Error>) 
 }
 
 /// Whether each status's outgoing row exists, in order.
-async fn apply_status_batch(
-    db: &PgPool,
-    rows: &[(usize, StatusRow)],
-) -> Result<Vec<bool>, sqlx::Error> {
+async fn apply_status_batch(db: &PgPool, rows: &[&StatusRow]) -> Result<Vec<bool>, sqlx::Error> {
     let n = rows.len();
-    let (mut tenant, mut wamid, mut status, mut at, mut error) = (
+    let (mut tenant, mut wamid, mut status, mut at, mut error, mut callback) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for (_, r) in rows {
+    for r in rows {
         tenant.push(r.tenant);
         wamid.push(r.wamid.as_str());
         status.push(r.status.as_str());
         at.push(r.at);
         error.push(r.error.as_deref());
+        callback.push(r.callback.as_str());
     }
     let found: Vec<(i32, bool)> =
-        sqlx::query_as("SELECT * FROM alphadome.apply_status_batch($1, $2, $3, $4, $5)")
+        sqlx::query_as("SELECT * FROM alphadome.apply_status_batch($1, $2, $3, $4, $5, $6)")
             .bind(&tenant)
             .bind(&wamid)
             .bind(&status)
             .bind(&at)
             .bind(&error)
+            .bind(&callback)
             .fetch_all(db)
             .await?;
     Ok(alphadome_core::batch::by_index(n, found)
         .into_iter()
         .map(|f| f.unwrap_or(false))
         .collect())
-}
-
-/// Applies one status; `Ok(false)` when the outgoing row does not exist.
-async fn apply_status(db: &PgPool, st: &StatusRow) -> Result<bool, sqlx::Error> {
-    let (tenant, at, error) = (st.tenant, st.at, st.error.as_deref());
-    let mut tx = alphadome_core::db::scoped(db, tenant).await?;
-    let r: Option<(bool,)> = sqlx::query_as(
-        "WITH target AS ( \
-           SELECT id, delivery_status FROM alphadome.bot_message_logs \
-           WHERE whatsapp_message_id = $1 AND bot_tenant_id = $2 AND direction = 'outgoing' \
-           ORDER BY created_at LIMIT 1 FOR UPDATE), \
-         upd AS ( \
-           UPDATE alphadome.bot_message_logs l SET delivery_status = $3, delivery_status_at = $4, \
-             error_message = COALESCE($5, l.error_message), \
-             metadata = l.metadata || jsonb_build_object('status_' || $3 || '_at', $4::timestamptz) \
-           FROM target WHERE l.id = target.id \
-             AND alphadome.status_rank(target.delivery_status) < alphadome.status_rank($3) \
-           RETURNING l.id) \
-         SELECT true FROM target",
-    )
-    .bind(&st.wamid)
-    .bind(tenant)
-    .bind(&st.status)
-    .bind(at)
-    .bind(error)
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(r.is_some())
 }

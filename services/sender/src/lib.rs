@@ -131,6 +131,9 @@ pub struct Sender {
     records: Coalescer<RecordRequest, ()>,
     /// Graph API requests in flight at once ([`MAX_CONCURRENT_POSTS`]).
     posts: tokio::sync::Semaphore,
+    /// How long a send that may have reached Meta waits for its status
+    /// webhook before it is tried again (`ALPHADOME_SEND_RECONCILE_WAIT_MS`).
+    reconcile_wait: Duration,
 }
 
 /// Most Graph API requests in flight at once per sender: each reuses a
@@ -270,6 +273,7 @@ impl Sender {
             claims: claim_batcher(db.clone(), claim_lease),
             records: record_batcher(db.clone()),
             posts: tokio::sync::Semaphore::new(MAX_CONCURRENT_POSTS),
+            reconcile_wait: config.send_reconcile_wait,
             db,
             keyring,
             http,
@@ -391,6 +395,23 @@ impl Sender {
             }
         };
         let parts = meta::split_text(&msg.text, MAX_TEXT_CHARS);
+        if parts_sent > 0 && parts_sent as usize >= parts.len() {
+            // Every part went out, as their status webhooks showed after
+            // sends whose answers never came: record it, send nothing.
+            tracing::info!("reply found sent from its status webhooks; not sending again");
+            if let Err(e) = self
+                .record_sent(
+                    tenant.id,
+                    &msg.outbound_id,
+                    parts_sent,
+                    first_wamid.as_deref(),
+                    parts.len(),
+                )
+                .await
+            {
+                return retry(delivered, format!("recording the send: {e}"));
+            }
+        }
         let mut paced = true;
         while (parts_sent as usize) < parts.len() {
             let i = parts_sent as usize;
@@ -412,7 +433,9 @@ impl Sender {
                 &msg.to_user_id,
                 &parts[i],
                 context,
-                &msg.outbound_id,
+                // Echoed in the part's status webhooks: how a send whose
+                // answer never came is found to have gone out.
+                &callback_data(&msg.outbound_id, i),
             );
             match self.post(pnid, token, &body).await {
                 Ok(wamid) => {
@@ -434,11 +457,21 @@ impl Sender {
                         return retry(delivered, format!("recording the send: {e}"));
                     }
                 }
-                Err(Failure::Transport(reason)) => {
+                Err(Failure::Transport { reason, maybe_sent }) => {
                     self.release(tenant.id, &msg.outbound_id, &reason).await;
-                    return retry(delivered, reason);
+                    return self.after_failure(delivered, reason, maybe_sent);
                 }
-                Err(Failure::Meta(class, err)) => {
+                Err(Failure::Meta(SendFailure::Retry, err, true)) => {
+                    let reason = format!(
+                        "Graph API error {}: {} (fbtrace_id {})",
+                        err.code,
+                        err.message,
+                        err.fbtrace_id.unwrap_or_default()
+                    );
+                    self.release(tenant.id, &msg.outbound_id, &reason).await;
+                    return self.after_failure(delivered, reason, true);
+                }
+                Err(Failure::Meta(class, err, _)) => {
                     let reason = format!(
                         "Graph API error {}: {} (fbtrace_id {})",
                         err.code,
@@ -669,6 +702,22 @@ impl Sender {
             .map(|_| ())
     }
 
+    /// What to do with a send that failed without a usable answer. When
+    /// Meta may have it (`maybe_sent`: a time-out, a 5xx), the next try
+    /// waits at least `reconcile_wait`, time for the part's status webhook
+    /// to show it went out (`alphadome.apply_status_batch`), so the try
+    /// sends only what Meta does not have; without a status by then it
+    /// is sent again, since a lost reply is worse than a repeated one.
+    fn after_failure(&self, delivered: i64, reason: String, maybe_sent: bool) -> Outcome {
+        match retry(delivered, reason) {
+            Outcome::Retry { delay, reason } if maybe_sent => Outcome::Retry {
+                delay: delay.max(self.reconcile_wait),
+                reason,
+            },
+            other => other,
+        }
+    }
+
     async fn release(&self, tenant: Uuid, id: &str, reason: &str) {
         let r = self
             .execute_for(
@@ -698,23 +747,23 @@ impl Sender {
             .json(body)
             .send()
             .await
-            .map_err(|e| {
-                Failure::Transport(format!("Graph API request failed: {}", without_url(&e)))
+            .map_err(|e| Failure::Transport {
+                reason: format!("Graph API request failed: {}", without_url(&e)),
+                maybe_sent: !e.is_connect(),
             })?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| {
-            Failure::Transport(format!(
-                "Graph API response unreadable: {}",
-                without_url(&e)
-            ))
+        let bytes = resp.bytes().await.map_err(|e| Failure::Transport {
+            reason: format!("Graph API response unreadable: {}", without_url(&e)),
+            maybe_sent: true,
         })?;
         if (200..300).contains(&status) {
-            return meta::sent_wamid(&bytes).ok_or_else(|| {
-                Failure::Transport("Graph API answered 2xx without messages[0].id".into())
+            return meta::sent_wamid(&bytes).ok_or_else(|| Failure::Transport {
+                reason: "Graph API answered 2xx without messages[0].id".into(),
+                maybe_sent: true,
             });
         }
         let (class, err) = meta::classify_send_error(status, &bytes);
-        Err(Failure::Meta(class, err))
+        Err(Failure::Meta(class, err, status >= 500))
     }
 
     async fn log_sent(
@@ -791,9 +840,12 @@ impl Sender {
 
 enum Failure {
     /// No usable answer (timeout, connection, unreadable body).
-    Transport(String),
-    /// Meta answered with an error.
-    Meta(SendFailure, meta::GraphError),
+    /// `maybe_sent`: the request may have reached Meta (anything but a
+    /// failed connection), so Meta may have the message.
+    Transport { reason: String, maybe_sent: bool },
+    /// Meta answered with an error; `maybe_sent` for a 5xx, after which
+    /// Meta may or may not have sent it (protocols.md, sending).
+    Meta(SendFailure, meta::GraphError, bool),
 }
 
 /// reqwest errors carry the URL; keep it out of logs (it names the number).
@@ -814,6 +866,12 @@ fn without_url(e: &reqwest::Error) -> String {
 /// How long a send Meta accepted keeps trying to be recorded through a
 /// database outage.
 pub const RECORD_PATIENCE: Duration = Duration::from_secs(600);
+
+/// The `biz_opaque_callback_data` of part `part` of reply `outbound_id`
+/// (read back by the logger: `alphadome.apply_status_batch`).
+pub fn callback_data(outbound_id: &str, part: usize) -> String {
+    format!("{outbound_id}#{part}")
+}
 
 fn retry(delivered: i64, reason: String) -> Outcome {
     let n = (delivered - 1).clamp(0, 6) as u32;
