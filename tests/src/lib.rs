@@ -376,6 +376,17 @@ pub fn status_webhook(
     .to_string()
 }
 
+/// `body` (a [`status_webhook`]) with its status echoing `callback` as
+/// `biz_opaque_callback_data`, as Meta does for what the sender set.
+pub fn with_callback(body: &str, callback: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    if !callback.is_empty() {
+        v["entry"][0]["changes"][0]["value"]["statuses"][0]["biz_opaque_callback_data"] =
+            serde_json::Value::String(callback.to_owned());
+    }
+    v.to_string()
+}
+
 /// POSTs `body` to `url` signed with `secret`.
 pub async fn post_signed(url: &str, secret: &str, body: &str) -> reqwest::Response {
     reqwest::Client::new()

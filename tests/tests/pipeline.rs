@@ -595,17 +595,17 @@ async fn a_send_that_timed_out_is_reconciled_from_its_status_webhook_not_repeate
         callback, "reply:wamid.late.1#0",
         "each part names its reply and its place"
     );
-    let mut status: serde_json::Value = serde_json::from_str(&status_webhook(
-        &t.phone_number_id,
-        &got[0].wamid,
-        "sent",
-        1_751_142_888,
-        None,
-    ))
-    .unwrap();
-    status["entry"][0]["changes"][0]["value"]["statuses"][0]["biz_opaque_callback_data"] =
-        serde_json::Value::String(callback);
-    let resp = post_signed(&webhook, PLATFORM_APP_SECRET, &status.to_string()).await;
+    let status = with_callback(
+        &status_webhook(
+            &t.phone_number_id,
+            &got[0].wamid,
+            "sent",
+            1_751_142_888,
+            None,
+        ),
+        &callback,
+    );
+    let resp = post_signed(&webhook, PLATFORM_APP_SECRET, &status).await;
     assert_eq!(resp.status(), 200);
     let (state, wamid): (String, Option<String>) = eventually(
         Duration::from_secs(20),
