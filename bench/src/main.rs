@@ -438,8 +438,7 @@ async fn pipeline(smoke: bool, r: PipelineRun) -> anyhow::Result<Vec<Line>> {
     let env = Env::new().await;
     let tenants = Arc::new(env.tenants(r.tenants, r.faq).await?);
     let stop_graph = CancellationToken::new();
-    let (graph, graph_url) =
-        GraphStandIn::start(SocketAddr::from(([127, 0, 0, 1], 0)), stop_graph.clone()).await?;
+    let (graph, graph_url) = graph_on_own_thread(stop_graph.clone()).await?;
     let mut up = start(&["up"], env.env(&graph_url)).await?;
     // Warm up: every tenant answers once before the clock starts.
     let warm = run_id();
@@ -688,8 +687,7 @@ async fn memory(
     let env = Env::new().await;
     let tenants = env.tenants(tenants, faq).await?;
     let stop_graph = CancellationToken::new();
-    let (graph, graph_url) =
-        GraphStandIn::start(SocketAddr::from(([127, 0, 0, 1], 0)), stop_graph.clone()).await?;
+    let (graph, graph_url) = graph_on_own_thread(stop_graph.clone()).await?;
     let up = start(&["up"], env.env(&graph_url)).await?;
     let idle = up.rss_kib().map(|(now, _)| now).unwrap_or_default();
     let stop = CancellationToken::new();
@@ -731,6 +729,45 @@ async fn memory(
     ))
 }
 
+/// Starts the Graph API stand-in on a thread and runtime of its own, so
+/// that the load generator, which shares this process, never delays its
+/// answers: a stand-in answering late makes the sender time out, and a
+/// send that timed out is sent again unless a status webhook shows it went
+/// out (at 50,000 messages flat out, that happened to dozens of replies).
+async fn graph_on_own_thread(
+    stop: CancellationToken,
+) -> anyhow::Result<(Arc<GraphStandIn>, String)> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("graph-stand-in".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("stand-in runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let started =
+                    GraphStandIn::start(SocketAddr::from(([127, 0, 0, 1], 0)), stop.clone())
+                        .await
+                        .map_err(anyhow::Error::from);
+                let ok = started.is_ok();
+                let _ = tx.send(started);
+                if ok {
+                    stop.cancelled().await;
+                }
+            });
+        })
+        .context("starting the stand-in's thread")?;
+    rx.await.context("the stand-in's thread ended")?
+}
+
 /// The quiet tenants' webhook-to-reply latency, alone and next to a
 /// tenant flooding at `factor` times their per-tenant rate.
 async fn neighbour(
@@ -764,8 +801,7 @@ async fn neighbour(
     .map_err(anyhow::Error::msg)?
     .remove(0);
     let stop_graph = CancellationToken::new();
-    let (graph, graph_url) =
-        GraphStandIn::start(SocketAddr::from(([127, 0, 0, 1], 0)), stop_graph.clone()).await?;
+    let (graph, graph_url) = graph_on_own_thread(stop_graph.clone()).await?;
     let up = start(&["up"], env.env(&graph_url)).await?;
     let quiet_rate = rate * quiet as f64;
     let n_quiet = (quiet_rate * seconds as f64) as usize;

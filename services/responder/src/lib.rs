@@ -141,6 +141,26 @@ fn reply_metadata(ctx: &TenantContext, d: &Decision) -> String {
 /// LLM calls one tenant may have under way at once (per instance). Calls
 /// beyond wait, asleep, without holding anything the other tenants need,
 /// so a tenant with a slow model cannot hold the responder's workers.
+/// Messages that may wait for one tenant's LLM calls in one responder
+/// before more are put back on the stream.
+pub const AI_WAITING_PER_TENANT: usize = 64;
+/// Deliveries during which a message finding its tenant's LLM crowded is
+/// put back (with 2, 4, 8, 16 s delays); after that it waits its turn.
+const AI_REQUEUES: i64 = 4;
+
+/// Why a message's decision has to wait.
+enum Hold {
+    Db(sqlx::Error),
+    /// The tenant's LLM calls are crowded: put the message back for a while.
+    AiBusy,
+}
+
+impl From<sqlx::Error> for Hold {
+    fn from(e: sqlx::Error) -> Self {
+        Hold::Db(e)
+    }
+}
+
 pub fn ai_calls_per_tenant() -> usize {
     std::env::var("ALPHADOME_AI_CALLS_PER_TENANT")
         .ok()
@@ -248,10 +268,10 @@ impl Responder {
         };
         let span = tracing::info_span!("responder.message", tenant_id = %msg.tenant_id, wamid = %msg.wamid);
         telemetry::set_parent_from_headers(&span, meta.headers.as_ref());
-        self.answer(msg).instrument(span).await
+        self.answer(msg, meta.delivered).instrument(span).await
     }
 
-    async fn answer(&self, msg: InboundMessage) -> Outcome {
+    async fn answer(&self, msg: InboundMessage, delivered: i64) -> Outcome {
         let Ok(tenant_id) = Uuid::parse_str(&msg.tenant_id) else {
             return Outcome::Poison {
                 reason: format!("tenant id {:?} is not a uuid", msg.tenant_id),
@@ -271,13 +291,20 @@ impl Responder {
                 }
             }
         };
-        let decision = match self.converse(&ctx, &msg).await {
+        let decision = match self.converse(&ctx, &msg, delivered).await {
             Ok(d) => d,
-            Err(e) => {
+            Err(Hold::Db(e)) => {
                 return Outcome::Retry {
                     delay: Duration::from_secs(2),
                     reason: format!("database: {e}"),
                 }
+            }
+            Err(Hold::AiBusy) => {
+                let n = (delivered - 1).clamp(0, AI_REQUEUES) as u32;
+                return Outcome::Retry {
+                    delay: Duration::from_secs(2u64 << n),
+                    reason: llm::LlmError::Busy.to_string(),
+                };
             }
         };
         self.handled
@@ -302,7 +329,8 @@ impl Responder {
         &self,
         ctx: &TenantContext,
         msg: &InboundMessage,
-    ) -> Result<Decision, sqlx::Error> {
+        delivered: i64,
+    ) -> Result<Decision, Hold> {
         let mut d = decide(ctx, msg, &self.default_fallback);
         if d.reply.is_none() {
             return Ok(d);
@@ -333,8 +361,9 @@ impl Responder {
             // (Past a limit the customer gets the notice or silence: no AI
             // call is spent on a reply that will not be sent.)
             if ctx.settings.enable_ai_responses {
-                match self.ai_answer(ctx, msg).await {
+                match self.ai_answer(ctx, msg, delivered <= AI_REQUEUES).await {
                     Ok(ai) => d = ai,
+                    Err(llm::LlmError::Busy) => return Err(Hold::AiBusy),
                     Err(e) => {
                         tracing::warn!(error = %e, "AI answer failed; sending the fallback reply");
                         d.reason = "ai_failed_fallback";
@@ -412,6 +441,7 @@ impl Responder {
         &self,
         ctx: &TenantContext,
         msg: &InboundMessage,
+        may_requeue: bool,
     ) -> Result<Decision, llm::LlmError> {
         let t = &ctx.tenant;
         let endpoint = llm::endpoint(
@@ -455,7 +485,22 @@ impl Responder {
             .unwrap_or_default();
         let messages = prompt::build(ctx, template, &retrieved, &examples, &history, &msg.text);
         let max_chars = prompt::max_chars(template);
-        let _turn = self.ai_gates.enter(&t.id).await;
+        // A tenant whose LLM is slower than its traffic would otherwise
+        // fill this responder's in-hand window with messages waiting here,
+        // and every other tenant would wait behind them. Past
+        // AI_WAITING_PER_TENANT waiting, a message goes back to the stream
+        // for a while (a few times; then it waits its turn like the rest).
+        let _turn = if may_requeue {
+            self.ai_gates
+                .enter_unless_crowded(&t.id, AI_WAITING_PER_TENANT)
+                .await
+                .ok_or(llm::LlmError::Busy)?
+        } else {
+            self.ai_gates
+                .enter(&t.id)
+                .await
+                .ok_or(llm::LlmError::Busy)?
+        };
         let answer = self
             .llm
             .chat(

@@ -101,6 +101,8 @@ pub enum LlmError {
     Unavailable(String),
     #[error("AI calls for this tenant are paused after repeated failures")]
     CircuitOpen,
+    #[error("the tenant's AI calls are all in use and many more are waiting")]
+    Busy,
 }
 
 /// An answer and what it cost.
