@@ -53,14 +53,23 @@ pub struct RunOptions {
 
 impl RunOptions {
     pub fn new(services: &[Service]) -> Self {
+        const PENDING_PER_IN_HAND: i64 = 16;
         Self {
             services: services.to_vec(),
             migrate: false,
             // A message waiting for its tenant's LLM holds no worker the
             // others need: the responder keeps many in hand.
+            //
+            // max_ack_pending counts, besides the messages in hand, those a
+            // service put back on the stream with a delay (a tenant's
+            // crowded LLM, a number's crowded send rate): it is kept well
+            // above the window, so one tenant's backlog waiting on the
+            // server never stops the deliveries to everyone else. It costs
+            // no memory here; the window does.
             responder: ConsumerSettings {
                 concurrency: in_hand("ALPHADOME_RESPONDER_IN_HAND", 512),
-                max_ack_pending: 4 * in_hand("ALPHADOME_RESPONDER_IN_HAND", 512) as i64,
+                max_ack_pending: PENDING_PER_IN_HAND
+                    * in_hand("ALPHADOME_RESPONDER_IN_HAND", 512) as i64,
                 ..ConsumerSettings::default()
             },
             // Sends mostly wait (for Meta, or for a number's rate), so the
@@ -68,7 +77,8 @@ impl RunOptions {
             // must not hold back the other numbers' sends.
             sender: ConsumerSettings {
                 concurrency: in_hand("ALPHADOME_SENDER_IN_HAND", 2048),
-                max_ack_pending: 2 * in_hand("ALPHADOME_SENDER_IN_HAND", 2048) as i64,
+                max_ack_pending: PENDING_PER_IN_HAND
+                    * in_hand("ALPHADOME_SENDER_IN_HAND", 2048) as i64,
                 ..ConsumerSettings::default()
             },
         }

@@ -150,6 +150,22 @@ type ClaimRow = (bool, String, i32, Option<String>);
 /// One record for the record batch: tenant, outbound id, parts, wamid, total.
 type RecordRequest = (Uuid, String, i32, Option<String>, i32);
 
+/// Why a send may not go now.
+enum Paced {
+    /// The business number and customer pair's limit: try after this long.
+    Pair(Duration),
+    /// Too many sends already wait for this number's rate.
+    Crowded,
+}
+
+/// Sends that may wait for one number's rate in one sender before more
+/// go back to the stream (about three seconds at Meta's 80/s).
+pub const NUMBER_WAITING: usize = 256;
+/// Deliveries during which a send finding its number crowded goes back
+/// (after 2, 4, 8, 16, then 30 s: about two and a half minutes of backlog
+/// in all); after that it waits its turn. Below the sender's max_deliver.
+const NUMBER_REQUEUES: i64 = 8;
+
 /// Most items in one batch call.
 const MAX_BATCH: usize = 256;
 /// Batch calls of one kind in flight at once.
@@ -365,11 +381,24 @@ impl Sender {
             msg.to.clone()
         };
         // Paced before claiming, so no claim lease runs out in a queue.
-        if let Err(wait) = self.pace(pnid, &recipient).await {
-            return Outcome::Retry {
-                delay: wait,
-                reason: "pair rate limit: this customer was sent many messages from this number just now".into(),
-            };
+        match self
+            .pace(pnid, &recipient, delivered <= NUMBER_REQUEUES)
+            .await
+        {
+            Ok(()) => {}
+            Err(Paced::Pair(wait)) => {
+                return Outcome::Retry {
+                    delay: wait,
+                    reason: "pair rate limit: this customer was sent many messages from this number just now".into(),
+                }
+            }
+            Err(Paced::Crowded) => {
+                let n = (delivered - 1).clamp(0, NUMBER_REQUEUES) as u32;
+                return Outcome::Retry {
+                    delay: jitter(Duration::from_secs((2u64 << n).min(30))),
+                    reason: "this number's send rate is taken: many sends wait for it".into(),
+                };
+            }
         }
         let claim = match self.claim(&msg, tenant_id).await {
             Ok(c) => c,
@@ -416,7 +445,7 @@ impl Sender {
         while (parts_sent as usize) < parts.len() {
             let i = parts_sent as usize;
             if !std::mem::take(&mut paced) {
-                if let Err(wait) = self.pace(pnid, &recipient).await {
+                if let Err(Paced::Pair(wait)) = self.pace(pnid, &recipient, false).await {
                     // The parts sent so far are recorded; the rest comes later.
                     self.release(tenant.id, &msg.outbound_id, "pair rate limit")
                         .await;
@@ -593,16 +622,33 @@ impl Sender {
     /// rate (short waits), but when the pair's limit says wait, says how
     /// long instead of holding a worker, so one busy conversation never
     /// delays the others.
-    async fn pace(&self, pnid: &str, recipient: &str) -> Result<(), Duration> {
+    ///
+    /// With `may_requeue`, a number flooded past its send rate (more than
+    /// [`NUMBER_WAITING`] sends already waiting for it) answers
+    /// [`Paced::Crowded`] at once: those sends would otherwise fill the
+    /// in-hand window and every other number would wait behind them.
+    async fn pace(&self, pnid: &str, recipient: &str, may_requeue: bool) -> Result<(), Paced> {
         let pair = format!("{pnid}:{recipient}");
         if let Err(not_until) = self.per_recipient.check_key(&pair) {
             let now = self.per_recipient.clock().now();
-            return Err(not_until
-                .wait_time_from(now)
-                .max(Duration::from_millis(100)));
+            return Err(Paced::Pair(
+                not_until
+                    .wait_time_from(now)
+                    .max(Duration::from_millis(100)),
+            ));
         }
-        let _turn = self.number_gates.enter(&pnid.to_owned()).await;
-        self.per_number.until_key_ready(&pnid.to_owned()).await;
+        let number = pnid.to_owned();
+        let _turn = if may_requeue {
+            Some(
+                self.number_gates
+                    .enter_unless_crowded(&number, NUMBER_WAITING)
+                    .await
+                    .ok_or(Paced::Crowded)?,
+            )
+        } else {
+            self.number_gates.enter(&number).await
+        };
+        self.per_number.until_key_ready(&number).await;
         Ok(())
     }
 
