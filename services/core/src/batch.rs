@@ -112,6 +112,30 @@ pub fn by_index<T>(n: usize, rows: Vec<(i32, T)>) -> Vec<Option<T>> {
     out
 }
 
+/// Five-field items as five columns (the array parameters of a batch
+/// function).
+#[allow(clippy::type_complexity)]
+pub fn unzip5<A, B, C, D, E>(
+    items: Vec<(A, B, C, D, E)>,
+) -> (Vec<A>, Vec<B>, Vec<C>, Vec<D>, Vec<E>) {
+    let n = items.len();
+    let mut cols = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (a, b, c, d, e) in items {
+        cols.0.push(a);
+        cols.1.push(b);
+        cols.2.push(c);
+        cols.3.push(d);
+        cols.4.push(e);
+    }
+    cols
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,10 +84,7 @@ pub async fn scoped(
 }
 
 /// Sets the tenant of the current transaction.
-pub async fn set_tenant(
-    tx: &mut sqlx::PgConnection,
-    tenant: uuid::Uuid,
-) -> Result<(), sqlx::Error> {
+async fn set_tenant(tx: &mut sqlx::PgConnection, tenant: uuid::Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT set_config('alphadome.tenant_id', $1, true)")
         .bind(tenant.to_string())
         .execute(tx)

@@ -100,7 +100,7 @@ async fn consume(
     while !shutdown.is_cancelled() {
         let messages = match consumer
             .stream()
-            .max_messages_per_batch(1000)
+            .max_messages_per_batch(BATCH)
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(10))
             .messages()
@@ -173,7 +173,7 @@ async fn consume(
         }
         while writing.next().await.is_some() {}
         if shutdown.is_cancelled() {
-            bus::hand_back(&mut messages, 1000).await;
+            bus::hand_back(&mut messages, BATCH).await;
         }
     }
     Ok(())
@@ -340,8 +340,7 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
         }
         reg.commit().await.map_err(classify)?;
     }
-    let all: Vec<&Row> = rows.iter().collect();
-    insert_logs(db, &all, &users).await
+    insert_logs(db, rows, &users).await
 }
 
 /// The `public.users` ids of `phones` that are registered.
@@ -363,7 +362,7 @@ async fn known_users(
 /// 0010: it checks each row's tenant and training row, and inserts only).
 async fn insert_logs(
     db: &PgPool,
-    rows: &[&Row],
+    rows: &[Row],
     users: &std::collections::HashMap<String, Uuid>,
 ) -> Result<(), BatchError> {
     let n = rows.len();

@@ -676,34 +676,23 @@ impl Responder {
             };
             out_publish = Some((out.outbound_id.clone(), out.encode_to_vec()));
         }
-        let log = async {
-            match log_publish {
-                Some((key, body)) => self
-                    .bus
-                    .publish(
-                        self.bus.subject(StreamKind::Log, &tenant_id),
-                        &key,
-                        body.into(),
-                    )
-                    .await
-                    .map(|_| ()),
-                None => Ok(()),
+        let publish = |kind: StreamKind, item: Option<(String, Vec<u8>)>| {
+            let subject = self.bus.subject(kind, &tenant_id);
+            async move {
+                match item {
+                    Some((id, body)) => self
+                        .bus
+                        .publish(subject, &id, body.into())
+                        .await
+                        .map(|_| ()),
+                    None => Ok(()),
+                }
             }
         };
-        let reply = async {
-            match out_publish {
-                Some((id, body)) => self
-                    .bus
-                    .publish(
-                        self.bus.subject(StreamKind::Outbound, &tenant_id),
-                        &id,
-                        body.into(),
-                    )
-                    .await
-                    .map(|_| ()),
-                None => Ok(()),
-            }
-        };
-        tokio::try_join!(log, reply).map(|_| ())
+        tokio::try_join!(
+            publish(StreamKind::Log, log_publish),
+            publish(StreamKind::Outbound, out_publish)
+        )
+        .map(|_| ())
     }
 }

@@ -75,20 +75,7 @@ impl Admission {
             let db = pool.clone();
             async move {
                 let n = reqs.len();
-                let mut cols = (
-                    Vec::with_capacity(n),
-                    Vec::with_capacity(n),
-                    Vec::with_capacity(n),
-                    Vec::with_capacity(n),
-                    Vec::with_capacity(n),
-                );
-                for (t, u, w, h, d) in reqs {
-                    cols.0.push(t);
-                    cols.1.push(u);
-                    cols.2.push(w);
-                    cols.3.push(h);
-                    cols.4.push(d);
-                }
+                let cols = alphadome_core::batch::unzip5(reqs);
                 let rows: Vec<(i32, Option<String>, Option<String>)> = sqlx::query_as(
                     "SELECT * FROM alphadome.admit_message_batch($1, $2, $3, $4, $5)",
                 )

@@ -180,16 +180,10 @@ fn claim_batcher(db: PgPool, lease: Duration) -> Coalescer<ClaimRequest, ClaimRo
             let db = db.clone();
             async move {
                 let n = reqs.len();
-                let (mut tenants, mut ids, mut replies) = (
-                    Vec::with_capacity(n),
-                    Vec::with_capacity(n),
-                    Vec::with_capacity(n),
-                );
-                for (t, id, reply) in reqs {
-                    tenants.push(t);
-                    ids.push(id);
-                    replies.push(reply);
-                }
+                let (tenants, (ids, replies)): (Vec<Uuid>, (Vec<String>, Vec<String>)) = reqs
+                    .into_iter()
+                    .map(|(t, id, reply)| (t, (id, reply)))
+                    .unzip();
                 let rows: Vec<(i32, bool, String, i32, Option<String>)> =
                     sqlx::query_as("SELECT * FROM alphadome.claim_outbound_batch($1, $2, $3, $4)")
                         .bind(&tenants)
@@ -220,20 +214,7 @@ fn record_batcher(db: PgPool) -> Coalescer<RecordRequest, ()> {
             let db = db.clone();
             async move {
                 let n = reqs.len();
-                let mut cols = (
-                    Vec::with_capacity(n),
-                    Vec::with_capacity(n),
-                    Vec::with_capacity(n),
-                    Vec::with_capacity(n),
-                    Vec::with_capacity(n),
-                );
-                for (t, id, parts, wamid, total) in reqs {
-                    cols.0.push(t);
-                    cols.1.push(id);
-                    cols.2.push(parts);
-                    cols.3.push(wamid);
-                    cols.4.push(total);
-                }
+                let cols = alphadome_core::batch::unzip5(reqs);
                 sqlx::query("SELECT alphadome.record_outbound_progress_batch($1, $2, $3, $4, $5)")
                     .bind(&cols.0)
                     .bind(&cols.1)
