@@ -356,6 +356,99 @@ async fn ceiling_copy(rows: usize) -> anyhow::Result<Line> {
     ))
 }
 
+/// Connections the logger-work ceiling copies on at once: as many as the
+/// logger has batches in flight on one consumer.
+const CEILING_COPY_CONNECTIONS: usize = 4;
+
+/// The database's ceiling for the logger's own work: every log row carries
+/// its customer's `public.users` id and has its mirror row in
+/// `public.conversations` (the live system's table: foreign keys to users
+/// and brands), as the logger writes them. One COPY per table on each of
+/// `CEILING_COPY_CONNECTIONS` connections at once, rows split between them.
+async fn ceiling_copy_logger(rows: usize) -> anyhow::Result<Line> {
+    let env = Env::new().await;
+    let tenants = env.tenants(10, 0).await?;
+    let brands: std::collections::HashMap<uuid::Uuid, Option<uuid::Uuid>> =
+        sqlx::query_as("SELECT id, brand_id FROM alphadome.bot_tenants")
+            .fetch_all(&env.db.pool)
+            .await?
+            .into_iter()
+            .collect();
+    let mut users: Vec<(String, uuid::Uuid)> = sqlx::query_as(
+        "INSERT INTO public.users (phone, full_name) \
+         SELECT '2547' || lpad(g::text, 8, '0'), 'Unknown User' FROM generate_series(0, 999) g \
+         RETURNING phone, id",
+    )
+    .fetch_all(&env.db.pool)
+    .await?;
+    users.sort();
+    let mut logs = vec![String::new(); CEILING_COPY_CONNECTIONS];
+    let mut mirrors = vec![String::new(); CEILING_COPY_CONNECTIONS];
+    for i in 0..rows {
+        let t = &tenants[i % tenants.len()];
+        let (phone, user) = &users[i % users.len()];
+        let direction = if i % 2 == 0 { "incoming" } else { "outgoing" };
+        let text = load::customer_text(i);
+        let k = i % CEILING_COPY_CONNECTIONS;
+        logs[k].push_str(&format!(
+            "{}\t{phone}\t{user}\t{direction}\t{text}\twamid.copy.{i}\tf\t{{\"reason\": \"faq_match\"}}\t2026-11-28 12:00:00+00\tin:wamid.copy.{i}\n",
+            t.id,
+        ));
+        let brand = brands
+            .get(&t.id)
+            .copied()
+            .flatten()
+            .map_or_else(|| "\\N".to_owned(), |b| b.to_string());
+        mirrors[k].push_str(&format!(
+            "{brand}\t{user}\twamid.copy.{i}\t{direction}\t{{\"from\": \"{phone}\", \"type\": \"text\"}}\t{text}\t2026-11-28 12:00:00+00\t2026-11-28 12:00:00+00\n",
+        ));
+    }
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (log, mirror) in logs.into_iter().zip(mirrors) {
+        let pool = env.db.pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await?;
+            let mut n = 0;
+            for (sql, data) in [
+                (
+                    "COPY alphadome.bot_message_logs (bot_tenant_id, user_phone, user_id, direction, \
+                     message_text, whatsapp_message_id, ai_processed, metadata, created_at, dedup_key) FROM STDIN",
+                    log,
+                ),
+                (
+                    "COPY public.conversations (brand_id, user_id, whatsapp_message_id, direction, \
+                     raw_payload, message_text, created_at, updated_at) FROM STDIN",
+                    mirror,
+                ),
+            ] {
+                let mut copy = conn.copy_in_raw(sql).await?;
+                for chunk in data.as_bytes().chunks(1 << 20) {
+                    copy.send(chunk).await?;
+                }
+                n += copy.finish().await?;
+            }
+            Ok::<u64, anyhow::Error>(n)
+        }));
+    }
+    let mut n = 0;
+    for t in tasks {
+        n += t.await??;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if n as usize != 2 * rows {
+        bail!("COPY wrote {n} rows of {}", 2 * rows);
+    }
+    Ok(Line::new(
+        "ceiling: COPY of the logger's rows (log row with user id, and its public.conversations mirror)",
+        rows as f64 / secs,
+        "rows/s",
+        format!(
+            "{rows} log rows and {rows} mirror rows, {CEILING_COPY_CONNECTIONS} connections at once, indexes, foreign keys and triggers in place"
+        ),
+    ))
+}
+
 // ---------------------------------------------------------------- services
 
 async fn ingress(
@@ -434,6 +527,40 @@ async fn count_logs(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
     )
 }
 
+/// Waits until `bot_message_logs` holds at least `want` rows or `deadline`
+/// passes, and returns the count. The table is counted only when the
+/// logger's consumer has nothing pending and nothing unacknowledged (the
+/// logger acks after its commit): a `count(*)` every 100 ms would scan the
+/// growing table ten times a second and take the database's time from the
+/// logger being measured.
+async fn wait_for_logs(
+    pool: &sqlx::PgPool,
+    bus: &Bus,
+    want: i64,
+    deadline: Instant,
+) -> anyhow::Result<i64> {
+    let stream = bus.js.get_stream(bus.stream_name(StreamKind::Log)).await?;
+    loop {
+        let drained = match stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>("logger")
+            .await
+        {
+            Ok(mut c) => {
+                let info = c.info().await?;
+                info.num_pending == 0 && info.num_ack_pending == 0
+            }
+            Err(_) => false,
+        };
+        if drained || Instant::now() >= deadline {
+            let n = count_logs(pool).await?;
+            if n >= want || Instant::now() >= deadline {
+                return Ok(n);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn pipeline(smoke: bool, r: PipelineRun) -> anyhow::Result<Vec<Line>> {
     let env = Env::new().await;
     let tenants = Arc::new(env.tenants(r.tenants, r.faq).await?);
@@ -486,12 +613,9 @@ async fn pipeline(smoke: bool, r: PipelineRun) -> anyhow::Result<Vec<Line>> {
     let replies = load::replies(&run, &sent, &graph);
     // The log rows: both directions of every accepted message.
     let want = logs_before + 2 * sent.accepted() as i64;
+    let log_bus = Bus::connect(&nats_url(), &env.nats.prefix).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
-    let mut logged = count_logs(&env.db.pool).await?;
-    while logged < want && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        logged = count_logs(&env.db.pool).await?;
-    }
+    let logged = wait_for_logs(&env.db.pool, &log_bus, want, deadline).await?;
     let logs_done = Instant::now();
     statuses_stop.cancel();
     let status_counts = match statuses {
@@ -654,11 +778,7 @@ async fn logger(smoke: bool, rows: usize) -> anyhow::Result<Line> {
     let t0 = Instant::now();
     let p = start(&["run", "logger"], env.env(&graph_url)).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut n = count_logs(&env.db.pool).await?;
-    while (n as usize) < rows && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        n = count_logs(&env.db.pool).await?;
-    }
+    let n = wait_for_logs(&env.db.pool, &bus, rows as i64, deadline).await?;
     let secs = t0.elapsed().as_secs_f64();
     let conversations: i64 = sqlx::query_scalar("SELECT count(*) FROM public.conversations")
         .fetch_one(&env.db.pool)
@@ -922,6 +1042,7 @@ async fn all(smoke: bool) -> anyhow::Result<()> {
     let http = ceiling_http(s(100_000, 500), 64).await?;
     let broker = ceiling_broker(s(100_000, 500), 64).await?;
     let copy = ceiling_copy(s(200_000, 1_000)).await?;
+    let copy_logger = ceiling_copy_logger(s(200_000, 1_000)).await?;
     let ingress_line = ingress(smoke, s(100_000, 500), 64, s(100, 5)).await?;
     let run = |rate: Option<f64>, messages: usize| PipelineRun {
         rate,
@@ -995,6 +1116,7 @@ async fn all(smoke: bool) -> anyhow::Result<()> {
     row(&http, None);
     row(&broker, None);
     row(&copy, None);
+    row(&copy_logger, None);
     row(&ingress_line, Some(&http));
     row(&ingress_line, Some(&broker));
     for l in p1000.iter().chain(&p5000).chain(&pmax).chain(&pstatus) {
@@ -1008,6 +1130,7 @@ async fn all(smoke: bool) -> anyhow::Result<()> {
         );
     }
     row(&logger_line, Some(&copy));
+    row(&logger_line, Some(&copy_logger));
     row(&mem, None);
     for l in &neighbours {
         row(l, None);
@@ -1030,6 +1153,7 @@ async fn main() -> anyhow::Result<()> {
             ceiling_http(requests, connections).await?;
             ceiling_broker(requests, connections).await?;
             ceiling_copy(requests).await?;
+            ceiling_copy_logger(requests).await?;
         }
         Cmd::Ingress {
             messages,

@@ -305,6 +305,61 @@ async fn one_log_statement_writes_many_tenants_and_checks_what_rls_cannot() {
         .await
         .unwrap();
     assert_eq!(mirrored, 3);
+    // A batch mixing a written row, a new one and the new one repeated
+    // (the plain insert fails on the unique key; the retry in the same call
+    // writes and mirrors only the first of each new key).
+    let texts = vec![Some("again"), Some("first"), Some("second")];
+    let new: i32 = sqlx::query_scalar(
+        "SELECT alphadome.write_message_logs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(vec![a.id; 3])
+    .bind(vec![Some("254711000001"); 3])
+    .bind(vec![None::<Uuid>; 3])
+    .bind(vec!["incoming"; 3])
+    .bind(&texts)
+    .bind(vec![Some("w.a"), Some("w.c"), Some("w.c")])
+    .bind(vec![false; 3])
+    .bind(vec![None::<String>; 3])
+    .bind(vec![None::<String>; 3])
+    .bind(vec![None::<String>; 3])
+    .bind(vec![None::<Uuid>; 3])
+    .bind(vec![serde_json::json!({}); 3])
+    .bind(vec![chrono::Utc::now(); 3])
+    .bind(vec!["in:w.a", "in:w.c", "in:w.c"])
+    .bind(vec![None::<serde_json::Value>; 3])
+    .fetch_one(&logger)
+    .await
+    .unwrap();
+    assert_eq!(new, 1, "only in:w.c is new");
+    let logged: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT dedup_key, message_text FROM alphadome.bot_message_logs ORDER BY dedup_key",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        logged,
+        vec![
+            ("in:w.a".into(), Some("hi".into())),
+            ("in:w.b".into(), Some("hi".into())),
+            ("in:w.c".into(), Some("first".into())),
+            ("out:w.a".into(), Some("hi".into())),
+        ]
+    );
+    let mirrored: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT message_text FROM public.conversations ORDER BY message_text")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        mirrored,
+        vec![
+            Some("first".into()),
+            Some("hi".into()),
+            Some("hi".into()),
+            Some("hi".into())
+        ]
+    );
 
     // Statuses in one batch: never regress, unknown wamids and other
     // tenants' rows are not found.

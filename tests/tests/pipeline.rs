@@ -91,6 +91,115 @@ async fn faq_reply_end_to_end_with_the_tenants_token_and_number() {
 }
 
 #[tokio::test]
+async fn customers_are_resolved_to_the_live_systems_users_once_and_new_ones_registered_once() {
+    let e = env().await;
+    let t = tenant(&e.db.pool, &e.ring, TenantSpec::default()).await;
+    // A customer the live system registered (twice, as it can: no unique
+    // phone); the older row is the one the existing system uses.
+    const KNOWN: &str = "254722000001";
+    const NEW: &str = "254722000002";
+    let known: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO public.users (phone, full_name, created_at) VALUES ($1, 'Wanjiru', now() - interval '1 day') RETURNING id",
+    )
+    .bind(KNOWN)
+    .fetch_one(&e.db.pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO public.users (phone, full_name) VALUES ($1, 'Unknown User')")
+        .bind(KNOWN)
+        .execute(&e.db.pool)
+        .await
+        .unwrap();
+    let stack = e.stack().await;
+    for (i, from) in [KNOWN, NEW, KNOWN, NEW].into_iter().enumerate() {
+        let body = text_webhook(
+            &t.phone_number_id,
+            from,
+            &format!("wamid.users.{i}"),
+            "opening hours",
+        );
+        let resp = post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await;
+        assert_eq!(resp.status(), 200);
+        // One at a time, so the later messages find the earlier mapping.
+        eventually(Duration::from_secs(10), "both log rows", || async {
+            let c = log_counts(&e.db.pool, t.id).await;
+            (c == (i as i64 + 1, i as i64 + 1)).then_some(())
+        })
+        .await;
+    }
+    let users_of = |phone: &'static str| {
+        let pool = e.db.pool.clone();
+        async move {
+            let logs: Vec<Option<uuid::Uuid>> = sqlx::query_scalar(
+                "SELECT DISTINCT user_id FROM alphadome.bot_message_logs WHERE user_phone = $1",
+            )
+            .bind(phone)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            let registered: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM public.users WHERE phone = $1")
+                    .bind(phone)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            let mapped: Vec<uuid::Uuid> =
+                sqlx::query_scalar("SELECT user_id FROM alphadome.customer_users WHERE phone = $1")
+                    .bind(phone)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            (logs, registered, mapped)
+        }
+    };
+    let (logs, registered, mapped) = users_of(KNOWN).await;
+    assert_eq!(
+        logs,
+        vec![Some(known)],
+        "logged under the live system's user"
+    );
+    assert_eq!(registered, 2, "no third user for a known customer");
+    assert_eq!(mapped, vec![known]);
+    let (logs, registered, mapped) = users_of(NEW).await;
+    assert_eq!(registered, 1, "a new customer is registered once");
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0], mapped.first().copied());
+    let mirrored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM public.conversations WHERE user_id = $1")
+            .bind(known)
+            .fetch_one(&e.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(mirrored, 4, "two messages and two replies");
+    stack.stop().await.unwrap();
+    // A user the live system deletes takes its mapping with it.
+    let gone: uuid::Uuid =
+        sqlx::query_scalar("INSERT INTO public.users (phone) VALUES ('254722000003') RETURNING id")
+            .fetch_one(&e.db.pool)
+            .await
+            .unwrap();
+    sqlx::query(
+        "INSERT INTO alphadome.customer_users (phone, user_id) VALUES ('254722000003', $1)",
+    )
+    .bind(gone)
+    .execute(&e.db.pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM public.users WHERE id = $1")
+        .bind(gone)
+        .execute(&e.db.pool)
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM alphadome.customer_users WHERE phone = '254722000003'",
+    )
+    .fetch_one(&e.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
 async fn bad_or_missing_signatures_are_refused_and_nothing_is_published() {
     let e = env().await;
     let t = tenant(&e.db.pool, &e.ring, TenantSpec::default()).await;

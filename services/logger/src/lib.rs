@@ -294,7 +294,10 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
         return Ok(());
     }
     // Resolve (or register) the customers in public.users, as the existing
-    // system does.
+    // system does. Phones seen before are looked up in
+    // alphadome.customer_users (an index probe each): public.users has no
+    // index on phone, and scanning it for every batch cost the database
+    // O(users x batch).
     let mut phones: Vec<String> = rows
         .iter()
         .map(|r| clean(&r.event.user_phone))
@@ -305,12 +308,12 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
     let mut users: std::collections::HashMap<String, Uuid> = std::collections::HashMap::new();
     if !phones.is_empty() {
         let mut conn = db.acquire().await.map_err(classify)?;
-        users.extend(known_users(&mut conn, &phones).await?);
+        users.extend(mapped_users(&mut conn, &phones).await?);
     }
-    // Customers seen for the first time are registered in a short
-    // transaction of their own, under an advisory lock per new phone (taken
-    // in order), so concurrent batches never register one twice and never
-    // wait on each other for longer than that registration.
+    // Customers the logger has not seen are resolved (or registered) in a
+    // short transaction of their own, under an advisory lock per new phone
+    // (taken in order), so concurrent batches never register one twice and
+    // never wait on each other for longer than that registration.
     let missing: Vec<String> = phones
         .iter()
         .filter(|p| !users.contains_key(*p))
@@ -323,27 +326,64 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
             .execute(&mut *reg)
             .await
             .map_err(classify)?;
-        users.extend(known_users(&mut reg, &missing).await?);
-        let still: Vec<String> = missing
+        // Another batch may have resolved them while this one waited.
+        users.extend(mapped_users(&mut reg, &missing).await?);
+        let unmapped: Vec<String> = missing
             .into_iter()
             .filter(|p| !users.contains_key(p))
             .collect();
-        if !still.is_empty() {
-            let created: Vec<(String, Uuid)> = sqlx::query_as(
-                "INSERT INTO public.users (phone, full_name) SELECT p, 'Unknown User' FROM unnest($1::text[]) AS p RETURNING phone, id",
+        if !unmapped.is_empty() {
+            let mut resolved: std::collections::HashMap<String, Uuid> =
+                known_users(&mut reg, &unmapped)
+                    .await?
+                    .into_iter()
+                    .collect();
+            let still: Vec<String> = unmapped
+                .iter()
+                .filter(|p| !resolved.contains_key(*p))
+                .cloned()
+                .collect();
+            if !still.is_empty() {
+                let created: Vec<(String, Uuid)> = sqlx::query_as(
+                    "INSERT INTO public.users (phone, full_name) SELECT p, 'Unknown User' FROM unnest($1::text[]) AS p RETURNING phone, id",
+                )
+                .bind(&still)
+                .fetch_all(&mut *reg)
+                .await
+                .map_err(classify)?;
+                resolved.extend(created);
+            }
+            let (p, u): (Vec<&str>, Vec<Uuid>) =
+                resolved.iter().map(|(p, u)| (p.as_str(), *u)).unzip();
+            sqlx::query(
+                "INSERT INTO alphadome.customer_users (phone, user_id) SELECT * FROM unnest($1::text[], $2::uuid[]) ON CONFLICT (phone) DO NOTHING",
             )
-            .bind(&still)
-            .fetch_all(&mut *reg)
+            .bind(&p)
+            .bind(&u)
+            .execute(&mut *reg)
             .await
             .map_err(classify)?;
-            users.extend(created);
+            users.extend(resolved);
         }
         reg.commit().await.map_err(classify)?;
     }
     insert_logs(db, rows, &users).await
 }
 
-/// The `public.users` ids of `phones` that are registered.
+/// The `public.users` ids of `phones` the logger has resolved before.
+async fn mapped_users(
+    conn: &mut sqlx::PgConnection,
+    phones: &[String],
+) -> Result<Vec<(String, Uuid)>, BatchError> {
+    sqlx::query_as("SELECT phone, user_id FROM alphadome.customer_users WHERE phone = ANY($1)")
+        .bind(phones)
+        .fetch_all(conn)
+        .await
+        .map_err(classify)
+}
+
+/// The `public.users` ids of `phones` that are registered (a scan of
+/// public.users: only for phones not in alphadome.customer_users).
 async fn known_users(
     tx: &mut sqlx::PgConnection,
     phones: &[String],
