@@ -70,10 +70,11 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(db: PgPool) -> Self {
-        let pool = db.clone();
+        let sticky = alphadome_core::db::Sticky::new(db.clone(), 1);
         let batch = Coalescer::new("admit_message", 256, 1, move |reqs: Vec<AdmitRequest>| {
-            let db = pool.clone();
+            let sticky = sticky.clone();
             async move {
+                let mut conn = sticky.get().await?;
                 let n = reqs.len();
                 let cols = alphadome_core::batch::unzip5(reqs);
                 let rows: Vec<(i32, Option<String>, Option<String>)> = sqlx::query_as(
@@ -84,8 +85,9 @@ impl Admission {
                 .bind(&cols.2)
                 .bind(&cols.3)
                 .bind(&cols.4)
-                .fetch_all(&db)
+                .fetch_all(&mut *conn)
                 .await?;
+                conn.keep();
                 Ok::<_, sqlx::Error>(alphadome_core::batch::by_index(
                     n,
                     rows.into_iter().map(|(i, t, d)| (i, (t, d))).collect(),

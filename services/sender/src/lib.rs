@@ -172,13 +172,15 @@ const MAX_BATCH: usize = 256;
 const BATCHES_IN_FLIGHT: usize = 2;
 
 fn claim_batcher(db: PgPool, lease: Duration) -> Coalescer<ClaimRequest, ClaimRow> {
+    let sticky = alphadome_core::db::Sticky::new(db, BATCHES_IN_FLIGHT);
     Coalescer::new(
         "claim",
         MAX_BATCH,
         BATCHES_IN_FLIGHT,
         move |reqs: Vec<ClaimRequest>| {
-            let db = db.clone();
+            let sticky = sticky.clone();
             async move {
+                let mut conn = sticky.get().await?;
                 let n = reqs.len();
                 let (tenants, (ids, replies)): (Vec<Uuid>, (Vec<String>, Vec<String>)) = reqs
                     .into_iter()
@@ -190,8 +192,9 @@ fn claim_batcher(db: PgPool, lease: Duration) -> Coalescer<ClaimRequest, ClaimRo
                         .bind(&ids)
                         .bind(&replies)
                         .bind(lease.as_secs_f64())
-                        .fetch_all(&db)
+                        .fetch_all(&mut *conn)
                         .await?;
+                conn.keep();
                 Ok::<_, sqlx::Error>(alphadome_core::batch::by_index(
                     n,
                     rows.into_iter()
@@ -206,13 +209,15 @@ fn claim_batcher(db: PgPool, lease: Duration) -> Coalescer<ClaimRequest, ClaimRo
 }
 
 fn record_batcher(db: PgPool) -> Coalescer<RecordRequest, ()> {
+    let sticky = alphadome_core::db::Sticky::new(db, BATCHES_IN_FLIGHT);
     Coalescer::new(
         "record",
         MAX_BATCH,
         BATCHES_IN_FLIGHT,
         move |reqs: Vec<RecordRequest>| {
-            let db = db.clone();
+            let sticky = sticky.clone();
             async move {
+                let mut conn = sticky.get().await?;
                 let n = reqs.len();
                 let cols = alphadome_core::batch::unzip5(reqs);
                 sqlx::query("SELECT alphadome.record_outbound_progress_batch($1, $2, $3, $4, $5)")
@@ -221,8 +226,9 @@ fn record_batcher(db: PgPool) -> Coalescer<RecordRequest, ()> {
                     .bind(&cols.2)
                     .bind(&cols.3)
                     .bind(&cols.4)
-                    .execute(&db)
+                    .execute(&mut *conn)
                     .await?;
+                conn.keep();
                 Ok::<_, sqlx::Error>(vec![Some(()); n])
             }
         },
