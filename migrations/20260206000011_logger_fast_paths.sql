@@ -1,5 +1,5 @@
--- The logger's per-row costs, measured with alphadome-bench logger
--- (docs/benchmarks.md, session 4).
+-- Per-row costs of the logger and the other hot paths, measured with
+-- alphadome-bench (docs/benchmarks.md, session 4).
 
 -- 1. Customers' phones to their public.users ids. public.users belongs to
 -- the live system and has no index on phone (and stays untouched), so
@@ -21,9 +21,15 @@ GRANT SELECT, INSERT ON alphadome.customer_users TO alphadome_logger;
 -- Under the database's default collation every comparison in these unique
 -- and lookup indexes went through the locale machinery; "C" compares bytes.
 -- Equality means the same thing under both, so no lookup changes meaning.
+-- The same for the per-message keys of the other hot paths: the rate-limit
+-- decision per message and the counters' scopes (every admission), the
+-- reply ids (every claim and record).
 ALTER TABLE alphadome.bot_message_logs
     ALTER COLUMN dedup_key TYPE text COLLATE "C",
     ALTER COLUMN whatsapp_message_id TYPE text COLLATE "C";
+ALTER TABLE alphadome.rate_limit_events ALTER COLUMN whatsapp_message_id TYPE text COLLATE "C";
+ALTER TABLE alphadome.rate_limit_counters ALTER COLUMN scope TYPE text COLLATE "C";
+ALTER TABLE alphadome.outbound_messages ALTER COLUMN outbound_id TYPE text COLLATE "C";
 
 -- 3. The log batch without speculative insertion. ON CONFLICT DO NOTHING
 -- costs every row a speculative insert (1.6x a plain insert, measured); a
