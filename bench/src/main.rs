@@ -460,6 +460,167 @@ async fn ceiling_copy_logger(rows: usize) -> anyhow::Result<Line> {
     ))
 }
 
+/// Messages per batch call in the database's pipeline ceiling: about the
+/// claim batches the sender makes at its sustained rate (admissions run
+/// larger, records smaller; docs/benchmarks.md).
+const CEILING_DB_BATCH: usize = 64;
+/// Batches in flight at once in the database's pipeline ceiling.
+const CEILING_DB_WORKERS: usize = 4;
+
+/// The database's ceiling for the whole pipeline: every message's
+/// statements as the services make them, each as its service's role
+/// (admission as the responder, claim and record as the sender, the
+/// customer lookup and both log rows with their mirrors as the logger), in
+/// batches of `CEILING_DB_BATCH`, `CEILING_DB_WORKERS` at once with one
+/// admission at a time (as the responder does), and nothing else running:
+/// no HTTP, no NATS, no platform. The pipeline cannot be faster than this
+/// on the same machine.
+async fn ceiling_db_pipeline(messages: usize) -> anyhow::Result<Line> {
+    use alphadome_core::db::{connect_as, ServiceRole};
+    let env = Env::new().await;
+    let tenants = Arc::new(env.tenants(100, 0).await?);
+    let url = secrecy::SecretString::from(env.db.url.clone());
+    let n = CEILING_DB_WORKERS as u32;
+    let responder = connect_as(&url, ServiceRole::Responder, n).await?;
+    let sender = connect_as(&url, ServiceRole::Sender, n).await?;
+    let logger = connect_as(&url, ServiceRole::Logger, n).await?;
+    // The customers, resolved before (as after the first minute of traffic).
+    sqlx::query(
+        "WITH u AS (INSERT INTO public.users (phone, full_name) \
+         SELECT '2547' || lpad(g::text, 8, '0'), 'Unknown User' FROM generate_series(0, 999) g RETURNING phone, id) \
+         INSERT INTO alphadome.customer_users (phone, user_id) SELECT phone, id FROM u",
+    )
+    .execute(&env.db.pool)
+    .await?;
+    let run = run_id();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let admission = Arc::new(tokio::sync::Mutex::new(()));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CEILING_DB_WORKERS {
+        let (responder, sender, logger) = (responder.clone(), sender.clone(), logger.clone());
+        let (tenants, next, admission, run) = (
+            tenants.clone(),
+            next.clone(),
+            admission.clone(),
+            run.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let from = next.fetch_add(CEILING_DB_BATCH, std::sync::atomic::Ordering::Relaxed);
+                if from >= messages {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let idx: Vec<usize> = (from..(from + CEILING_DB_BATCH).min(messages)).collect();
+                let tenant: Vec<uuid::Uuid> =
+                    idx.iter().map(|i| tenants[i % tenants.len()].id).collect();
+                let user: Vec<String> = idx.iter().map(|i| format!("2547{:08}", i % 1000)).collect();
+                let wamid: Vec<String> = idx.iter().map(|i| format!("wamid.dbc.{run}.{i}")).collect();
+                let reply: Vec<String> = wamid.iter().map(|w| format!("reply:{w}")).collect();
+                let k = idx.len();
+                {
+                    let _one_at_a_time = admission.lock().await;
+                    let limit = vec![Some(1_000_000i32); k];
+                    let admitted: Vec<(i32, Option<String>, Option<String>)> =
+                        sqlx::query_as("SELECT * FROM alphadome.admit_message_batch($1, $2, $3, $4, $5)")
+                            .bind(&tenant)
+                            .bind(&user)
+                            .bind(&wamid)
+                            .bind(&limit)
+                            .bind(&limit)
+                            .fetch_all(&responder)
+                            .await?;
+                    anyhow::ensure!(admitted.len() == k, "admitted {} of {k}", admitted.len());
+                }
+                let claimed: Vec<(i32, bool, String, i32, Option<String>)> =
+                    sqlx::query_as("SELECT * FROM alphadome.claim_outbound_batch($1, $2, $3, 60)")
+                        .bind(&tenant)
+                        .bind(&reply)
+                        .bind(&wamid)
+                        .fetch_all(&sender)
+                        .await?;
+                anyhow::ensure!(claimed.iter().all(|c| c.1), "a claim was refused");
+                let sent: Vec<String> = wamid.iter().map(|w| format!("{w}.out")).collect();
+                sqlx::query("SELECT alphadome.record_outbound_progress_batch($1, $2, $3, $4, $5)")
+                    .bind(&tenant)
+                    .bind(&reply)
+                    .bind(vec![1i32; k])
+                    .bind(&sent)
+                    .bind(vec![1i32; k])
+                    .execute(&sender)
+                    .await?;
+                // The log batch: the incoming and the outgoing row of each.
+                let users: Vec<(String, uuid::Uuid)> = sqlx::query_as(
+                    "SELECT phone, user_id FROM alphadome.customer_users WHERE phone = ANY($1)",
+                )
+                .bind(&user)
+                .fetch_all(&logger)
+                .await?;
+                let users: std::collections::HashMap<String, uuid::Uuid> = users.into_iter().collect();
+                let two = |v: &[String]| -> Vec<String> { v.iter().chain(v).cloned().collect() };
+                let (tenant2, phone2) = (
+                    tenant.iter().chain(&tenant).copied().collect::<Vec<_>>(),
+                    two(&user),
+                );
+                let user2: Vec<Option<uuid::Uuid>> = phone2.iter().map(|p| users.get(p).copied()).collect();
+                let direction: Vec<&str> =
+                    std::iter::repeat_n("incoming", k).chain(std::iter::repeat_n("outgoing", k)).collect();
+                let wamid2: Vec<String> = wamid.iter().chain(&sent).cloned().collect();
+                let key: Vec<String> = wamid
+                    .iter()
+                    .map(|w| format!("in:{w}"))
+                    .chain(wamid.iter().map(|w| format!("out:{w}")))
+                    .collect();
+                let text: Vec<String> = idx
+                    .iter()
+                    .map(|i| load::customer_text(*i))
+                    .chain(std::iter::repeat_n("About the price of our guitars: ask at the counter.".to_owned(), k))
+                    .collect();
+                let none_text = vec![None::<String>; 2 * k];
+                let metadata = vec![serde_json::json!({"reason": "faq_match", "match_score": 0.82}); 2 * k];
+                let raw: Vec<Option<serde_json::Value>> = user
+                    .iter()
+                    .map(|u| Some(serde_json::json!({"from": u, "type": "text"})))
+                    .chain(std::iter::repeat_n(None, k))
+                    .collect();
+                let new: i32 = sqlx::query_scalar(
+                    "SELECT alphadome.write_message_logs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                )
+                .bind(&tenant2)
+                .bind(&phone2)
+                .bind(&user2)
+                .bind(&direction)
+                .bind(&text)
+                .bind(&wamid2)
+                .bind(vec![false; 2 * k])
+                .bind(&none_text)
+                .bind(&none_text)
+                .bind(&none_text)
+                .bind(vec![None::<uuid::Uuid>; 2 * k])
+                .bind(&metadata)
+                .bind(vec![chrono::Utc::now(); 2 * k])
+                .bind(&key)
+                .bind(&raw)
+                .fetch_one(&logger)
+                .await?;
+                anyhow::ensure!(new as usize == 2 * k, "logged {new} of {}", 2 * k);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(Line::new(
+        "ceiling: the database's work per message alone (admission, claim, record, two log rows and their mirrors)",
+        messages as f64 / secs,
+        "msg/s",
+        format!(
+            "{messages} messages, 100 tenants x 1,000 customers, batches of {CEILING_DB_BATCH}, {CEILING_DB_WORKERS} at once, one admission at a time, each as its service's role"
+        ),
+    ))
+}
+
 // ---------------------------------------------------------------- services
 
 async fn ingress(
@@ -1054,6 +1215,7 @@ async fn all(smoke: bool) -> anyhow::Result<()> {
     let broker = ceiling_broker(s(100_000, 500), 64).await?;
     let copy = ceiling_copy(s(200_000, 1_000)).await?;
     let copy_logger = ceiling_copy_logger(s(200_000, 1_000)).await?;
+    let db_pipeline = ceiling_db_pipeline(s(50_000, 300)).await?;
     let ingress_line = ingress(smoke, s(100_000, 500), 64, s(100, 5)).await?;
     let run = |rate: Option<f64>, messages: usize| PipelineRun {
         rate,
@@ -1128,17 +1290,16 @@ async fn all(smoke: bool) -> anyhow::Result<()> {
     row(&broker, None);
     row(&copy, None);
     row(&copy_logger, None);
+    row(&db_pipeline, None);
     row(&ingress_line, Some(&http));
     row(&ingress_line, Some(&broker));
     for l in p1000.iter().chain(&p5000).chain(&pmax).chain(&pstatus) {
-        row(
-            l,
-            if l.unit == "msg/s" {
-                Some(&broker)
-            } else {
-                None
-            },
-        );
+        if l.unit == "msg/s" {
+            row(l, Some(&broker));
+            row(l, Some(&db_pipeline));
+        } else {
+            row(l, None);
+        }
     }
     row(&logger_line, Some(&copy));
     row(&logger_line, Some(&copy_logger));
@@ -1165,6 +1326,7 @@ async fn main() -> anyhow::Result<()> {
             ceiling_broker(requests, connections).await?;
             ceiling_copy(requests).await?;
             ceiling_copy_logger(requests).await?;
+            ceiling_db_pipeline(requests / 4).await?;
         }
         Cmd::Ingress {
             messages,
