@@ -12,14 +12,13 @@
 use std::time::Duration;
 
 use alphadome_core::bus::{self, Bus, ConsumerSettings, MessageMeta, Outcome, StreamKind};
-use alphadome_core::db::Sticky;
 use alphadome_core::events::v1::{Direction, LogEvent, StatusUpdate};
 use alphadome_core::events::Message as _;
 use alphadome_core::CancellationToken;
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use sqlx::{Connection as _, PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Durable consumer on the log stream.
@@ -77,9 +76,6 @@ pub async fn run(db: PgPool, bus: Bus, shutdown: CancellationToken) -> Result<()
     let s = settings();
     let logs = bus.consumer(StreamKind::Log, LOG_CONSUMER, s).await?;
     let statuses = bus.consumer(StreamKind::Status, STATUS_CONSUMER, s).await?;
-    // Every database call of the logger goes through kept connections, one
-    // per batch in flight on either consumer.
-    let db = Sticky::new(db, 2 * PARALLEL_BATCHES);
     let a = consume(
         db.clone(),
         bus.clone(),
@@ -93,7 +89,7 @@ pub async fn run(db: PgPool, bus: Bus, shutdown: CancellationToken) -> Result<()
 }
 
 async fn consume(
-    db: Sticky,
+    db: PgPool,
     bus: Bus,
     kind: StreamKind,
     consumer: jetstream::consumer::PullConsumer,
@@ -185,7 +181,7 @@ async fn consume(
 
 /// Writes one batch and acks (or naks, or dead-letters) each message.
 async fn write_and_settle(
-    db: Sticky,
+    db: PgPool,
     bus: Bus,
     stream_name: String,
     kind: StreamKind,
@@ -228,7 +224,7 @@ struct Row {
     event: LogEvent,
 }
 
-async fn write_logs(db: &Sticky, batch: &[jetstream::Message]) -> Vec<Outcome> {
+async fn write_logs(db: &PgPool, batch: &[jetstream::Message]) -> Vec<Outcome> {
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
     let mut rows = Vec::new();
     let mut index = Vec::new();
@@ -293,12 +289,10 @@ async fn write_logs(db: &Sticky, batch: &[jetstream::Message]) -> Vec<Outcome> {
         .collect()
 }
 
-async fn insert_rows(db: &Sticky, rows: &[Row]) -> Result<(), BatchError> {
+async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
     if rows.is_empty() {
         return Ok(());
     }
-    // One connection for the whole batch, kept for the next one.
-    let mut conn = db.get().await.map_err(classify)?;
     // Resolve (or register) the customers in public.users, as the existing
     // system does. Phones seen before are looked up in
     // alphadome.customer_users (an index probe each): public.users has no
@@ -313,6 +307,7 @@ async fn insert_rows(db: &Sticky, rows: &[Row]) -> Result<(), BatchError> {
     phones.dedup();
     let mut users: std::collections::HashMap<String, Uuid> = std::collections::HashMap::new();
     if !phones.is_empty() {
+        let mut conn = db.acquire().await.map_err(classify)?;
         users.extend(mapped_users(&mut conn, &phones).await?);
     }
     // Customers the logger has not seen are resolved (or registered) in a
@@ -325,7 +320,7 @@ async fn insert_rows(db: &Sticky, rows: &[Row]) -> Result<(), BatchError> {
         .cloned()
         .collect();
     if !missing.is_empty() {
-        let mut reg = conn.begin().await.map_err(classify)?;
+        let mut reg = db.begin().await.map_err(classify)?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('alphadome.users:' || p)) FROM unnest($1::text[]) AS p ORDER BY p")
             .bind(&missing)
             .execute(&mut *reg)
@@ -372,9 +367,7 @@ async fn insert_rows(db: &Sticky, rows: &[Row]) -> Result<(), BatchError> {
         }
         reg.commit().await.map_err(classify)?;
     }
-    insert_logs(&mut conn, rows, &users).await?;
-    conn.keep();
-    Ok(())
+    insert_logs(db, rows, &users).await
 }
 
 /// The `public.users` ids of `phones` the logger has resolved before.
@@ -408,7 +401,7 @@ async fn known_users(
 /// ones to public.conversations (`alphadome.write_message_logs`, migration
 /// 0010: it checks each row's tenant and training row, and inserts only).
 async fn insert_logs(
-    conn: &mut PgConnection,
+    db: &PgPool,
     rows: &[Row],
     users: &std::collections::HashMap<String, Uuid>,
 ) -> Result<(), BatchError> {
@@ -479,7 +472,7 @@ async fn insert_logs(
     .bind(&at)
     .bind(&key)
     .bind(&raw)
-    .execute(conn)
+    .execute(db)
     .await
     .map_err(classify)?;
     Ok(())
@@ -521,7 +514,7 @@ impl StatusRow {
 /// Applies a batch of statuses in one call (`alphadome.apply_status_batch`,
 /// migration 0010); when the database refuses the batch, each status alone,
 /// so only the bad one is dead-lettered.
-async fn apply_statuses(db: &Sticky, batch: &[jetstream::Message]) -> Vec<Outcome> {
+async fn apply_statuses(db: &PgPool, batch: &[jetstream::Message]) -> Vec<Outcome> {
     let mut found: Vec<Option<Result<bool, sqlx::Error>>> = Vec::with_capacity(batch.len());
     let mut rows: Vec<(usize, StatusRow)> = Vec::new();
     let mut out: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
@@ -610,7 +603,7 @@ fn status_outcome(msg: &jetstream::Message, applied: Result<bool, sqlx::Error>) 
 }
 
 /// Whether each status's outgoing row exists, in order.
-async fn apply_status_batch(db: &Sticky, rows: &[&StatusRow]) -> Result<Vec<bool>, sqlx::Error> {
+async fn apply_status_batch(db: &PgPool, rows: &[&StatusRow]) -> Result<Vec<bool>, sqlx::Error> {
     let n = rows.len();
     let (mut tenant, mut wamid, mut status, mut at, mut error, mut callback) = (
         Vec::with_capacity(n),
@@ -628,7 +621,6 @@ async fn apply_status_batch(db: &Sticky, rows: &[&StatusRow]) -> Result<Vec<bool
         error.push(r.error.as_deref());
         callback.push(r.callback.as_str());
     }
-    let mut conn = db.get().await?;
     let found: Vec<(i32, bool)> =
         sqlx::query_as("SELECT * FROM alphadome.apply_status_batch($1, $2, $3, $4, $5, $6)")
             .bind(&tenant)
@@ -637,9 +629,8 @@ async fn apply_status_batch(db: &Sticky, rows: &[&StatusRow]) -> Result<Vec<bool
             .bind(&at)
             .bind(&error)
             .bind(&callback)
-            .fetch_all(&mut *conn)
+            .fetch_all(db)
             .await?;
-    conn.keep();
     Ok(alphadome_core::batch::by_index(n, found)
         .into_iter()
         .map(|f| f.unwrap_or(false))
