@@ -441,3 +441,62 @@ async fn one_log_statement_writes_many_tenants_and_checks_what_rls_cannot() {
         ]
     );
 }
+
+/// The connections the batch calls keep between calls (`db::Sticky`): the
+/// same backend serves the next call, and one that died while kept (a
+/// restart, a terminated backend) fails its call once, is not kept, and the
+/// call after it gets a live connection.
+#[tokio::test]
+async fn a_kept_connection_is_reused_and_a_dead_one_is_replaced() {
+    let db = TestDb::migrated().await;
+    let pool = as_role(&db, ServiceRole::Sender).await;
+    let sticky = db::Sticky::new(pool.clone(), 1);
+    let pid_of = |sticky: db::Sticky| async move {
+        let mut conn = sticky.get().await.unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        conn.keep();
+        pid
+    };
+    let first = pid_of(sticky.clone()).await;
+    assert_eq!(
+        (pool.size(), pool.num_idle()),
+        (1, 0),
+        "kept out of the pool between calls"
+    );
+    assert_eq!(pid_of(sticky.clone()).await, first);
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(ended);
+    eventually(
+        std::time::Duration::from_secs(5),
+        "the backend gone",
+        || async {
+            let left: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+                    .bind(first)
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+            (left == 0).then_some(())
+        },
+    )
+    .await;
+    let mut dead = sticky.get().await.unwrap();
+    assert!(
+        sqlx::query_scalar::<_, i32>("SELECT 1")
+            .fetch_one(&mut *dead)
+            .await
+            .is_err(),
+        "the kept connection was the terminated one"
+    );
+    drop(dead);
+    let next = pid_of(sticky.clone()).await;
+    assert_ne!(next, first, "a new connection replaced it");
+    assert_eq!(pid_of(sticky).await, next);
+}

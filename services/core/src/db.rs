@@ -56,11 +56,6 @@ impl Sticky {
         }
     }
 
-    /// The pool the connections come from.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// A kept connection, or one from the pool when none is idle.
     pub async fn get(&self) -> Result<Kept, sqlx::Error> {
         let kept = self.idle.lock().ok().and_then(|mut idle| idle.pop());

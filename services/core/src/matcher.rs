@@ -57,6 +57,8 @@ pub struct FaqIndex {
     idf: Vec<f32>,
     /// entry -> norm of its weighted bag.
     norms: Vec<f32>,
+    /// The mean idf: what an unknown message term weighs.
+    mean_idf: f32,
 }
 
 const FILLER: &[&str] = &[
@@ -206,6 +208,7 @@ impl FaqIndex {
                 }
             }
         }
+        let mean_idf = idf.iter().sum::<f32>() / idf.len().max(1) as f32;
         Self {
             entries,
             postings,
@@ -213,6 +216,7 @@ impl FaqIndex {
             deletes,
             idf,
             norms,
+            mean_idf,
         }
     }
 
@@ -268,7 +272,11 @@ impl FaqIndex {
         if self.entries.is_empty() {
             return Vec::new();
         }
-        let mut scores: HashMap<u32, f32> = HashMap::new();
+        // Scores accumulate in one slot per entry (a hash map of them was
+        // most of the time per message); `touched` lists the entries that
+        // share a term with the message, in the order they were reached.
+        let mut scores = vec![0.0f32; self.entries.len()];
+        let mut touched: Vec<u32> = Vec::new();
         let mut query_sq = 0.0f32;
         for term in terms(message) {
             let (ids, weight): (Vec<u32>, f32) = match self.vocab.get(&term) {
@@ -277,8 +285,7 @@ impl FaqIndex {
             };
             if ids.is_empty() {
                 // Unknown term: counts against the match with an average weight.
-                let avg = self.idf.iter().sum::<f32>() / self.idf.len().max(1) as f32;
-                query_sq += avg * avg;
+                query_sq += self.mean_idf * self.mean_idf;
                 continue;
             }
             let q = ids
@@ -288,14 +295,19 @@ impl FaqIndex {
             query_sq += q * q;
             for &t in &ids {
                 for &(doc, w) in &self.postings[t as usize] {
-                    let s = scores.entry(doc).or_insert(0.0);
+                    let s = &mut scores[doc as usize];
+                    // Weights are positive: a slot at zero was not reached yet.
+                    if *s == 0.0 {
+                        touched.push(doc);
+                    }
                     *s += weight * w * w;
                 }
             }
         }
         let qn = query_sq.sqrt();
-        let mut out: Vec<Match<'_>> = scores
+        let mut out: Vec<Match<'_>> = touched
             .into_iter()
+            .map(|doc| (doc, scores[doc as usize]))
             .filter_map(|(doc, dot)| {
                 let norm = self.norms[doc as usize] * qn;
                 let score = if norm > 0.0 { (dot / norm) as f64 } else { 0.0 };
