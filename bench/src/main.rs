@@ -329,6 +329,16 @@ async fn ceiling_broker(publishes: usize, concurrency: usize) -> anyhow::Result<
     ))
 }
 
+/// Sends `data` (COPY text format) through `sql` (a `COPY ... FROM STDIN`)
+/// in 1 MiB chunks; the rows written.
+async fn copy_in(conn: &mut sqlx::PgConnection, sql: &str, data: &str) -> anyhow::Result<u64> {
+    let mut copy = conn.copy_in_raw(sql).await?;
+    for chunk in data.as_bytes().chunks(1 << 20) {
+        copy.send(chunk).await?;
+    }
+    Ok(copy.finish().await?)
+}
+
 async fn ceiling_copy(rows: usize) -> anyhow::Result<Line> {
     let env = Env::new().await;
     let tenants = env.tenants(10, 0).await?;
@@ -345,16 +355,13 @@ async fn ceiling_copy(rows: usize) -> anyhow::Result<Line> {
     }
     let t0 = Instant::now();
     let mut conn = env.db.pool.acquire().await?;
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY alphadome.bot_message_logs (bot_tenant_id, user_phone, direction, message_text, \
-             whatsapp_message_id, ai_processed, metadata, created_at, dedup_key) FROM STDIN",
-        )
-        .await?;
-    for chunk in data.as_bytes().chunks(1 << 20) {
-        copy.send(chunk).await?;
-    }
-    let n = copy.finish().await?;
+    let n = copy_in(
+        &mut conn,
+        "COPY alphadome.bot_message_logs (bot_tenant_id, user_phone, direction, message_text, \
+         whatsapp_message_id, ai_processed, metadata, created_at, dedup_key) FROM STDIN",
+        &data,
+    )
+    .await?;
     let secs = t0.elapsed().as_secs_f64();
     if n as usize != rows {
         bail!("COPY wrote {n} rows of {rows}");
@@ -433,11 +440,7 @@ async fn ceiling_copy_logger(rows: usize) -> anyhow::Result<Line> {
                     mirror,
                 ),
             ] {
-                let mut copy = conn.copy_in_raw(sql).await?;
-                for chunk in data.as_bytes().chunks(1 << 20) {
-                    copy.send(chunk).await?;
-                }
-                n += copy.finish().await?;
+                n += copy_in(&mut conn, sql, &data).await?;
             }
             Ok::<u64, anyhow::Error>(n)
         }));
@@ -514,22 +517,25 @@ async fn ceiling_db_pipeline(messages: usize) -> anyhow::Result<Line> {
                 let idx: Vec<usize> = (from..(from + CEILING_DB_BATCH).min(messages)).collect();
                 let tenant: Vec<uuid::Uuid> =
                     idx.iter().map(|i| tenants[i % tenants.len()].id).collect();
-                let user: Vec<String> = idx.iter().map(|i| format!("2547{:08}", i % 1000)).collect();
-                let wamid: Vec<String> = idx.iter().map(|i| format!("wamid.dbc.{run}.{i}")).collect();
+                let user: Vec<String> =
+                    idx.iter().map(|i| format!("2547{:08}", i % 1000)).collect();
+                let wamid: Vec<String> =
+                    idx.iter().map(|i| format!("wamid.dbc.{run}.{i}")).collect();
                 let reply: Vec<String> = wamid.iter().map(|w| format!("reply:{w}")).collect();
                 let k = idx.len();
                 {
                     let _one_at_a_time = admission.lock().await;
                     let limit = vec![Some(1_000_000i32); k];
-                    let admitted: Vec<(i32, Option<String>, Option<String>)> =
-                        sqlx::query_as("SELECT * FROM alphadome.admit_message_batch($1, $2, $3, $4, $5)")
-                            .bind(&tenant)
-                            .bind(&user)
-                            .bind(&wamid)
-                            .bind(&limit)
-                            .bind(&limit)
-                            .fetch_all(&responder)
-                            .await?;
+                    let admitted: Vec<(i32, Option<String>, Option<String>)> = sqlx::query_as(
+                        "SELECT * FROM alphadome.admit_message_batch($1, $2, $3, $4, $5)",
+                    )
+                    .bind(&tenant)
+                    .bind(&user)
+                    .bind(&wamid)
+                    .bind(&limit)
+                    .bind(&limit)
+                    .fetch_all(&responder)
+                    .await?;
                     anyhow::ensure!(admitted.len() == k, "admitted {} of {k}", admitted.len());
                 }
                 let claimed: Vec<(i32, bool, String, i32, Option<String>)> =
@@ -549,61 +555,50 @@ async fn ceiling_db_pipeline(messages: usize) -> anyhow::Result<Line> {
                     .bind(vec![1i32; k])
                     .execute(&sender)
                     .await?;
-                // The log batch: the incoming and the outgoing row of each.
-                let users: Vec<(String, uuid::Uuid)> = sqlx::query_as(
-                    "SELECT phone, user_id FROM alphadome.customer_users WHERE phone = ANY($1)",
-                )
-                .bind(&user)
-                .fetch_all(&logger)
-                .await?;
-                let users: std::collections::HashMap<String, uuid::Uuid> = users.into_iter().collect();
-                let two = |v: &[String]| -> Vec<String> { v.iter().chain(v).cloned().collect() };
-                let (tenant2, phone2) = (
-                    tenant.iter().chain(&tenant).copied().collect::<Vec<_>>(),
-                    two(&user),
-                );
-                let user2: Vec<Option<uuid::Uuid>> = phone2.iter().map(|p| users.get(p).copied()).collect();
-                let direction: Vec<&str> =
-                    std::iter::repeat_n("incoming", k).chain(std::iter::repeat_n("outgoing", k)).collect();
-                let wamid2: Vec<String> = wamid.iter().chain(&sent).cloned().collect();
-                let key: Vec<String> = wamid
+                // The log batch, through the logger's own write path: the
+                // incoming and the outgoing row of each message.
+                let now = alphadome_core::events::now_ms();
+                let events = idx
                     .iter()
-                    .map(|w| format!("in:{w}"))
-                    .chain(wamid.iter().map(|w| format!("out:{w}")))
+                    .zip(&tenant)
+                    .zip(&user)
+                    .zip(wamid.iter().zip(&sent))
+                    .flat_map(|(((i, t), u), (w, out))| {
+                        let row = |direction: Direction,
+                                   key: String,
+                                   wamid: &str,
+                                   text: String,
+                                   raw: String| LogEvent {
+                            tenant_id: t.to_string(),
+                            direction: direction as i32,
+                            dedup_key: key,
+                            wamid: wamid.to_owned(),
+                            user_phone: u.clone(),
+                            message_text: text,
+                            metadata_json: r#"{"reason":"faq_match","match_score":0.82}"#.into(),
+                            occurred_at_ms: now,
+                            raw_json: raw,
+                            ..Default::default()
+                        };
+                        [
+                            row(
+                                Direction::Incoming,
+                                format!("in:{w}"),
+                                w,
+                                load::customer_text(*i),
+                                format!(r#"{{"from":"{u}","type":"text"}}"#),
+                            ),
+                            row(
+                                Direction::Outgoing,
+                                format!("out:{w}"),
+                                out,
+                                "About the price of our guitars: ask at the counter.".into(),
+                                String::new(),
+                            ),
+                        ]
+                    })
                     .collect();
-                let text: Vec<String> = idx
-                    .iter()
-                    .map(|i| load::customer_text(*i))
-                    .chain(std::iter::repeat_n("About the price of our guitars: ask at the counter.".to_owned(), k))
-                    .collect();
-                let none_text = vec![None::<String>; 2 * k];
-                let metadata = vec![serde_json::json!({"reason": "faq_match", "match_score": 0.82}); 2 * k];
-                let raw: Vec<Option<serde_json::Value>> = user
-                    .iter()
-                    .map(|u| Some(serde_json::json!({"from": u, "type": "text"})))
-                    .chain(std::iter::repeat_n(None, k))
-                    .collect();
-                let new: i32 = sqlx::query_scalar(
-                    "SELECT alphadome.write_message_logs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-                )
-                .bind(&tenant2)
-                .bind(&phone2)
-                .bind(&user2)
-                .bind(&direction)
-                .bind(&text)
-                .bind(&wamid2)
-                .bind(vec![false; 2 * k])
-                .bind(&none_text)
-                .bind(&none_text)
-                .bind(&none_text)
-                .bind(vec![None::<uuid::Uuid>; 2 * k])
-                .bind(&metadata)
-                .bind(vec![chrono::Utc::now(); 2 * k])
-                .bind(&key)
-                .bind(&raw)
-                .fetch_one(&logger)
-                .await?;
-                anyhow::ensure!(new as usize == 2 * k, "logged {new} of {}", 2 * k);
+                alphadome_logger::write_events(&logger, events).await?;
             }
         }));
     }
@@ -611,6 +606,12 @@ async fn ceiling_db_pipeline(messages: usize) -> anyhow::Result<Line> {
         t.await??;
     }
     let secs = t0.elapsed().as_secs_f64();
+    let logged = count_logs(&env.db.pool).await?;
+    anyhow::ensure!(
+        logged as usize == 2 * messages,
+        "logged {logged} of {} rows",
+        2 * messages
+    );
     Ok(Line::new(
         "ceiling: the database's work per message alone (admission, claim, record, two log rows and their mirrors)",
         messages as f64 / secs,
@@ -712,16 +713,21 @@ async fn wait_for_logs(
     deadline: Instant,
 ) -> anyhow::Result<i64> {
     let stream = bus.js.get_stream(bus.stream_name(StreamKind::Log)).await?;
+    // The logger creates its consumer when it starts.
+    let mut consumer = None;
     loop {
-        let drained = match stream
-            .get_consumer::<async_nats::jetstream::consumer::pull::Config>("logger")
-            .await
-        {
-            Ok(mut c) => {
+        if consumer.is_none() {
+            consumer = stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("logger")
+                .await
+                .ok();
+        }
+        let drained = match consumer.as_mut() {
+            Some(c) => {
                 let info = c.info().await?;
                 info.num_pending == 0 && info.num_ack_pending == 0
             }
-            Err(_) => false,
+            None => false,
         };
         if drained || Instant::now() >= deadline {
             let n = count_logs(pool).await?;

@@ -220,6 +220,41 @@ async fn admission_in_a_batch_counts_each_message_once_and_honours_handoffs() {
     assert_eq!(count, 2, "the per-day counter stops at the limit");
 }
 
+/// One call of `write_message_logs` as `pool`, for one customer; the
+/// number of new rows.
+async fn write_logs(
+    pool: &PgPool,
+    tenants: Vec<Uuid>,
+    directions: Vec<&str>,
+    keys: Vec<&str>,
+    wamids: Vec<&str>,
+    texts: Vec<&str>,
+    training: Vec<Option<Uuid>>,
+) -> i32 {
+    let n = tenants.len();
+    sqlx::query_scalar(
+        "SELECT alphadome.write_message_logs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(&tenants)
+    .bind(vec![Some("254711000001"); n])
+    .bind(vec![None::<Uuid>; n])
+    .bind(&directions)
+    .bind(&texts)
+    .bind(&wamids)
+    .bind(vec![false; n])
+    .bind(vec![None::<String>; n])
+    .bind(vec![None::<String>; n])
+    .bind(vec![None::<String>; n])
+    .bind(&training)
+    .bind(vec![serde_json::json!({}); n])
+    .bind(vec![chrono::Utc::now(); n])
+    .bind(&keys)
+    .bind(vec![None::<serde_json::Value>; n])
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn one_log_statement_writes_many_tenants_and_checks_what_rls_cannot() {
     let db = TestDb::migrated().await;
@@ -241,37 +276,15 @@ async fn one_log_statement_writes_many_tenants_and_checks_what_rls_cannot() {
     .unwrap();
     let nobody = Uuid::new_v4();
     let write = || {
-        let tenants = vec![a.id, b.id, nobody, a.id];
-        let keys = vec!["in:w.a", "in:w.b", "in:w.nobody", "out:w.a"];
-        let training = vec![Some(a_training), None, None, Some(b_training)];
-        let pool = logger.clone();
-        async move {
-            let n = tenants.len();
-            let texts: Vec<Option<&str>> = vec![Some("hi"); n];
-            let wamids: Vec<Option<String>> =
-                keys.iter().map(|k| Some(k.replace(':', "."))).collect();
-            sqlx::query_scalar::<_, i32>(
-                "SELECT alphadome.write_message_logs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-            )
-            .bind(&tenants)
-            .bind(vec![Some("254711000001"); n])
-            .bind(vec![None::<Uuid>; n])
-            .bind(vec!["incoming", "incoming", "incoming", "outgoing"])
-            .bind(&texts)
-            .bind(&wamids)
-            .bind(vec![false; n])
-            .bind(vec![None::<String>; n])
-            .bind(vec![None::<String>; n])
-            .bind(vec![None::<String>; n])
-            .bind(&training)
-            .bind(vec![serde_json::json!({}); n])
-            .bind(vec![chrono::Utc::now(); n])
-            .bind(&keys)
-            .bind(vec![None::<serde_json::Value>; n])
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-        }
+        write_logs(
+            &logger,
+            vec![a.id, b.id, nobody, a.id],
+            vec!["incoming", "incoming", "incoming", "outgoing"],
+            vec!["in:w.a", "in:w.b", "in:w.nobody", "out:w.a"],
+            vec!["in.w.a", "in.w.b", "in.w.nobody", "out.w.a"],
+            vec!["hi"; 4],
+            vec![Some(a_training), None, None, Some(b_training)],
+        )
     };
     assert_eq!(
         write().await,
@@ -308,28 +321,16 @@ async fn one_log_statement_writes_many_tenants_and_checks_what_rls_cannot() {
     // A batch mixing a written row, a new one and the new one repeated
     // (the plain insert fails on the unique key; the retry in the same call
     // writes and mirrors only the first of each new key).
-    let texts = vec![Some("again"), Some("first"), Some("second")];
-    let new: i32 = sqlx::query_scalar(
-        "SELECT alphadome.write_message_logs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    let new = write_logs(
+        &logger,
+        vec![a.id; 3],
+        vec!["incoming"; 3],
+        vec!["in:w.a", "in:w.c", "in:w.c"],
+        vec!["w.a", "w.c", "w.c"],
+        vec!["again", "first", "second"],
+        vec![None; 3],
     )
-    .bind(vec![a.id; 3])
-    .bind(vec![Some("254711000001"); 3])
-    .bind(vec![None::<Uuid>; 3])
-    .bind(vec!["incoming"; 3])
-    .bind(&texts)
-    .bind(vec![Some("w.a"), Some("w.c"), Some("w.c")])
-    .bind(vec![false; 3])
-    .bind(vec![None::<String>; 3])
-    .bind(vec![None::<String>; 3])
-    .bind(vec![None::<String>; 3])
-    .bind(vec![None::<Uuid>; 3])
-    .bind(vec![serde_json::json!({}); 3])
-    .bind(vec![chrono::Utc::now(); 3])
-    .bind(vec!["in:w.a", "in:w.c", "in:w.c"])
-    .bind(vec![None::<serde_json::Value>; 3])
-    .fetch_one(&logger)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(new, 1, "only in:w.c is new");
     let logged: Vec<(String, Option<String>)> = sqlx::query_as(
         "SELECT dedup_key, message_text FROM alphadome.bot_message_logs ORDER BY dedup_key",

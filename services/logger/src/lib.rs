@@ -314,11 +314,7 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
     // short transaction of their own, under an advisory lock per new phone
     // (taken in order), so concurrent batches never register one twice and
     // never wait on each other for longer than that registration.
-    let missing: Vec<String> = phones
-        .iter()
-        .filter(|p| !users.contains_key(*p))
-        .cloned()
-        .collect();
+    let missing = unknown(&phones, &users);
     if !missing.is_empty() {
         let mut reg = db.begin().await.map_err(classify)?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('alphadome.users:' || p)) FROM unnest($1::text[]) AS p ORDER BY p")
@@ -328,21 +324,14 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
             .map_err(classify)?;
         // Another batch may have resolved them while this one waited.
         users.extend(mapped_users(&mut reg, &missing).await?);
-        let unmapped: Vec<String> = missing
-            .into_iter()
-            .filter(|p| !users.contains_key(p))
-            .collect();
+        let unmapped = unknown(&missing, &users);
         if !unmapped.is_empty() {
             let mut resolved: std::collections::HashMap<String, Uuid> =
                 known_users(&mut reg, &unmapped)
                     .await?
                     .into_iter()
                     .collect();
-            let still: Vec<String> = unmapped
-                .iter()
-                .filter(|p| !resolved.contains_key(*p))
-                .cloned()
-                .collect();
+            let still = unknown(&unmapped, &resolved);
             if !still.is_empty() {
                 let created: Vec<(String, Uuid)> = sqlx::query_as(
                     "INSERT INTO public.users (phone, full_name) SELECT p, 'Unknown User' FROM unnest($1::text[]) AS p RETURNING phone, id",
@@ -368,6 +357,34 @@ async fn insert_rows(db: &PgPool, rows: &[Row]) -> Result<(), BatchError> {
         reg.commit().await.map_err(classify)?;
     }
     insert_logs(db, rows, &users).await
+}
+
+/// The phones of `phones` that `known` has no user for.
+fn unknown(phones: &[String], known: &std::collections::HashMap<String, Uuid>) -> Vec<String> {
+    phones
+        .iter()
+        .filter(|p| !known.contains_key(*p))
+        .cloned()
+        .collect()
+}
+
+/// Writes `events` exactly as the logger writes a batch (customers
+/// resolved, one statement for the rows of any tenants, new rows mirrored
+/// to public.conversations), outside any consumer. alphadome-bench measures
+/// the database's ceiling through it.
+pub async fn write_events(db: &PgPool, events: Vec<LogEvent>) -> Result<(), sqlx::Error> {
+    let rows = events
+        .into_iter()
+        .map(|event| {
+            let tenant = Uuid::parse_str(&event.tenant_id).map_err(|e| {
+                sqlx::Error::Decode(format!("tenant id {:?}: {e}", event.tenant_id).into())
+            })?;
+            Ok(Row { tenant, event })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    insert_rows(db, &rows).await.map_err(|e| match e {
+        BatchError::Unavailable(e) | BatchError::Refused(e) => e,
+    })
 }
 
 /// The `public.users` ids of `phones` the logger has resolved before.
