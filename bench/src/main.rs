@@ -862,11 +862,20 @@ async fn pipeline(smoke: bool, r: PipelineRun) -> anyhow::Result<Vec<Line>> {
         detail,
     )];
     let p = Percentiles::of(&replies.latency_us);
+    let slowest = replies
+        .slowest_seconds(3)
+        .iter()
+        .map(|(sec, us)| format!("{:.1} ms in second {sec}", *us as f64 / 1000.0))
+        .collect::<Vec<_>>()
+        .join(", ");
     lines.push(Line::new(
         format!("{label}: p99 webhook->reply"),
         p.p99,
         "ms",
-        format!("p50 {:.2} ms, p99.9 {:.2} ms", p.p50, p.p999),
+        format!(
+            "p50 {:.2} ms, p99.9 {:.2} ms; slowest seconds: {slowest}",
+            p.p50, p.p999
+        ),
     ));
     Ok(lines)
 }
@@ -1210,6 +1219,22 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} GiB, {profile}")
 }
 
+/// The versions of the NATS server and PostgreSQL the benchmarks run
+/// against: both change the results (docs/benchmarks.md).
+async fn services() -> anyhow::Result<String> {
+    let nats = async_nats::connect(nats_url()).await?;
+    let nats_version = nats.server_info().version;
+    let admin = sqlx::PgPool::connect(&alphadome_tests::admin_database_url()).await?;
+    let pg: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&admin)
+        .await?;
+    admin.close().await;
+    Ok(format!(
+        "NATS {nats_version} at {}, PostgreSQL {pg}",
+        nats_url()
+    ))
+}
+
 async fn all(smoke: bool) -> anyhow::Result<()> {
     println!(
         "# alphadome-bench all{} on {}",
@@ -1320,6 +1345,9 @@ async fn all(smoke: bool) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let smoke = cli.smoke;
+    if !matches!(cli.cmd, Cmd::BareHttp) {
+        println!("# against {}", services().await?);
+    }
     match cli.cmd {
         Cmd::BareHttp => bare_http().await?,
         Cmd::All => all(smoke).await?,

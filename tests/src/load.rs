@@ -435,6 +435,27 @@ pub struct Replies {
     pub latency_us: Histogram<u64>,
     /// When the last reply arrived.
     pub last: Option<Instant>,
+    /// The slowest reply of each second of the run (by when its webhook was
+    /// due), in microseconds: where in the run a tail comes from (a stall
+    /// of a few hundred milliseconds shows as one or two bad seconds, a
+    /// saturated machine as many).
+    pub worst_per_second_us: Vec<u64>,
+}
+
+impl Replies {
+    /// The `n` slowest seconds of the run, slowest first: (second since the
+    /// first webhook was due, its slowest reply in microseconds).
+    pub fn slowest_seconds(&self, n: usize) -> Vec<(usize, u64)> {
+        let mut s: Vec<(usize, u64)> = self
+            .worst_per_second_us
+            .iter()
+            .copied()
+            .enumerate()
+            .collect();
+        s.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        s.truncate(n);
+        s
+    }
 }
 
 /// Matches the stand-in's requests to the webhooks of `run`.
@@ -442,6 +463,8 @@ pub fn replies(run: &str, sent: &Sent, graph: &GraphStandIn) -> Replies {
     let mut count = vec![0u32; sent.due.len()];
     let mut latency_us = histogram();
     let mut last: Option<Instant> = None;
+    let first_due = sent.due.iter().min().copied();
+    let mut worst_per_second_us: Vec<u64> = Vec::new();
     for r in graph.received() {
         let Some(seq) = seq_of(run, &r.in_reply_to()) else {
             continue;
@@ -451,12 +474,19 @@ pub fn replies(run: &str, sent: &Sent, graph: &GraphStandIn) -> Replies {
         };
         *c += 1;
         if *c == 1 {
-            let _ = latency_us.record(
+            let us =
                 r.at.saturating_duration_since(sent.due[seq])
                     .as_micros()
-                    .max(1) as u64,
-            );
+                    .max(1) as u64;
+            let _ = latency_us.record(us);
             last = Some(last.map_or(r.at, |l| l.max(r.at)));
+            if let Some(first) = first_due {
+                let second = sent.due[seq].saturating_duration_since(first).as_secs() as usize;
+                if worst_per_second_us.len() <= second {
+                    worst_per_second_us.resize(second + 1, 0);
+                }
+                worst_per_second_us[second] = worst_per_second_us[second].max(us);
+            }
         }
     }
     let replied = count.iter().filter(|c| **c > 0).count();
@@ -472,6 +502,7 @@ pub fn replies(run: &str, sent: &Sent, graph: &GraphStandIn) -> Replies {
         duplicated,
         latency_us,
         last,
+        worst_per_second_us,
     }
 }
 
@@ -610,5 +641,32 @@ impl fmt::Display for Percentiles {
             "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms (n={})",
             self.p50, self.p99, self.p999, self.max, self.count
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slowest_seconds_come_first_and_ties_keep_run_order() {
+        let r = Replies {
+            replied: 0,
+            missing: 0,
+            duplicated: 0,
+            latency_us: histogram(),
+            last: None,
+            worst_per_second_us: vec![900, 40_000, 0, 40_000, 587_000, 1_200],
+        };
+        assert_eq!(
+            r.slowest_seconds(3),
+            vec![(4, 587_000), (1, 40_000), (3, 40_000)]
+        );
+        assert_eq!(r.slowest_seconds(10).len(), 6);
+        let empty = Replies {
+            worst_per_second_us: Vec::new(),
+            ..r
+        };
+        assert!(empty.slowest_seconds(3).is_empty());
     }
 }
