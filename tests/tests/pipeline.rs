@@ -1105,10 +1105,15 @@ async fn sends_are_paced_per_number_and_per_recipient() {
         );
         post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await;
     }
+    // Pacing applies when a send is let through; the stand-in sees it
+    // later by that send's own claim and HTTP time, which a loaded CI
+    // machine stretched past 0.5 s for one send while the next was quick.
+    // The bounds below leave room for that: unpaced, these sends arrive
+    // within milliseconds of each other.
     let got = e.graph.wait_for(6, Duration::from_secs(20)).await;
     let span = got[5].at.duration_since(got[0].at);
     assert!(
-        span >= Duration::from_millis(1800),
+        span >= Duration::from_millis(1400),
         "6 sends at 2/s took only {span:?}"
     );
     // One customer writing twice: the second reply waits for the pair rate (1 per 6 s).
@@ -1124,7 +1129,7 @@ async fn sends_are_paced_per_number_and_per_recipient() {
     let got = e.graph.wait_for(8, Duration::from_secs(20)).await;
     let gap = got[7].at.duration_since(got[6].at);
     assert!(
-        gap >= Duration::from_millis(5500),
+        gap >= Duration::from_millis(4500),
         "two sends to one recipient only {gap:?} apart"
     );
     stack.stop().await.unwrap();
