@@ -224,21 +224,29 @@ struct Row {
     event: LogEvent,
 }
 
+impl Row {
+    /// The event with its tenant id parsed; why not, when it is no uuid.
+    fn of(event: LogEvent) -> Result<Self, String> {
+        match Uuid::parse_str(&event.tenant_id) {
+            Ok(tenant) => Ok(Self { tenant, event }),
+            Err(_) => Err(format!("tenant id {:?} is not a uuid", event.tenant_id)),
+        }
+    }
+}
+
 async fn write_logs(db: &PgPool, batch: &[jetstream::Message]) -> Vec<Outcome> {
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
     let mut rows = Vec::new();
     let mut index = Vec::new();
     for (i, msg) in batch.iter().enumerate() {
         match LogEvent::decode(msg.payload.clone()) {
-            Ok(event) => match Uuid::parse_str(&event.tenant_id) {
-                Ok(tenant) => {
-                    rows.push(Row { tenant, event });
+            Ok(event) => match Row::of(event) {
+                Ok(row) => {
+                    rows.push(row);
                     index.push(i);
                     outcomes.push(None);
                 }
-                Err(_) => outcomes.push(Some(Outcome::Poison {
-                    reason: format!("tenant id {:?} is not a uuid", event.tenant_id),
-                })),
+                Err(reason) => outcomes.push(Some(Outcome::Poison { reason })),
             },
             Err(e) => outcomes.push(Some(Outcome::Poison {
                 reason: format!("undecodable LogEvent: {e}"),
@@ -375,12 +383,7 @@ fn unknown(phones: &[String], known: &std::collections::HashMap<String, Uuid>) -
 pub async fn write_events(db: &PgPool, events: Vec<LogEvent>) -> Result<(), sqlx::Error> {
     let rows = events
         .into_iter()
-        .map(|event| {
-            let tenant = Uuid::parse_str(&event.tenant_id).map_err(|e| {
-                sqlx::Error::Decode(format!("tenant id {:?}: {e}", event.tenant_id).into())
-            })?;
-            Ok(Row { tenant, event })
-        })
+        .map(|event| Row::of(event).map_err(|e| sqlx::Error::Decode(e.into())))
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     insert_rows(db, &rows).await.map_err(|e| match e {
         BatchError::Unavailable(e) | BatchError::Refused(e) => e,
