@@ -132,6 +132,27 @@ async fn claims_and_records_in_a_batch_act_for_each_items_own_tenant() {
             ("reply:b1".into(), "sending".into(), None)
         ]
     );
+    // Each update sets updated_at itself: the row has no BEFORE UPDATE
+    // trigger, which would lock (and log the lock of) every row it updates.
+    let moved: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT outbound_id, updated_at > created_at FROM alphadome.outbound_messages \
+         WHERE outbound_id IN ('reply:a1', 'reply:b1') ORDER BY outbound_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        moved,
+        vec![("reply:a1".into(), true), ("reply:b1".into(), false)]
+    );
+    let (triggers,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_trigger \
+         WHERE tgrelid = 'alphadome.outbound_messages'::regclass AND NOT tgisinternal",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(triggers, 0, "a row trigger on outbound_messages");
     // A sent reply is never claimed again; the caller learns its wamid.
     let rows = claim(&sender, &[(a.id, "reply:a1")]).await;
     assert_eq!(
@@ -218,6 +239,75 @@ async fn admission_in_a_batch_counts_each_message_once_and_honours_handoffs() {
     .await
     .unwrap();
     assert_eq!(count, 2, "the per-day counter stops at the limit");
+}
+
+/// The tenant's hourly cap, counted by a plain update once the hour's row
+/// exists (the upsert only for the first message and at the cap): exactly
+/// the cap is let through, in one batch and across batches, the refused
+/// message's per-user count is given back, and one notice per customer.
+#[tokio::test]
+async fn the_hourly_cap_lets_exactly_its_number_through() {
+    let db = TestDb::migrated().await;
+    let (a, _b) = two_tenants(&db, "").await;
+    let responder = as_role(&db, ServiceRole::Responder).await;
+    let call = |items: Vec<(&'static str, &'static str)>| {
+        let responder = responder.clone();
+        async move {
+            let n = items.len();
+            let rows: Vec<AdmitRow> = sqlx::query_as(
+                "SELECT * FROM alphadome.admit_message_batch($1, $2, $3, $4, $5) ORDER BY r_index",
+            )
+            .bind(vec![a.id; n])
+            .bind(items.iter().map(|i| i.0).collect::<Vec<_>>())
+            .bind(items.iter().map(|i| i.1).collect::<Vec<_>>())
+            .bind(vec![Some(3i32); n])
+            .bind(vec![Some(10i32); n])
+            .fetch_all(&responder)
+            .await
+            .unwrap();
+            rows.into_iter().map(|r| r.2.unwrap()).collect::<Vec<_>>()
+        }
+    };
+    // The first creates the hour's row, the next two update it.
+    assert_eq!(
+        call(vec![
+            ("254711000001", "wamid.c1"),
+            ("254711000002", "wamid.c2"),
+            ("254711000003", "wamid.c3"),
+        ])
+        .await,
+        ["allow", "allow", "allow"]
+    );
+    // At the cap: refused with one notice per customer, then silence; a
+    // redelivery of an admitted message is still the same decision.
+    assert_eq!(
+        call(vec![
+            ("254711000004", "wamid.c4"),
+            ("254711000004", "wamid.c5"),
+            ("254711000001", "wamid.c6"),
+            ("254711000002", "wamid.c2"),
+        ])
+        .await,
+        ["notice", "silent", "notice", "allow"]
+    );
+    let counts: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT scope, count FROM alphadome.rate_limit_counters WHERE bot_tenant_id = $1 ORDER BY scope",
+    )
+    .bind(a.id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        counts,
+        vec![
+            ("tenant".into(), 3),
+            ("user:254711000001".into(), 1),
+            ("user:254711000002".into(), 1),
+            ("user:254711000003".into(), 1),
+            // Counted for the day, then given back when the hour refused it.
+            ("user:254711000004".into(), 0),
+        ]
+    );
 }
 
 /// One call of `write_message_logs` as `pool`, for one customer; the
@@ -426,8 +516,9 @@ async fn one_log_statement_writes_many_tenants_and_checks_what_rls_cannot() {
         vec!["reply:w.y#0", "reply:w.y#1", "reply:w.x#0", "reply:w.x#5"],
     )
     .await;
-    let progress: Vec<(String, i32, Option<String>)> = sqlx::query_as(
-        "SELECT outbound_id, parts_sent, whatsapp_message_id FROM alphadome.outbound_messages \
+    let progress: Vec<(String, i32, Option<String>, bool)> = sqlx::query_as(
+        "SELECT outbound_id, parts_sent, whatsapp_message_id, updated_at > created_at \
+         FROM alphadome.outbound_messages \
          WHERE outbound_id IN ('reply:w.x', 'reply:w.y') ORDER BY outbound_id",
     )
     .fetch_all(&db.pool)
@@ -436,9 +527,9 @@ async fn one_log_statement_writes_many_tenants_and_checks_what_rls_cannot() {
     assert_eq!(
         progress,
         vec![
-            ("reply:w.x".into(), 1, Some("wamid.x0".into())),
+            ("reply:w.x".into(), 1, Some("wamid.x0".into()), true),
             // b's status (and a part that was not the next) changed nothing.
-            ("reply:w.y".into(), 0, None),
+            ("reply:w.y".into(), 0, None, false),
         ]
     );
 }

@@ -103,7 +103,7 @@ pub async fn replay(bus: &Bus, db: &PgPool, only: Option<&[u64]>) -> Result<u64,
             if let Ok(out) = OutboundMessage::decode(letter.payload.as_slice()) {
                 if let Ok(tenant) = Uuid::parse_str(&out.tenant_id) {
                     sqlx::query(
-                        "UPDATE alphadome.outbound_messages SET state = 'sending', claimed_until = NULL \
+                        "UPDATE alphadome.outbound_messages SET state = 'sending', claimed_until = NULL, updated_at = now() \
                          WHERE outbound_id = $1 AND bot_tenant_id = $2 AND state = 'failed'",
                     )
                     .bind(&out.outbound_id)

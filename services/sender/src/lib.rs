@@ -544,7 +544,7 @@ impl Sender {
                     .execute_for(
                         tenant.id,
                         sqlx::query(
-                            "UPDATE alphadome.outbound_messages SET state = 'failed', claimed_until = NULL, last_error = $2 WHERE outbound_id = $1",
+                            "UPDATE alphadome.outbound_messages SET state = 'failed', claimed_until = NULL, last_error = $2, updated_at = now() WHERE outbound_id = $1",
                         )
                         .bind(&msg.outbound_id)
                         .bind(&reason),
@@ -755,7 +755,7 @@ impl Sender {
         let r = self
             .execute_for(
                 tenant,
-                sqlx::query("UPDATE alphadome.outbound_messages SET claimed_until = NULL, last_error = $2 WHERE outbound_id = $1 AND state = 'sending'")
+                sqlx::query("UPDATE alphadome.outbound_messages SET claimed_until = NULL, last_error = $2, updated_at = now() WHERE outbound_id = $1 AND state = 'sending'")
                     .bind(id)
                     .bind(reason),
             )
