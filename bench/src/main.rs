@@ -1,10 +1,12 @@
 //! `alphadome-bench`: the platform's benchmarks, each against the real
 //! services (child processes of the built `alphadome` binary), the real
 //! Postgres and the real NATS, with the load generator and a Graph API
-//! stand-in in this process. `all` runs every benchmark and the three
-//! ceilings (bare HTTP handler, acknowledged JetStream publishes, COPY) in
-//! one go, so the ratios hold on a noisy machine. `--smoke` runs each one
-//! small and fails on any lost or doubled reply: CI runs that.
+//! stand-in in this process. `all` runs every benchmark and the ceilings
+//! (bare HTTP handler, acknowledged JetStream publishes, COPY, the
+//! database's and the broker's work per message, and the pipeline's floor:
+//! those three kinds of work at once) in one go, so the ratios hold on a
+//! noisy machine. `--smoke` runs each one small and fails on any lost or
+//! doubled reply: CI runs that.
 //!
 //! Build with `cargo build --release --bins` and run
 //! `target/release/alphadome-bench all`; see docs/benchmarks.md.
@@ -24,6 +26,7 @@ use alphadome_tests::proc::{platform_env, Proc};
 use alphadome_tests::{keyring, nats_url, TestDb, TestNats};
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use tokio::sync::Barrier;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -43,7 +46,14 @@ struct Cli {
 enum Cmd {
     /// Everything below, in one run, with the ratios to the ceilings.
     All,
-    /// The ceilings: bare HTTP handler, acked JetStream publishes, COPY.
+    /// The pipeline's floor alone: the database's work, the broker's
+    /// traffic and the HTTP requests of `messages` messages, all at once.
+    Floor {
+        #[arg(long, default_value_t = 30_000)]
+        messages: usize,
+    },
+    /// The ceilings: bare HTTP handler, acked JetStream publishes, COPY,
+    /// the database's and the broker's work per message, the floor.
     Ceilings {
         #[arg(long, default_value_t = 100_000)]
         requests: usize,
@@ -243,13 +253,24 @@ async fn bare_http() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ceiling_http(requests: usize, connections: usize) -> anyhow::Result<Line> {
+/// `requests` webhooks to a bare axum handler that answers 200, over
+/// `connections` keep-alive connections (the HTTP ceiling). With `part`,
+/// it waits at that barrier once its server is up and its requests are
+/// made, and runs as one part of the pipeline's floor.
+async fn ceiling_http(
+    requests: usize,
+    connections: usize,
+    part: Option<&Barrier>,
+) -> anyhow::Result<Line> {
     let exe = std::env::current_exe()?;
     let server = Proc::start(&exe, &["bare-http"], Vec::new())
         .await
         .map_err(anyhow::Error::msg)?;
     let tenants: Vec<LoadTenant> = (0..100).map(load::load_tenant).collect();
     let shots = Arc::new(load::text_shots(&run_id(), &tenants, 1000, requests));
+    if let Some(start) = part {
+        start.wait().await;
+    }
     let sent = load::send(
         server.addr,
         "/webhook",
@@ -266,7 +287,7 @@ async fn ceiling_http(requests: usize, connections: usize) -> anyhow::Result<Lin
         "bare handler refused requests",
     )?;
     Ok(Line::new(
-        "ceiling: bare axum handler",
+        named(part, "bare axum handler"),
         sent.per_sec(),
         "req/s",
         format!(
@@ -477,8 +498,9 @@ const CEILING_DB_WORKERS: usize = 4;
 /// batches of `CEILING_DB_BATCH`, `CEILING_DB_WORKERS` at once with one
 /// admission at a time (as the responder does), and nothing else running:
 /// no HTTP, no NATS, no platform. The pipeline cannot be faster than this
-/// on the same machine.
-async fn ceiling_db_pipeline(messages: usize) -> anyhow::Result<Line> {
+/// on the same machine. With `part`, it waits at that barrier after its
+/// set-up and runs as one part of the pipeline's floor.
+async fn ceiling_db_pipeline(messages: usize, part: Option<&Barrier>) -> anyhow::Result<Line> {
     use alphadome_core::db::{connect_as, ServiceRole};
     let env = Env::new().await;
     let tenants = Arc::new(env.tenants(100, 0).await?);
@@ -498,6 +520,9 @@ async fn ceiling_db_pipeline(messages: usize) -> anyhow::Result<Line> {
     let run = run_id();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let admission = Arc::new(tokio::sync::Mutex::new(()));
+    if let Some(start) = part {
+        start.wait().await;
+    }
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CEILING_DB_WORKERS {
@@ -613,11 +638,232 @@ async fn ceiling_db_pipeline(messages: usize) -> anyhow::Result<Line> {
         2 * messages
     );
     Ok(Line::new(
-        "ceiling: the database's work per message alone (admission, claim, record, two log rows and their mirrors)",
+        named(
+            part,
+            "the database's work per message alone (admission, claim, record, two log rows and their mirrors)",
+        ),
         messages as f64 / secs,
         "msg/s",
         format!(
             "{messages} messages, 100 tenants x 1,000 customers, batches of {CEILING_DB_BATCH}, {CEILING_DB_WORKERS} at once, one admission at a time, each as its service's role"
+        ),
+    ))
+}
+
+/// A ceiling's name, or the name of its part in the pipeline's floor.
+fn named(part: Option<&Barrier>, what: &str) -> String {
+    match part {
+        Some(_) => format!("  floor part: {what}"),
+        None => format!("ceiling: {what}"),
+    }
+}
+
+/// The broker's traffic of `messages` pipeline messages and nothing else,
+/// through the same code the services use: each inbound message is an
+/// acked publish (the ingress); a consumer on `bus::run_consumer` takes it,
+/// publishes the reply and the incoming log event at once and acks (the
+/// responder); another takes the reply, publishes the outgoing log event
+/// and acks (the sender); a third pulls the log events in batches of up to
+/// 1,000 and acks each (the logger). 64 publishers, as the ingress
+/// benchmark's connections.
+async fn broker_traffic(messages: usize, part: Option<&Barrier>) -> anyhow::Result<Line> {
+    use alphadome_core::bus::{run_consumer, ConsumerSettings, Outcome};
+    use futures_util::StreamExt as _;
+    let nats = TestNats::new();
+    let bus = Bus::connect(&nats_url(), &nats.prefix).await?;
+    bus.ensure_streams(Duration::from_secs(120)).await?;
+    let shutdown = CancellationToken::new();
+    let log_payload: bytes::Bytes = LogEvent {
+        tenant_id: uuid::Uuid::new_v4().to_string(),
+        direction: Direction::Incoming as i32,
+        dedup_key: "in:wamid.floor".into(),
+        wamid: "wamid.floor".into(),
+        user_phone: "254700000001".into(),
+        message_text: load::customer_text(1),
+        metadata_json: r#"{"reason":"faq_match","match_score":0.82}"#.into(),
+        occurred_at_ms: 1_700_000_000_000,
+        raw_json: r#"{"from":"254700000001","type":"text"}"#.into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+    .into();
+    let id = |meta: &alphadome_core::bus::MessageMeta| {
+        meta.headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    let responder = {
+        let (b, log) = (bus.clone(), log_payload.clone());
+        tokio::spawn(run_consumer(
+            bus.clone(),
+            StreamKind::Inbound,
+            "floor-responder",
+            ConsumerSettings::default(),
+            shutdown.clone(),
+            move |payload, meta| {
+                let (b, log, wamid) = (b.clone(), log.clone(), id(&meta));
+                async move {
+                    let (reply_id, log_id) = (format!("reply:{wamid}"), format!("in:{wamid}"));
+                    let reply =
+                        b.publish(b.subject(StreamKind::Outbound, "floor"), &reply_id, payload);
+                    let logged = b.publish(b.subject(StreamKind::Log, "floor"), &log_id, log);
+                    match futures_util::future::join(reply, logged).await {
+                        (Ok(_), Ok(_)) => Outcome::Ack,
+                        (Err(e), _) | (_, Err(e)) => Outcome::Retry {
+                            delay: Duration::from_millis(100),
+                            reason: e.to_string(),
+                        },
+                    }
+                }
+            },
+        ))
+    };
+    let sender = {
+        let (b, log) = (bus.clone(), log_payload.clone());
+        tokio::spawn(run_consumer(
+            bus.clone(),
+            StreamKind::Outbound,
+            "floor-sender",
+            ConsumerSettings::default(),
+            shutdown.clone(),
+            move |_payload, meta| {
+                let (b, log, reply) = (b.clone(), log.clone(), id(&meta));
+                async move {
+                    let wamid = reply.trim_start_matches("reply:");
+                    match b
+                        .publish(
+                            b.subject(StreamKind::Log, "floor"),
+                            &format!("out:{wamid}"),
+                            log,
+                        )
+                        .await
+                    {
+                        Ok(_) => Outcome::Ack,
+                        Err(e) => Outcome::Retry {
+                            delay: Duration::from_millis(100),
+                            reason: e.to_string(),
+                        },
+                    }
+                }
+            },
+        ))
+    };
+    let logs = bus
+        .consumer(
+            StreamKind::Log,
+            "floor-logger",
+            ConsumerSettings {
+                max_ack_pending: 16_000,
+                ..ConsumerSettings::default()
+            },
+        )
+        .await?;
+    let logger = tokio::spawn(async move {
+        let mut acked = 0usize;
+        while acked < 2 * messages {
+            let pulled = logs
+                .stream()
+                .max_messages_per_batch(1000)
+                .expires(Duration::from_secs(10))
+                .messages()
+                .await?;
+            let mut chunks = std::pin::pin!(pulled.ready_chunks(1000));
+            while let Some(chunk) = chunks.next().await {
+                let chunk: Vec<_> = chunk.into_iter().collect::<Result<_, _>>()?;
+                for r in futures_util::future::join_all(chunk.iter().map(|m| m.ack())).await {
+                    r.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+                }
+                acked += chunk.len();
+                if acked >= 2 * messages {
+                    break;
+                }
+            }
+        }
+        anyhow::Ok(acked)
+    });
+    if let Some(start) = part {
+        start.wait().await;
+    }
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut ingress = Vec::new();
+    for _ in 0..64 {
+        let (bus, next) = (bus.clone(), next.clone());
+        ingress.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= messages {
+                    return Ok::<(), alphadome_core::bus::BusError>(());
+                }
+                let subject = bus.subject(StreamKind::Inbound, "floor");
+                bus.publish(subject, &format!("wamid.floor.{i}"), inbound_payload(i))
+                    .await?;
+            }
+        }));
+    }
+    for t in ingress {
+        t.await??;
+    }
+    // A stand-in that stops early (its consumer could not be made) fails
+    // the run at once instead of leaving the log events to time out.
+    let (mut responder, mut sender) = (responder, sender);
+    let acked = tokio::select! {
+        acked = logger => acked??,
+        stopped = &mut responder => bail!("the responder's stand-in stopped early: {:?}", stopped?),
+        stopped = &mut sender => bail!("the sender's stand-in stopped early: {:?}", stopped?),
+        _ = tokio::time::sleep(Duration::from_secs(600)) => {
+            bail!("the log events did not all arrive within 10 minutes")
+        }
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    shutdown.cancel();
+    responder.await??;
+    sender.await??;
+    anyhow::ensure!(
+        acked == 2 * messages,
+        "{acked} log events of {}",
+        2 * messages
+    );
+    Ok(Line::new(
+        named(part, "the broker's traffic per message alone"),
+        messages as f64 / secs,
+        "msg/s",
+        format!(
+            "{messages} messages: 4 acked publishes and 4 deliveries acked each (inbound, reply, two log events), async-nats"
+        ),
+    ))
+}
+
+/// The pipeline's floor: for the same number of messages, the database's
+/// work per message (`ceiling_db_pipeline`), the broker's traffic
+/// (`broker_traffic`) and two HTTP requests per message to a bare handler
+/// (the webhook and the send), all started at once on the same cores and
+/// timed until the last of them ends. This is the work every message
+/// costs before any platform logic, JSON, signature or FAQ match: no
+/// pipeline can carry more messages per second on this machine.
+async fn ceiling_floor(messages: usize) -> anyhow::Result<Line> {
+    let start = Barrier::new(4);
+    let t0 = async {
+        start.wait().await;
+        anyhow::Ok(Instant::now())
+    };
+    // try_join: a part that fails before the start ends the others, which
+    // would wait at the barrier for it.
+    let (_, _, _, t0) = tokio::try_join!(
+        ceiling_db_pipeline(messages, Some(&start)),
+        broker_traffic(messages, Some(&start)),
+        ceiling_http(2 * messages, 64, Some(&start)),
+        t0
+    )?;
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(Line::new(
+        "ceiling: the pipeline's floor (database, broker and HTTP work at once)",
+        messages as f64 / secs,
+        "msg/s",
+        format!(
+            "{messages} messages: the database's work per message, the broker's traffic per message and two HTTP requests per message to a bare handler, started together, until the last ends"
         ),
     ))
 }
@@ -1242,11 +1488,13 @@ async fn all(smoke: bool) -> anyhow::Result<()> {
         machine()
     );
     let s = |full: usize, small: usize| if smoke { small } else { full };
-    let http = ceiling_http(s(100_000, 500), 64).await?;
+    let http = ceiling_http(s(100_000, 500), 64, None).await?;
     let broker = ceiling_broker(s(100_000, 500), 64).await?;
     let copy = ceiling_copy(s(200_000, 1_000)).await?;
     let copy_logger = ceiling_copy_logger(s(200_000, 1_000)).await?;
-    let db_pipeline = ceiling_db_pipeline(s(50_000, 300)).await?;
+    let db_pipeline = ceiling_db_pipeline(s(50_000, 300), None).await?;
+    let traffic = broker_traffic(s(30_000, 300), None).await?;
+    let floor = ceiling_floor(s(30_000, 300)).await?;
     let ingress_line = ingress(smoke, s(100_000, 500), 64, s(100, 5)).await?;
     let run = |rate: Option<f64>, messages: usize| PipelineRun {
         rate,
@@ -1322,12 +1570,15 @@ async fn all(smoke: bool) -> anyhow::Result<()> {
     row(&copy, None);
     row(&copy_logger, None);
     row(&db_pipeline, None);
+    row(&traffic, None);
+    row(&floor, None);
     row(&ingress_line, Some(&http));
     row(&ingress_line, Some(&broker));
     for l in p1000.iter().chain(&p5000).chain(&pmax).chain(&pstatus) {
         if l.unit == "msg/s" {
             row(l, Some(&broker));
             row(l, Some(&db_pipeline));
+            row(l, Some(&floor));
         } else {
             row(l, None);
         }
@@ -1351,16 +1602,23 @@ async fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::BareHttp => bare_http().await?,
         Cmd::All => all(smoke).await?,
+        Cmd::Floor { messages } => {
+            println!("# on {}", machine());
+            broker_traffic(messages, None).await?;
+            ceiling_floor(messages).await?;
+        }
         Cmd::Ceilings {
             requests,
             connections,
         } => {
             println!("# on {}", machine());
-            ceiling_http(requests, connections).await?;
+            ceiling_http(requests, connections, None).await?;
             ceiling_broker(requests, connections).await?;
             ceiling_copy(requests).await?;
             ceiling_copy_logger(requests).await?;
-            ceiling_db_pipeline(requests / 4).await?;
+            ceiling_db_pipeline(requests / 4, None).await?;
+            broker_traffic(requests / 4, None).await?;
+            ceiling_floor(requests / 4).await?;
         }
         Cmd::Ingress {
             messages,
