@@ -2,7 +2,10 @@
 # Counts what PostgreSQL writes to its WAL per message during a pipeline
 # benchmark, by record type and by relation: a measure of the database's
 # work that, unlike time, comes out the same run after run on a noisy
-# machine (docs/benchmarks.md, session 6).
+# machine (docs/benchmarks.md, session 6). For the same window it also
+# prints the machine's CPU time per message and, from pg_stat_statements,
+# the statements run per message with their execution time (which on a
+# busy machine includes waiting for a core).
 #
 #   bash scripts/wal-per-message.sh                          # pipeline --rate 1000
 #   bash scripts/wal-per-message.sh --rate 400 --statuses 3 --messages 12000
@@ -33,7 +36,8 @@ fi
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "${as_owner[@]}" "$pgbin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
 "${as_owner[@]}" "$pgbin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
-  -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
+  -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all" \
+  start >/dev/null
 stop_pg() {
   local rc=$?
   "${as_owner[@]}" "$pgbin/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true
@@ -44,16 +48,22 @@ trap stop_pg EXIT
 
 q() { psql -h 127.0.0.1 -p "$port" -U postgres -Atc "$1" "${2:-postgres}"; }
 mkdir "$dir/wal"
+q "CREATE EXTENSION pg_stat_statements" >/dev/null
+busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 cargo build --release --workspace --bins
 newest="SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1') ORDER BY oid DESC LIMIT 1"
 (
   until [ -n "$(q "$newest")" ]; do sleep 0.2; done
   sleep "$start"
   q "SELECT pg_current_wal_lsn()" > "$dir/from"
+  q "SELECT pg_stat_statements_reset()" >/dev/null
+  busy > "$dir/busy_from"
   db=$(q "$newest")
   q "SELECT c.relfilenode, n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relfilenode <> 0" "$db" > "$dir/relations"
   sleep "$seconds"
   q "SELECT pg_current_wal_lsn()" > "$dir/to"
+  busy > "$dir/busy_to"
+  q "SELECT calls, total_exec_time, regexp_replace(query, '\s+', ' ', 'g') FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = '$db') ORDER BY total_exec_time DESC LIMIT 16" > "$dir/statements"
   cp "$dir"/data/pg_wal/0000* "$dir/wal/"
 ) &
 sampler=$!
@@ -61,7 +71,8 @@ ALPHADOME_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres" bash 
 wait "$sampler"
 
 "$pgbin/pg_waldump" -p "$dir/wal" -s "$(cat "$dir/from")" -e "$(cat "$dir/to")" 2>/dev/null > "$dir/records"
-python3 - "$dir/relations" "$dir/records" "$seconds" <<'PY'
+ticks=$(( $(cat "$dir/busy_to") - $(cat "$dir/busy_from") ))
+python3 - "$dir/relations" "$dir/records" "$seconds" "$dir/statements" "$ticks" "$(getconf CLK_TCK)" <<'PY'
 import collections, re, sys
 relations = dict(l.rstrip("\n").split("|", 1) for l in open(sys.argv[1]) if "|" in l)
 kinds, locks, entries, changes = (collections.Counter() for _ in range(4))
@@ -93,4 +104,9 @@ for k, c in kinds.most_common(14):
 print("row locks per message by table:", ", ".join("%s %s" % (k, per(c)) for k, c in locks.most_common(8)))
 print("index entries per message by index:", ", ".join("%s %s" % (k, per(c)) for k, c in entries.most_common(16)))
 print("row changes per message:", ", ".join("%s %s" % (k, per(c)) for k, c in changes.most_common(16)))
+print("machine CPU per message (every process): %.0f us" % (int(sys.argv[5]) / int(sys.argv[6]) * 1e6 / n))
+print("statements by execution time (calls and ms per message; nested statements are counted in their callers too):")
+for line in open(sys.argv[4]):
+    calls, ms, query = line.rstrip("\n").split("|", 2)
+    print("  %5.2f %7.3f  %s" % (int(calls) / n, float(ms) / n, query[:110]))
 PY
