@@ -317,23 +317,26 @@ fn inbound_payload(seq: usize) -> bytes::Bytes {
     .into()
 }
 
-async fn ceiling_broker(publishes: usize, concurrency: usize) -> anyhow::Result<Line> {
-    let nats = TestNats::new();
-    let bus = Bus::connect(&nats_url(), &nats.prefix).await?;
-    bus.ensure_streams(Duration::from_secs(120)).await?;
+/// Publishes `messages` inbound messages to `key`'s inbound subject, each
+/// with its own `Nats-Msg-Id` and acknowledged, `concurrency` at a time.
+async fn publish_inbound(
+    bus: &Bus,
+    key: &str,
+    messages: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let t0 = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (bus, next) = (bus.clone(), next.clone());
+        let (bus, next, key) = (bus.clone(), next.clone(), key.to_owned());
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= publishes {
+                if i >= messages {
                     return Ok::<(), alphadome_core::bus::BusError>(());
                 }
-                let subject = bus.subject(StreamKind::Inbound, "ceiling");
-                bus.publish(subject, &format!("wamid.ceiling.{i}"), inbound_payload(i))
+                let subject = bus.subject(StreamKind::Inbound, &key);
+                bus.publish(subject, &format!("wamid.{key}.{i}"), inbound_payload(i))
                     .await?;
             }
         }));
@@ -341,6 +344,15 @@ async fn ceiling_broker(publishes: usize, concurrency: usize) -> anyhow::Result<
     for t in tasks {
         t.await??;
     }
+    Ok(())
+}
+
+async fn ceiling_broker(publishes: usize, concurrency: usize) -> anyhow::Result<Line> {
+    let nats = TestNats::new();
+    let bus = Bus::connect(&nats_url(), &nats.prefix).await?;
+    bus.ensure_streams(Duration::from_secs(120)).await?;
+    let t0 = Instant::now();
+    publish_inbound(&bus, "ceiling", publishes, concurrency).await?;
     let secs = t0.elapsed().as_secs_f64();
     Ok(Line::new(
         "ceiling: acked JetStream publish",
@@ -786,26 +798,8 @@ async fn broker_traffic(messages: usize, part: Option<&Barrier>) -> anyhow::Resu
     if let Some(start) = part {
         start.wait().await;
     }
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let t0 = Instant::now();
-    let mut ingress = Vec::new();
-    for _ in 0..64 {
-        let (bus, next) = (bus.clone(), next.clone());
-        ingress.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= messages {
-                    return Ok::<(), alphadome_core::bus::BusError>(());
-                }
-                let subject = bus.subject(StreamKind::Inbound, "floor");
-                bus.publish(subject, &format!("wamid.floor.{i}"), inbound_payload(i))
-                    .await?;
-            }
-        }));
-    }
-    for t in ingress {
-        t.await??;
-    }
+    publish_inbound(&bus, "floor", messages, 64).await?;
     // A stand-in that stops early (its consumer could not be made) fails
     // the run at once instead of leaving the log events to time out.
     let (mut responder, mut sender) = (responder, sender);
