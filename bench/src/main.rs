@@ -670,6 +670,18 @@ fn named(part: Option<&Barrier>, what: &str) -> String {
     }
 }
 
+/// A floor stand-in's outcome: ack once its publishes are acknowledged,
+/// otherwise try again shortly.
+fn published(r: Result<bool, alphadome_core::bus::BusError>) -> alphadome_core::bus::Outcome {
+    match r {
+        Ok(_) => alphadome_core::bus::Outcome::Ack,
+        Err(e) => alphadome_core::bus::Outcome::Retry {
+            delay: Duration::from_millis(100),
+            reason: e.to_string(),
+        },
+    }
+}
+
 /// The broker's traffic of `messages` pipeline messages and nothing else,
 /// through the same code the services use: each inbound message is an
 /// acked publish (the ingress); a consumer on `bus::run_consumer` takes it,
@@ -679,7 +691,7 @@ fn named(part: Option<&Barrier>, what: &str) -> String {
 /// 1,000 and acks each (the logger). 64 publishers, as the ingress
 /// benchmark's connections.
 async fn broker_traffic(messages: usize, part: Option<&Barrier>) -> anyhow::Result<Line> {
-    use alphadome_core::bus::{run_consumer, ConsumerSettings, Outcome};
+    use alphadome_core::bus::{run_consumer, ConsumerSettings};
     use futures_util::StreamExt as _;
     let nats = TestNats::new();
     let bus = Bus::connect(&nats_url(), &nats.prefix).await?;
@@ -721,13 +733,8 @@ async fn broker_traffic(messages: usize, part: Option<&Barrier>) -> anyhow::Resu
                     let reply =
                         b.publish(b.subject(StreamKind::Outbound, "floor"), &reply_id, payload);
                     let logged = b.publish(b.subject(StreamKind::Log, "floor"), &log_id, log);
-                    match futures_util::future::join(reply, logged).await {
-                        (Ok(_), Ok(_)) => Outcome::Ack,
-                        (Err(e), _) | (_, Err(e)) => Outcome::Retry {
-                            delay: Duration::from_millis(100),
-                            reason: e.to_string(),
-                        },
-                    }
+                    let (reply, logged) = futures_util::future::join(reply, logged).await;
+                    published(reply.and(logged))
                 }
             },
         ))
@@ -744,20 +751,11 @@ async fn broker_traffic(messages: usize, part: Option<&Barrier>) -> anyhow::Resu
                 let (b, log, reply) = (b.clone(), log.clone(), id(&meta));
                 async move {
                     let wamid = reply.trim_start_matches("reply:");
-                    match b
-                        .publish(
-                            b.subject(StreamKind::Log, "floor"),
-                            &format!("out:{wamid}"),
-                            log,
-                        )
-                        .await
-                    {
-                        Ok(_) => Outcome::Ack,
-                        Err(e) => Outcome::Retry {
-                            delay: Duration::from_millis(100),
-                            reason: e.to_string(),
-                        },
-                    }
+                    let log_id = format!("out:{wamid}");
+                    published(
+                        b.publish(b.subject(StreamKind::Log, "floor"), &log_id, log)
+                            .await,
+                    )
                 }
             },
         ))
