@@ -3,7 +3,8 @@
 # benchmark, by record type and by relation: a measure of the database's
 # work that, unlike time, comes out the same run after run on a noisy
 # machine (docs/benchmarks.md, session 6). For the same window it also
-# prints the machine's CPU time per message and, from pg_stat_statements,
+# prints the machine's CPU time per message, split by process with each
+# process's context switches per message, and, from pg_stat_statements,
 # the statements run per message with their execution time (which on a
 # busy machine includes waiting for a core).
 #
@@ -50,6 +51,24 @@ q() { psql -h 127.0.0.1 -p "$port" -U postgres -Atc "$1" "${2:-postgres}"; }
 mkdir "$dir/wal"
 q "CREATE EXTENSION pg_stat_statements" >/dev/null
 busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+# Every thread on the machine: id, its process's name, CPU ticks (user and
+# system) and context switches (voluntary and not) so far.
+threads() {
+  python3 - <<'PY'
+import glob
+for task in glob.glob("/proc/[0-9]*/task/[0-9]*"):
+    try:
+        pid = task.split("/")[2]
+        name = open("/proc/%s/comm" % pid).read().strip() or "?"
+        stat = open(task + "/stat").read()
+        fields = stat[stat.rindex(")") + 2:].split()
+        switches = sum(int(l.split()[1]) for l in open(task + "/status")
+                       if l.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
+    except (OSError, ValueError, IndexError):
+        continue
+    print("%s\t%s\t%d\t%d" % (task, name, int(fields[11]) + int(fields[12]), switches))
+PY
+}
 cargo build --release --workspace --bins
 newest="SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1') ORDER BY oid DESC LIMIT 1"
 (
@@ -58,11 +77,13 @@ newest="SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'templ
   q "SELECT pg_current_wal_lsn()" > "$dir/from"
   q "SELECT pg_stat_statements_reset()" >/dev/null
   busy > "$dir/busy_from"
+  threads > "$dir/threads_from"
   db=$(q "$newest")
   q "SELECT c.relfilenode, n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relfilenode <> 0" "$db" > "$dir/relations"
   sleep "$seconds"
   q "SELECT pg_current_wal_lsn()" > "$dir/to"
   busy > "$dir/busy_to"
+  threads > "$dir/threads_to"
   q "SELECT calls, total_exec_time, regexp_replace(query, '\s+', ' ', 'g') FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = '$db') ORDER BY total_exec_time DESC LIMIT 16" > "$dir/statements"
   cp "$dir"/data/pg_wal/0000* "$dir/wal/"
 ) &
@@ -72,7 +93,8 @@ wait "$sampler"
 
 "$pgbin/pg_waldump" -p "$dir/wal" -s "$(cat "$dir/from")" -e "$(cat "$dir/to")" 2>/dev/null > "$dir/records"
 ticks=$(( $(cat "$dir/busy_to") - $(cat "$dir/busy_from") ))
-python3 - "$dir/relations" "$dir/records" "$seconds" "$dir/statements" "$ticks" "$(getconf CLK_TCK)" <<'PY'
+python3 - "$dir/relations" "$dir/records" "$seconds" "$dir/statements" "$ticks" "$(getconf CLK_TCK)" \
+  "$dir/threads_from" "$dir/threads_to" <<'PY'
 import collections, re, sys
 relations = dict(l.rstrip("\n").split("|", 1) for l in open(sys.argv[1]) if "|" in l)
 kinds, locks, entries, changes = (collections.Counter() for _ in range(4))
@@ -104,7 +126,20 @@ for k, c in kinds.most_common(14):
 print("row locks per message by table:", ", ".join("%s %s" % (k, per(c)) for k, c in locks.most_common(8)))
 print("index entries per message by index:", ", ".join("%s %s" % (k, per(c)) for k, c in entries.most_common(16)))
 print("row changes per message:", ", ".join("%s %s" % (k, per(c)) for k, c in changes.most_common(16)))
-print("machine CPU per message (every process): %.0f us" % (int(sys.argv[5]) / int(sys.argv[6]) * 1e6 / n))
+tick_us = 1e6 / int(sys.argv[6])
+print("machine CPU per message (every process): %.0f us" % (int(sys.argv[5]) * tick_us / n))
+def threads(path):
+    rows = (l.rstrip("\n").split("\t") for l in open(path))
+    return {r[0]: (r[1], int(r[2]), int(r[3])) for r in rows if len(r) == 4}
+before, after = threads(sys.argv[7]), threads(sys.argv[8])
+by_process = collections.defaultdict(lambda: [0, 0])
+for task, (name, ticks, switches) in after.items():
+    _, ticks0, switches0 = before.get(task, (name, 0, 0))
+    by_process[name][0] += ticks - ticks0
+    by_process[name][1] += switches - switches0
+print("by process (CPU us and context switches per message; threads that began in the window count whole):")
+for name, (ticks, switches) in sorted(by_process.items(), key=lambda kv: -kv[1][0])[:8]:
+    print("  %-18s %7.0f us %6.1f switches" % (name, ticks * tick_us / n, switches / n))
 print("statements by execution time (calls and ms per message; nested statements are counted in their callers too):")
 for line in open(sys.argv[4]):
     calls, ms, query = line.rstrip("\n").split("|", 2)
