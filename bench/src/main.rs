@@ -376,10 +376,11 @@ async fn copy_in(conn: &mut sqlx::PgConnection, sql: &str, data: &str) -> anyhow
 async fn ceiling_copy(rows: usize) -> anyhow::Result<Line> {
     let env = Env::new().await;
     let tenants = env.tenants(10, 0).await?;
-    let mut data = String::with_capacity(rows * 200);
+    let conns = copy_connections();
+    let mut data = vec![String::with_capacity(rows * 200 / conns); conns];
     for i in 0..rows {
         let t = &tenants[i % tenants.len()];
-        data.push_str(&format!(
+        data[i % conns].push_str(&format!(
             "{}\t2547{:08}\t{}\t{}\twamid.copy.{i}\tf\t{{\"reason\": \"faq_match\"}}\t2026-11-28 12:00:00+00\tin:wamid.copy.{i}\n",
             t.id,
             i % 1000,
@@ -388,12 +389,17 @@ async fn ceiling_copy(rows: usize) -> anyhow::Result<Line> {
         ));
     }
     let t0 = Instant::now();
-    let mut conn = env.db.pool.acquire().await?;
-    let n = copy_in(
-        &mut conn,
-        "COPY alphadome.bot_message_logs (bot_tenant_id, user_phone, direction, message_text, \
-         whatsapp_message_id, ai_processed, metadata, created_at, dedup_key) FROM STDIN",
-        &data,
+    let n = copy_at_once(
+        &env.db.pool,
+        data.into_iter()
+            .map(|d| {
+                vec![(
+                    "COPY alphadome.bot_message_logs (bot_tenant_id, user_phone, direction, message_text, \
+                     whatsapp_message_id, ai_processed, metadata, created_at, dedup_key) FROM STDIN",
+                    d,
+                )]
+            })
+            .collect(),
     )
     .await?;
     let secs = t0.elapsed().as_secs_f64();
@@ -404,19 +410,55 @@ async fn ceiling_copy(rows: usize) -> anyhow::Result<Line> {
         "ceiling: COPY into bot_message_logs",
         rows as f64 / secs,
         "rows/s",
-        format!("{rows} rows in one COPY, indexes and triggers in place"),
+        format!("{rows} rows, {conns} connections at once, indexes and triggers in place"),
     ))
 }
 
-/// Connections the logger-work ceiling copies on at once: as many as the
-/// logger has batches in flight on one consumer.
-const CEILING_COPY_CONNECTIONS: usize = 4;
+/// Runs each connection's COPYs (statement and data, in order) on a
+/// connection of its own, all connections at once; the rows written.
+async fn copy_at_once(
+    pool: &sqlx::PgPool,
+    work: Vec<Vec<(&'static str, String)>>,
+) -> anyhow::Result<u64> {
+    let tasks: Vec<_> = work
+        .into_iter()
+        .map(|copies| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut conn = pool.acquire().await?;
+                let mut n = 0;
+                for (sql, data) in copies {
+                    n += copy_in(&mut conn, sql, &data).await?;
+                }
+                Ok::<u64, anyhow::Error>(n)
+            })
+        })
+        .collect();
+    let mut n = 0;
+    for t in tasks {
+        n += t.await??;
+    }
+    Ok(n)
+}
+
+/// Connections the COPY ceilings copy on at once: one per core, the most
+/// the database can take. One COPY leaves the second core of two idle
+/// (session 9: 42-53k rows/s on one connection, 110-115k on two, 75-90k
+/// on four or eight, where the copies wait on each other's index pages).
+/// `ALPHADOME_BENCH_COPY_CONNECTIONS` sets another number.
+fn copy_connections() -> usize {
+    std::env::var("ALPHADOME_BENCH_COPY_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
 
 /// The database's ceiling for the logger's own work: every log row carries
 /// its customer's `public.users` id and has its mirror row in
 /// `public.conversations` (the live system's table: foreign keys to users
 /// and brands), as the logger writes them. One COPY per table on each of
-/// `CEILING_COPY_CONNECTIONS` connections at once, rows split between them.
+/// `copy_connections()` connections at once, rows split between them.
 async fn ceiling_copy_logger(rows: usize) -> anyhow::Result<Line> {
     let env = Env::new().await;
     let tenants = env.tenants(10, 0).await?;
@@ -434,14 +476,15 @@ async fn ceiling_copy_logger(rows: usize) -> anyhow::Result<Line> {
     .fetch_all(&env.db.pool)
     .await?;
     users.sort();
-    let mut logs = vec![String::new(); CEILING_COPY_CONNECTIONS];
-    let mut mirrors = vec![String::new(); CEILING_COPY_CONNECTIONS];
+    let conns = copy_connections();
+    let mut logs = vec![String::new(); conns];
+    let mut mirrors = vec![String::new(); conns];
     for i in 0..rows {
         let t = &tenants[i % tenants.len()];
         let (phone, user) = &users[i % users.len()];
         let direction = if i % 2 == 0 { "incoming" } else { "outgoing" };
         let text = load::customer_text(i);
-        let k = i % CEILING_COPY_CONNECTIONS;
+        let k = i % conns;
         logs[k].push_str(&format!(
             "{}\t{phone}\t{user}\t{direction}\t{text}\twamid.copy.{i}\tf\t{{\"reason\": \"faq_match\"}}\t2026-11-28 12:00:00+00\tin:wamid.copy.{i}\n",
             t.id,
@@ -456,33 +499,27 @@ async fn ceiling_copy_logger(rows: usize) -> anyhow::Result<Line> {
         ));
     }
     let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for (log, mirror) in logs.into_iter().zip(mirrors) {
-        let pool = env.db.pool.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = pool.acquire().await?;
-            let mut n = 0;
-            for (sql, data) in [
-                (
-                    "COPY alphadome.bot_message_logs (bot_tenant_id, user_phone, user_id, direction, \
-                     message_text, whatsapp_message_id, ai_processed, metadata, created_at, dedup_key) FROM STDIN",
-                    log,
-                ),
-                (
-                    "COPY public.conversations (brand_id, user_id, whatsapp_message_id, direction, \
-                     raw_payload, message_text, created_at, updated_at) FROM STDIN",
-                    mirror,
-                ),
-            ] {
-                n += copy_in(&mut conn, sql, &data).await?;
-            }
-            Ok::<u64, anyhow::Error>(n)
-        }));
-    }
-    let mut n = 0;
-    for t in tasks {
-        n += t.await??;
-    }
+    let n = copy_at_once(
+        &env.db.pool,
+        logs.into_iter()
+            .zip(mirrors)
+            .map(|(log, mirror)| {
+                vec![
+                    (
+                        "COPY alphadome.bot_message_logs (bot_tenant_id, user_phone, user_id, direction, \
+                         message_text, whatsapp_message_id, ai_processed, metadata, created_at, dedup_key) FROM STDIN",
+                        log,
+                    ),
+                    (
+                        "COPY public.conversations (brand_id, user_id, whatsapp_message_id, direction, \
+                         raw_payload, message_text, created_at, updated_at) FROM STDIN",
+                        mirror,
+                    ),
+                ]
+            })
+            .collect(),
+    )
+    .await?;
     let secs = t0.elapsed().as_secs_f64();
     if n as usize != 2 * rows {
         bail!("COPY wrote {n} rows of {}", 2 * rows);
@@ -492,7 +529,7 @@ async fn ceiling_copy_logger(rows: usize) -> anyhow::Result<Line> {
         rows as f64 / secs,
         "rows/s",
         format!(
-            "{rows} log rows and {rows} mirror rows, {CEILING_COPY_CONNECTIONS} connections at once, indexes, foreign keys and triggers in place"
+            "{rows} log rows and {rows} mirror rows, {conns} connections at once, indexes, foreign keys and triggers in place"
         ),
     ))
 }
