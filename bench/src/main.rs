@@ -377,7 +377,9 @@ async fn ceiling_copy(rows: usize) -> anyhow::Result<Line> {
     let env = Env::new().await;
     let tenants = env.tenants(10, 0).await?;
     let conns = copy_connections();
-    let mut data = vec![String::with_capacity(rows * 200 / conns); conns];
+    let mut data: Vec<String> = (0..conns)
+        .map(|_| String::with_capacity(rows * 200 / conns))
+        .collect();
     for i in 0..rows {
         let t = &tenants[i % tenants.len()];
         data[i % conns].push_str(&format!(
