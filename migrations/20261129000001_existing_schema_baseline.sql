@@ -1,11 +1,17 @@
--- Baseline of the live system's existing schema, exactly as the schema report
--- (seed-schema-report.md, "EXISTING SCHEMA") lists it.
+-- The live system's tables in `public`, exactly as the schema report
+-- (seed-schema-report.md, "EXISTING SCHEMA") lists them, and the schema
+-- Alphadome's own objects live in.
 --
 -- On the live database these objects already exist: every statement here is
--- guarded with IF NOT EXISTS so that applying this migration there changes
--- nothing (no column altered, no row touched). On an empty database it
--- creates the tables the existing system and Alphadome both rely on.
--- Never edit this file once applied; add a new migration instead.
+-- guarded with IF NOT EXISTS, so applying this file there changes nothing
+-- (no column altered, no row touched). On an empty database it creates the
+-- tables the existing system and Alphadome both rely on. Alphadome writes to
+-- them only to keep the existing system working (the logger mirrors messages
+-- to public.conversations and registers unknown phones in public.users;
+-- `tenant apply` may create a public.brands row).
+--
+-- Migrations are append-only: never edit this file once committed; add a new
+-- migration instead (scripts/check-migrations.sh enforces it).
 
 CREATE SCHEMA IF NOT EXISTS alphadome;
 
