@@ -4,8 +4,8 @@
 
 use std::hint::black_box;
 
-use alphadome_core::matcher::{FaqEntry, FaqIndex};
-use alphadome_tests::load::{customer_text, synthetic_faq};
+use alphadome_responder::matcher::{FaqEntry, FaqIndex};
+use alphadome_testkit::load::{customer_text, synthetic_faq};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 fn index(n: usize) -> FaqIndex {

@@ -20,10 +20,10 @@ use alphadome_core::bus::{Bus, StreamKind};
 use alphadome_core::crypto::Keyring;
 use alphadome_core::events::v1::{Direction, InboundMessage, LogEvent};
 use alphadome_core::events::Message as _;
-use alphadome_core::standin::GraphStandIn;
-use alphadome_tests::load::{self, LoadTenant, Pace, Percentiles};
-use alphadome_tests::proc::{platform_env, Proc};
-use alphadome_tests::{keyring, nats_url, TestDb, TestNats};
+use alphadome_testkit::fixtures::{keyring, nats_url, TestDb, TestNats};
+use alphadome_testkit::graph::GraphStandIn;
+use alphadome_testkit::load::{self, LoadTenant, Pace, Percentiles};
+use alphadome_testkit::proc::{platform_env, Proc};
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use tokio::sync::Barrier;
@@ -930,7 +930,7 @@ async fn ingress(
 ) -> anyhow::Result<Line> {
     let env = Env::new().await;
     let tenants = env.tenants(tenants, 0).await?;
-    let (_graph, graph_url, _stop) = alphadome_tests::graph().await;
+    let (_graph, graph_url, _stop) = GraphStandIn::start_local().await?;
     let p = start(&["run", "ingress"], env.env(&graph_url)).await?;
     let run = run_id();
     let shots = Arc::new(load::text_shots(&run, &tenants, 1000, messages));
@@ -1259,7 +1259,7 @@ async fn logger(smoke: bool, rows: usize) -> anyhow::Result<Line> {
     for t in tasks {
         t.await??;
     }
-    let (_graph, graph_url, _stop) = alphadome_tests::graph().await;
+    let (_graph, graph_url, _stop) = GraphStandIn::start_local().await?;
     let t0 = Instant::now();
     let p = start(&["run", "logger"], env.env(&graph_url)).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -1387,7 +1387,7 @@ async fn neighbour(
     let quiet_tenants = env.tenants(quiet, 20).await?;
     let llm = match slow_llm {
         Some(d) => {
-            let (llm, url) = alphadome_tests::LlmStandIn::start().await;
+            let (llm, url) = alphadome_testkit::llm::LlmStandIn::start().await;
             llm.set_latency(d);
             Some((llm, url))
         }
@@ -1522,7 +1522,7 @@ fn machine() -> String {
 async fn services() -> anyhow::Result<String> {
     let nats = async_nats::connect(nats_url()).await?;
     let nats_version = nats.server_info().version;
-    let admin = sqlx::PgPool::connect(&alphadome_tests::admin_database_url()).await?;
+    let admin = sqlx::PgPool::connect(&alphadome_testkit::fixtures::admin_database_url()).await?;
     let pg: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(&admin)
         .await?;

@@ -649,7 +649,23 @@ async fn housekeeping_removes_only_expired_limit_records() {
             .await
             .unwrap();
     }
-    assert_eq!(alphadome_admin::housekeeping(&db.pool).await.unwrap(), 1);
+    // The responder purges its own records, as its own role.
+    let responder = alphadome_core::db::connect_as(
+        &secrecy::SecretString::from(db.url.clone()),
+        alphadome_core::db::ServiceRole::Responder,
+        2,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        alphadome_responder::store::purge_limit_records(
+            &responder,
+            alphadome_responder::LIMIT_RECORD_DAYS
+        )
+        .await
+        .unwrap(),
+        1
+    );
     let left: Vec<String> =
         sqlx::query_scalar("SELECT whatsapp_message_id FROM alphadome.rate_limit_events")
             .fetch_all(&db.pool)

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alphadome_core::standin::{Behaviour, GraphStandIn};
+use alphadome_testkit::graph::{Behaviour, GraphStandIn};
 use alphadome_tests::load::{self, LoadTenant, Shot};
 use alphadome_tests::proc::{platform_env, Proc};
 

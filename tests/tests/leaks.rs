@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alphadome_core::standin::Behaviour;
+use alphadome_testkit::graph::Behaviour;
 use alphadome_tests::*;
 
 const TOKEN: &str = "EAAGleakcheckWhatsappToken0123456789";

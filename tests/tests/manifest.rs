@@ -4,10 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
+use alphadome_admin::manifest::{self, Manifest};
 use alphadome_core::crypto::{Keyring, SecretColumn};
-use alphadome_core::manifest::{self, Manifest};
 use alphadome_tests::{keyring, manifest_yaml, TenantSpec, TestDb};
 use secrecy::ExposeSecret;
+
+/// Kenya's country code, for the national numbers in these manifests.
+const CC: &str = "254";
 
 const SHOP: &str = r#"
 tenant:
@@ -57,7 +60,7 @@ async fn counts(pool: &sqlx::PgPool) -> (i64, i64, i64, i64, i64) {
 async fn apply_creates_then_second_apply_changes_nothing() {
     let db = TestDb::migrated().await;
     let (_, ring) = keyring();
-    let m = Manifest::parse(SHOP).unwrap();
+    let m = Manifest::parse(SHOP, CC).unwrap();
     let first = manifest::apply(&db.pool, &ring, &m).await.unwrap();
     assert!(first.created);
     assert_eq!(
@@ -77,7 +80,7 @@ async fn apply_creates_then_second_apply_changes_nothing() {
         rows
     };
     let before = snapshot(db.pool.clone()).await;
-    let second = manifest::apply(&db.pool, &ring, &Manifest::parse(SHOP).unwrap())
+    let second = manifest::apply(&db.pool, &ring, &Manifest::parse(SHOP, CC).unwrap())
         .await
         .unwrap();
     assert_eq!(second.tenant_id, first.tenant_id);
@@ -105,7 +108,7 @@ async fn apply_creates_then_second_apply_changes_nothing() {
 async fn secrets_are_encrypted_and_bound_to_tenant_and_column() {
     let db = TestDb::migrated().await;
     let (_, ring) = keyring();
-    let r = manifest::apply(&db.pool, &ring, &Manifest::parse(SHOP).unwrap())
+    let r = manifest::apply(&db.pool, &ring, &Manifest::parse(SHOP, CC).unwrap())
         .await
         .unwrap();
     let (tok, sec, key): (String, String, String) = sqlx::query_as(
@@ -150,7 +153,7 @@ async fn secrets_are_encrypted_and_bound_to_tenant_and_column() {
         .is_err());
     // A changed secret is re-encrypted; an unchanged one keeps its ciphertext.
     let changed = SHOP.replace("EAAG-plain-token-123", "EAAG-new-token");
-    manifest::apply(&db.pool, &ring, &Manifest::parse(&changed).unwrap())
+    manifest::apply(&db.pool, &ring, &Manifest::parse(&changed, CC).unwrap())
         .await
         .unwrap();
     let (tok2, sec2): (String, String) =
@@ -173,7 +176,7 @@ async fn secrets_are_encrypted_and_bound_to_tenant_and_column() {
 async fn rows_dropped_from_the_manifest_are_deactivated_and_defaults_move() {
     let db = TestDb::migrated().await;
     let (_, ring) = keyring();
-    let r = manifest::apply(&db.pool, &ring, &Manifest::parse(SHOP).unwrap())
+    let r = manifest::apply(&db.pool, &ring, &Manifest::parse(SHOP, CC).unwrap())
         .await
         .unwrap();
     let trimmed = SHOP
@@ -189,7 +192,7 @@ async fn rows_dropped_from_the_manifest_are_deactivated_and_defaults_move() {
             "  - template_name: support\n",
             "  - template_name: support\n    is_default: true\n",
         );
-    let rep = manifest::apply(&db.pool, &ring, &Manifest::parse(&trimmed).unwrap())
+    let rep = manifest::apply(&db.pool, &ring, &Manifest::parse(&trimmed, CC).unwrap())
         .await
         .unwrap();
     assert!(rep.rows_changed > 0);
@@ -221,7 +224,7 @@ async fn rows_dropped_from_the_manifest_are_deactivated_and_defaults_move() {
 async fn conflicts_with_other_tenants_name_the_field_and_write_nothing() {
     let db = TestDb::migrated().await;
     let (_, ring) = keyring();
-    manifest::apply(&db.pool, &ring, &Manifest::parse(SHOP).unwrap())
+    manifest::apply(&db.pool, &ring, &Manifest::parse(SHOP, CC).unwrap())
         .await
         .unwrap();
     let before = counts(&db.pool).await;
@@ -229,10 +232,14 @@ async fn conflicts_with_other_tenants_name_the_field_and_write_nothing() {
     let stolen_token = SHOP
         .replace("0702245555", "0711000000")
         .replace("106540352242922", "999");
-    let e = manifest::apply(&db.pool, &ring, &Manifest::parse(&stolen_token).unwrap())
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = manifest::apply(
+        &db.pool,
+        &ring,
+        &Manifest::parse(&stolen_token, CC).unwrap(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("tenant.webhook_verify_token")
             && e.contains("another tenant")
@@ -243,10 +250,14 @@ async fn conflicts_with_other_tenants_name_the_field_and_write_nothing() {
     let stolen_number = SHOP
         .replace("0702245555", "0711000000")
         .replace("verify-abc", "verify-other");
-    let e = manifest::apply(&db.pool, &ring, &Manifest::parse(&stolen_number).unwrap())
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = manifest::apply(
+        &db.pool,
+        &ring,
+        &Manifest::parse(&stolen_number, CC).unwrap(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("tenant.whatsapp_phone_number_id") && e.contains("line 6"),
         "{e}"
@@ -260,7 +271,7 @@ async fn conflicts_with_other_tenants_name_the_field_and_write_nothing() {
             "  ai_provider:",
             "  brand_id: 00000000-0000-0000-0000-000000000001\n  ai_provider:",
         );
-    let e = manifest::apply(&db.pool, &ring, &Manifest::parse(&bad_brand).unwrap())
+    let e = manifest::apply(&db.pool, &ring, &Manifest::parse(&bad_brand, CC).unwrap())
         .await
         .unwrap_err()
         .to_string();
@@ -290,7 +301,7 @@ async fn the_kassangas_example_manifest_applies_inactive() {
         .replace("${KASSANGAS_APP_SECRET}", "kassangas-app-secret")
         .replace("${KASSANGAS_AI_API_KEY}", "sk-kassangas")
         .replace("${KASSANGAS_VERIFY_TOKEN}", "kassangas-verify");
-    let m = Manifest::parse(&src).unwrap();
+    let m = Manifest::parse(&src, CC).unwrap();
     let r = manifest::apply(&db.pool, &ring, &m).await.unwrap();
     let (active, name): (bool, String) =
         sqlx::query_as("SELECT is_active, client_name FROM alphadome.bot_tenants WHERE id = $1")
@@ -322,6 +333,6 @@ async fn the_kassangas_example_manifest_applies_inactive() {
 async fn test_manifests_round_trip() {
     // The harness's own manifests go through the same parser.
     let y = manifest_yaml(&TenantSpec::default());
-    let m = Manifest::parse(&y).unwrap();
+    let m = Manifest::parse(&y, CC).unwrap();
     assert_eq!(m.training_data.len(), 1);
 }

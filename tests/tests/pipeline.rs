@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use alphadome_cli::stack::{RunOptions, Service};
-use alphadome_core::standin::Behaviour;
+use alphadome_testkit::graph::Behaviour;
 use alphadome_tests::*;
 
 const USER: &str = "254711222333";
@@ -617,7 +617,7 @@ async fn deactivating_with_the_cli_reaches_running_instances_within_seconds() {
     post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body).await;
     assert_eq!(e.graph.wait_for(1, Duration::from_secs(10)).await.len(), 1);
     let bus = e.nats.bus().await;
-    alphadome_admin::set_active(&e.db.pool, Some(&bus), &t.phone, false)
+    alphadome_admin::set_active(&e.db.pool, Some(&bus), &t.phone, "254", false)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -769,7 +769,7 @@ async fn a_send_that_timed_out_is_reconciled_from_its_status_webhook_not_repeate
     )
     .await;
     let got = e.graph.wait_for(3, Duration::from_secs(20)).await;
-    let to_second = |r: &&alphadome_core::standin::Received| r.in_reply_to() == "wamid.late.2";
+    let to_second = |r: &&alphadome_testkit::graph::Received| r.in_reply_to() == "wamid.late.2";
     assert_eq!(got.iter().filter(to_second).count(), 2);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(e.graph.received().len(), 3, "sent again once, not more");
@@ -836,7 +836,7 @@ async fn a_permanent_error_is_dead_lettered_and_a_190_holds_the_tenant() {
         .then_some(())
     })
     .await;
-    let list = alphadome_admin::list(&e.db.pool).await.unwrap();
+    let list = alphadome_admin::list(&e.db.pool, 90).await.unwrap();
     assert!(list[0]
         .degraded
         .as_deref()
@@ -1265,7 +1265,7 @@ async fn verify_tokens_are_stored_as_digests_and_rotate_with_a_grace_period() {
 
     // With no grace, the previous token stops working at once.
     let (_, newer) =
-        alphadome_admin::rotate_verify_token(&e.db.pool, None, &t.phone, Duration::ZERO)
+        alphadome_admin::rotate_verify_token(&e.db.pool, None, &t.phone, "254", Duration::ZERO)
             .await
             .unwrap();
     assert_eq!(handshake(newer).await, 200);

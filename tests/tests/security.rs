@@ -315,7 +315,8 @@ async fn token_expiry_alerts_go_out_once_per_threshold() {
     cfg.meta_app_id = Some("123456".into());
     cfg.smtp_url = Some(secrecy::SecretString::from(smtp_url));
     let stack = RunningStack::start(cfg.clone(), &[Service::Sender, Service::Logger]).await;
-    let watch = alphadome_admin::tokens::TokenWatch::new(&cfg, db.pool.clone(), nats.bus().await);
+    let watch =
+        alphadome_admin::tokens::TokenWatch::new(&cfg, db.pool.clone(), nats.bus().await).unwrap();
     let mut alerts: Vec<(uuid::Uuid, &str)> = watch
         .check()
         .await
@@ -356,7 +357,7 @@ async fn token_expiry_alerts_go_out_once_per_threshold() {
     );
     assert!(wa.iter().all(|r| r.to() == "254733000999"));
     // The rejected token is marked, so the tenant shows as degraded.
-    let list = alphadome_admin::list(&db.pool).await.unwrap();
+    let list = alphadome_admin::list(&db.pool, 90).await.unwrap();
     let degraded = |id: uuid::Uuid| {
         list.iter()
             .find(|t| t.id == id)
@@ -436,7 +437,8 @@ async fn without_an_app_token_the_stored_expiry_drives_the_alerts() {
     )
     .await;
     let cfg = config(&db, &nats, ring.clone(), &graph_url);
-    let watch = alphadome_admin::tokens::TokenWatch::new(&cfg, db.pool.clone(), nats.bus().await);
+    let watch =
+        alphadome_admin::tokens::TokenWatch::new(&cfg, db.pool.clone(), nats.bus().await).unwrap();
     let alerts: Vec<_> = watch
         .check()
         .await

@@ -40,12 +40,13 @@ async fn one_trace_spans_ingress_responder_and_sender_and_is_exported() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    // SAFETY of the environment change: this test binary holds this one test.
-    unsafe_free_set_env(
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        &format!("http://{collector}"),
+    let guard = alphadome_core::telemetry::init(
+        "alphadome-test",
+        &alphadome_core::config::TelemetrySettings {
+            otlp_endpoint: Some(format!("http://{collector}")),
+            ..Default::default()
+        },
     );
-    let guard = alphadome_core::telemetry::init("alphadome-test");
 
     let db = TestDb::migrated().await;
     let nats = TestNats::new();
@@ -134,9 +135,4 @@ async fn one_trace_spans_ingress_responder_and_sender_and_is_exported() {
         posts.load(Ordering::SeqCst) > 0,
         "no spans were exported over OTLP"
     );
-}
-
-fn unsafe_free_set_env(key: &str, value: &str) {
-    // std::env::set_var is safe to call on editions before 2024.
-    std::env::set_var(key, value);
 }

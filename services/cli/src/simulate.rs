@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use alphadome_core::crypto::{Keyring, SecretColumn};
-use alphadome_core::standin::GraphStandIn;
 use alphadome_core::{meta, CancellationToken};
+use alphadome_testkit::graph::GraphStandIn;
+use alphadome_testkit::webhooks::named_text_webhook;
 use anyhow::{bail, Context as _};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -19,40 +20,14 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// Options of a simulation.
 pub struct SimulateOptions {
     pub tenant: String,
+    /// Country code of national phone numbers (`--tenant 07...`).
+    pub country_code: String,
     pub ingress_url: String,
     pub graph_listen: SocketAddr,
     pub from: String,
     pub profile_name: String,
     pub messages: Vec<String>,
     pub timeout: Duration,
-}
-
-/// A Meta-shaped text webhook from `from` to `phone_number_id`.
-pub fn text_webhook(
-    phone_number_id: &str,
-    from: &str,
-    name: &str,
-    wamid: &str,
-    text: &str,
-) -> String {
-    serde_json::json!({
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "0", "changes": [{"field": "messages", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "0", "phone_number_id": phone_number_id},
-            "contacts": [{"profile": {"name": name}, "wa_id": from}],
-            "messages": [{"from": from, "id": wamid,
-                "timestamp": chrono_now().to_string(), "type": "text", "text": {"body": text}}]
-        }}]}]
-    })
-    .to_string()
-}
-
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Runs the simulation; prints each reply to stdout.
@@ -62,9 +37,7 @@ pub async fn run(
     platform_secret: Option<SecretString>,
     opts: SimulateOptions,
 ) -> anyhow::Result<()> {
-    let tenant = alphadome_core::tenant::find_tenant(db, &opts.tenant)
-        .await?
-        .with_context(|| format!("no tenant with id or phone {:?}", opts.tenant))?;
+    let tenant = alphadome_admin::tenants::find(db, &opts.tenant, &opts.country_code).await?;
     let Some(pnid) = tenant.whatsapp_phone_number_id.clone() else {
         bail!(
             "tenant {} has no whatsapp_phone_number_id",
@@ -114,7 +87,7 @@ pub async fn run(
         };
         n += 1;
         let wamid = format!("wamid.sim.{}.{}", uuid::Uuid::new_v4().simple(), n);
-        let body = text_webhook(&pnid, &opts.from, &opts.profile_name, &wamid, &text);
+        let body = named_text_webhook(&pnid, &opts.from, &opts.profile_name, &wamid, &text);
         let sig = meta::sign(secret.expose_secret().as_bytes(), body.as_bytes());
         let mut seen = standin.received().len();
         let resp = http

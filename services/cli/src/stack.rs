@@ -2,13 +2,13 @@
 //! one for `alphadome run <service>`. Every service is a library started
 //! the same way here and in the tests.
 
-use std::sync::Arc;
-
 use alphadome_core::bus::{Bus, ConsumerSettings};
 use alphadome_core::config::Config;
-use alphadome_core::{db, health, CancellationToken};
+use alphadome_core::{db, CancellationToken};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+
+use crate::health;
 
 /// A service of the platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -28,17 +28,39 @@ impl Service {
         Service::Logger,
         Service::Admin,
     ];
+
+    /// The service's name in traces.
+    pub fn telemetry_name(self) -> &'static str {
+        match self {
+            Service::Ingress => "alphadome-ingress",
+            Service::Responder => "alphadome-responder",
+            Service::Sender => "alphadome-sender",
+            Service::Logger => "alphadome-logger",
+            Service::Admin => "alphadome-admin",
+        }
+    }
 }
 
-/// Messages a service works on at once (`var`, else `default`): more
-/// keeps a tenant that waits (for its rate, its LLM) from holding back the
-/// others; fewer uses less memory under a backlog.
-fn in_hand(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-        .clamp(1, 65_536)
+/// Unacknowledged messages a consumer allows per message in hand.
+const PENDING_PER_IN_HAND: i64 = 16;
+
+/// The settings of a consumer that works on `in_hand` messages at once.
+///
+/// Messages mostly wait (a responder's for its tenant's LLM, a sender's
+/// for Meta or for its number's rate), so each service keeps many in hand:
+/// more keeps a tenant that waits from holding back the others; fewer uses
+/// less memory under a backlog. `max_ack_pending` counts, besides the
+/// messages in hand, those a service put back on the stream with a delay
+/// (a tenant's crowded LLM, a number's crowded send rate): it is kept well
+/// above the window, so one tenant's backlog waiting on the server never
+/// stops the deliveries to everyone else. It costs no memory here; the
+/// window does.
+pub fn in_hand(in_hand: usize) -> ConsumerSettings {
+    ConsumerSettings {
+        concurrency: in_hand,
+        max_ack_pending: PENDING_PER_IN_HAND * in_hand as i64,
+        ..ConsumerSettings::default()
+    }
 }
 
 /// Options of a run.
@@ -47,40 +69,13 @@ pub struct RunOptions {
     pub services: Vec<Service>,
     /// Apply pending migrations first (the local default).
     pub migrate: bool,
-    pub responder: ConsumerSettings,
-    pub sender: ConsumerSettings,
 }
 
 impl RunOptions {
     pub fn new(services: &[Service]) -> Self {
-        const PENDING_PER_IN_HAND: i64 = 16;
         Self {
             services: services.to_vec(),
             migrate: false,
-            // A message waiting for its tenant's LLM holds no worker the
-            // others need: the responder keeps many in hand.
-            //
-            // max_ack_pending counts, besides the messages in hand, those a
-            // service put back on the stream with a delay (a tenant's
-            // crowded LLM, a number's crowded send rate): it is kept well
-            // above the window, so one tenant's backlog waiting on the
-            // server never stops the deliveries to everyone else. It costs
-            // no memory here; the window does.
-            responder: ConsumerSettings {
-                concurrency: in_hand("ALPHADOME_RESPONDER_IN_HAND", 512),
-                max_ack_pending: PENDING_PER_IN_HAND
-                    * in_hand("ALPHADOME_RESPONDER_IN_HAND", 512) as i64,
-                ..ConsumerSettings::default()
-            },
-            // Sends mostly wait (for Meta, or for a number's rate), so the
-            // sender keeps many in hand: a number flooded past its rate
-            // must not hold back the other numbers' sends.
-            sender: ConsumerSettings {
-                concurrency: in_hand("ALPHADOME_SENDER_IN_HAND", 2048),
-                max_ack_pending: PENDING_PER_IN_HAND
-                    * in_hand("ALPHADOME_SENDER_IN_HAND", 2048) as i64,
-                ..ConsumerSettings::default()
-            },
         }
     }
 }
@@ -96,11 +91,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Postgres serves best with few busy connections (a few per core): the
     // pools are small, and every process stays far below max_connections.
-    let size = std::env::var("ALPHADOME_DB_POOL_SIZE")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(8)
-        .clamp(2, 256);
+    let size = config.db_pool_size;
     let small = (size / 2).max(2);
     let pool = db::connect(&config.database_url, small)
         .await
@@ -140,18 +131,17 @@ pub async fn run(
         router = router.merge(alphadome_ingress::router(ingress));
     }
     if has(Service::Admin) {
-        if let Some(api) = alphadome_admin::router(pool.clone()) {
+        if let Some(api) = alphadome_admin::http::router(
+            pool.clone(),
+            config.admin_token.clone(),
+            &config.country_code,
+            config.verify_token_max_age_days,
+        ) {
             router = router.merge(api);
         }
-        alphadome_admin::spawn_housekeeping(pool.clone(), shutdown.clone());
-        let every = std::env::var("ALPHADOME_TOKEN_CHECK_SECS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3600u64);
-        alphadome_admin::tokens::TokenWatch::new(&config, pool.clone(), bus.clone()).spawn(
-            std::time::Duration::from_secs(every.max(1)),
-            shutdown.clone(),
-        );
+        alphadome_admin::tokens::TokenWatch::new(&config, pool.clone(), bus.clone())
+            .context("admin start-up")?
+            .spawn(config.token_check_every, shutdown.clone());
     }
     if has(Service::Responder) {
         let r = alphadome_responder::Responder::start(
@@ -162,7 +152,7 @@ pub async fn run(
         )
         .await
         .context("responder start-up")?;
-        let (s, settings) = (shutdown.clone(), opts.responder);
+        let (s, settings) = (shutdown.clone(), in_hand(config.responder_in_hand));
         tasks.spawn(async move {
             r.run(settings, s)
                 .await
@@ -179,7 +169,7 @@ pub async fn run(
         )
         .await
         .context("sender start-up")?;
-        let (s, settings) = (shutdown.clone(), opts.sender);
+        let (s, settings) = (shutdown.clone(), in_hand(config.sender_in_hand));
         tasks.spawn(async move {
             snd.run(settings, s)
                 .await
@@ -256,6 +246,3 @@ pub fn cancel_on_signals(token: CancellationToken) {
         token.cancel();
     });
 }
-
-/// Shared handle type for tests that hold a running stack.
-pub type Shutdown = Arc<CancellationToken>;

@@ -7,6 +7,7 @@ use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::crypto::SecretColumn;
+use crate::Report;
 
 /// Appends one audit row.
 pub async fn record<'e, E: PgExecutor<'e>>(
@@ -36,7 +37,7 @@ pub async fn record_use(
     purpose: &str,
 ) {
     if let Err(e) = record(db, tenant, credential, actor, purpose).await {
-        tracing::error!(tenant_id = %tenant, credential = credential.column(), error = %e, "credential audit row not written");
+        tracing::error!(tenant_id = %tenant, credential = credential.column(), error = %Report(&e), "credential audit row not written");
     }
 }
 

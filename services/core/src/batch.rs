@@ -12,11 +12,12 @@
 //! callers to make its own single call, so the caller's error handling sees
 //! the real error of its own item and one bad item never fails the others.
 
-use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::Report;
 
 struct Pending<Req, Resp> {
     req: Req,
@@ -37,7 +38,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Coalescer<Req, Resp> {
     where
         F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Option<Resp>>, E>> + Send + 'static,
-        E: Display,
+        E: std::error::Error + 'static,
     {
         let (queue, mut rx) = mpsc::unbounded_channel::<Pending<Req, Resp>>();
         let run = Arc::new(run);
@@ -81,7 +82,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Coalescer<Req, Resp> {
                         Err(e) => tracing::warn!(
                             batch = what,
                             items = n,
-                            error = %e,
+                            error = %Report(&e),
                             "batch call failed; its items go one by one"
                         ),
                     }
@@ -151,7 +152,7 @@ mod tests {
             async move {
                 seen.lock().unwrap().push(reqs.len());
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                Ok::<_, String>(reqs.into_iter().map(|r| Some(r * 2)).collect())
+                Ok::<_, std::io::Error>(reqs.into_iter().map(|r| Some(r * 2)).collect())
             }
         }));
         let calls: Vec<_> = (0..10u32)
@@ -178,7 +179,7 @@ mod tests {
             r.fetch_add(1, Ordering::SeqCst);
             async move {
                 if reqs.contains(&13) {
-                    return Err("unlucky".to_owned());
+                    return Err(std::io::Error::other("unlucky"));
                 }
                 Ok(reqs
                     .into_iter()

@@ -120,21 +120,6 @@ pub const MASTER_KEY_VAR: &str = "ALPHADOME_MASTER_KEY";
 pub const PREVIOUS_KEYS_VAR: &str = "ALPHADOME_PREVIOUS_MASTER_KEYS";
 
 impl Keyring {
-    /// Reads `ALPHADOME_MASTER_KEY` and `ALPHADOME_PREVIOUS_MASTER_KEYS`.
-    pub fn from_env() -> Result<Self, KeyError> {
-        let current = std::env::var(MASTER_KEY_VAR)
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-            .ok_or(KeyError::Missing(MASTER_KEY_VAR))?;
-        let previous = std::env::var(PREVIOUS_KEYS_VAR).unwrap_or_default();
-        let previous: Vec<&str> = previous
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
-        Self::from_base64(&current, &previous)
-    }
-
     /// Builds a keyring from base64 keys (current first).
     pub fn from_base64(current: &str, previous: &[&str]) -> Result<Self, KeyError> {
         Ok(Self {

@@ -185,3 +185,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
 pub fn is_constraint(e: &sqlx::Error, name: &str) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.constraint() == Some(name))
 }
+
+/// How many migrations the database has applied.
+pub async fn applied_migrations(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM alphadome._sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+}

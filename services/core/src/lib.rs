@@ -1,7 +1,9 @@
-//! Shared library of the Alphadome services: configuration, credential
-//! encryption, the database (migrations, tenant context, manifests), the
-//! event schemas and JetStream plumbing, the FAQ matcher, Meta's webhook and
-//! send formats, telemetry and the HTTP health endpoints.
+//! What two or more Alphadome services share: configuration, credential
+//! encryption and its audit trail, the database (pools, migrations,
+//! tenant-scoped transactions), the tenant model and the store of its
+//! configuration tables, the event schemas and JetStream plumbing, Meta's
+//! webhook and send formats, notifications, telemetry, and the concurrency
+//! tools of the hot paths (gates, keyed rate limits, group commit).
 
 pub mod audit;
 pub mod batch;
@@ -9,16 +11,14 @@ pub mod bus;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod error;
 pub mod events;
 pub mod gate;
-pub mod health;
-pub mod manifest;
-pub mod matcher;
+pub mod limiter;
 pub mod meta;
 pub mod notify;
-pub mod phone;
-pub mod standin;
 pub mod telemetry;
 pub mod tenant;
 
+pub use error::Report;
 pub use tokio_util::sync::CancellationToken;

@@ -13,6 +13,20 @@ use uuid::Uuid;
 use crate::bus::{Bus, BusError, StreamKind};
 use crate::events::{now_ms, v1::OutboundMessage};
 use crate::telemetry;
+use crate::Report;
+
+/// Why an e-mail was not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("SMTP_URL is not configured")]
+    NotConfigured,
+    #[error("{0:?} is not a mailbox")]
+    BadAddress(String, #[source] lettre::address::AddressError),
+    #[error("the e-mail could not be built")]
+    Build(#[source] lettre::error::Error),
+    #[error("the SMTP server did not take the e-mail")]
+    Smtp(#[source] lettre::transport::smtp::Error),
+}
 
 /// Sends e-mail; without `SMTP_URL` every send fails with a clear reason.
 pub struct Mailer {
@@ -26,33 +40,33 @@ impl Mailer {
             match AsyncSmtpTransport::<Tokio1Executor>::from_url(u.expose_secret()) {
                 Ok(b) => Some(b.timeout(Some(Duration::from_secs(10))).build()),
                 Err(e) => {
-                    tracing::error!(error = %e, "SMTP_URL is not usable; e-mails are off");
+                    tracing::error!(error = %Report(&e), "SMTP_URL is not usable; e-mails are off");
                     None
                 }
             }
         });
         let from = from
             .parse::<Mailbox>()
-            .map_err(|e| tracing::error!(error = %e, "ALPHADOME_SMTP_FROM is not a mailbox"))
+            .map_err(|e| tracing::error!(error = %Report(&e), "ALPHADOME_SMTP_FROM is not a mailbox; e-mails are off"))
             .ok();
         Self { smtp, from }
     }
 
     /// Sends one plain-text e-mail.
-    pub async fn send(&self, to: &str, subject: &str, body: &str) -> Result<(), String> {
+    pub async fn send(&self, to: &str, subject: &str, body: &str) -> Result<(), MailError> {
         let (Some(smtp), Some(from)) = (&self.smtp, &self.from) else {
-            return Err("SMTP_URL is not configured".into());
+            return Err(MailError::NotConfigured);
         };
         let to: Mailbox = to
             .parse()
-            .map_err(|e| format!("{to:?} is not a mailbox: {e}"))?;
+            .map_err(|e| MailError::BadAddress(to.to_owned(), e))?;
         let mail = lettre::Message::builder()
             .from(from.clone())
             .to(to)
             .subject(subject)
             .body(body.to_owned())
-            .map_err(|e| e.to_string())?;
-        smtp.send(mail).await.map(|_| ()).map_err(|e| e.to_string())
+            .map_err(MailError::Build)?;
+        smtp.send(mail).await.map(|_| ()).map_err(MailError::Smtp)
     }
 }
 

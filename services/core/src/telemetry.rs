@@ -3,12 +3,13 @@
 //! and logger.
 //!
 //! Spans always get real OpenTelemetry ids (so `traceparent` headers are
-//! always sent); they are exported over OTLP/HTTP only when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! always sent); they are exported over OTLP/HTTP only when a collector is
+//! configured (`OTEL_EXPORTER_OTLP_ENDPOINT`).
 
 use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -16,6 +17,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+use crate::config::{LogFormat, TelemetrySettings};
 use crate::events::v1::TraceContext;
 
 /// Flushes exported spans when dropped.
@@ -29,20 +31,23 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber: human-readable logs to stderr
-/// (`ALPHADOME_LOG_FORMAT=json` for JSON), filtered by `RUST_LOG`
-/// (default `info`), plus the OpenTelemetry layer.
-pub fn init(service: &'static str) -> TelemetryGuard {
+/// Installs the global subscriber: logs to stderr (text or JSON, filtered
+/// by `settings.filter`), plus the OpenTelemetry layer, exporting over
+/// OTLP/HTTP when `settings.otlp_endpoint` is set.
+pub fn init(service: &'static str, settings: &TelemetrySettings) -> TelemetryGuard {
     let mut builder = SdkTracerProvider::builder();
-    let otlp = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.is_empty());
     let mut export_error = None;
-    if otlp {
+    if let Some(base) = &settings.otlp_endpoint {
+        // OTLP/HTTP's traces path under the collector's base URL, as the
+        // exporter itself derives it from OTEL_EXPORTER_OTLP_ENDPOINT.
+        let endpoint = format!("{}/v1/traces", base.trim_end_matches('/'));
         match opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_endpoint(endpoint)
             .build()
         {
             Ok(exporter) => builder = builder.with_batch_exporter(exporter),
-            Err(e) => export_error = Some(e.to_string()),
+            Err(e) => export_error = Some(e),
         }
     }
     let provider = builder
@@ -55,8 +60,7 @@ pub fn init(service: &'static str) -> TelemetryGuard {
     let tracer = provider.tracer("alphadome");
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("ALPHADOME_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -65,14 +69,13 @@ pub fn init(service: &'static str) -> TelemetryGuard {
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(tracing_opentelemetry::layer().with_tracer(tracer));
-    let installed = if json {
-        registry.with(fmt.json()).try_init()
-    } else {
-        registry.with(fmt).try_init()
+    let installed = match settings.format {
+        LogFormat::Json => registry.with(fmt.json()).try_init(),
+        LogFormat::Text => registry.with(fmt).try_init(),
     };
     if installed.is_ok() {
         if let Some(e) = export_error {
-            tracing::warn!(error = %e, "OTLP exporter could not be created; spans are not exported");
+            tracing::warn!(error = %crate::Report(&e), "OTLP exporter could not be created; spans are not exported");
         }
     }
     TelemetryGuard { provider }

@@ -3,16 +3,18 @@
 //! failing. The tenant's `escalation_phone` is told over WhatsApp through
 //! the tenant's own number, `escalation_email` by SMTP, and the bot stays
 //! quiet in that conversation for `handoff_pause_minutes`, or until
-//! `alphadome conversation resume`.
+//! `alphadome conversation resume` ([`store::resume_handoff`]).
 
 use alphadome_core::bus::Bus;
-use alphadome_core::db::scoped;
 use alphadome_core::events::v1::InboundMessage;
 use alphadome_core::notify::{self, Mailer};
-use alphadome_core::tenant::TenantContext;
+use alphadome_core::Report;
 use secrecy::SecretString;
 use sqlx::PgPool;
-use uuid::Uuid;
+
+use crate::context::TenantContext;
+use crate::decide::customer;
+use crate::store;
 
 /// What the customer is told when the conversation goes to a human.
 pub const HANDOFF_REPLY: &str =
@@ -57,34 +59,6 @@ pub fn wants_human(text: &str) -> bool {
     HUMAN_WORDS.iter().any(|w| has(w)) && (ASK_WORDS.iter().any(|w| has(w)) || words.len() <= 3)
 }
 
-/// Whether the conversation of `user` with `tenant` is with a human now.
-/// Returns the wamid that started the handoff. (The responder asks in a
-/// batch, with the limit check: [`crate::limits::Admission`].)
-pub async fn active(db: &PgPool, tenant: Uuid, user: &str) -> Result<Option<String>, sqlx::Error> {
-    // One round trip: alphadome.active_handoff (migration 0009).
-    sqlx::query_scalar("SELECT alphadome.active_handoff($1, $2)")
-        .bind(tenant)
-        .bind(user)
-        .fetch_one(db)
-        .await
-}
-
-/// Ends a handoff: the bot answers again. Returns whether one was active.
-pub async fn resume(db: &PgPool, tenant: Uuid, user: &str) -> Result<bool, sqlx::Error> {
-    let mut tx = scoped(db, tenant).await?;
-    let done = sqlx::query(
-        "UPDATE alphadome.conversation_handoffs SET resumed_at = now() \
-         WHERE bot_tenant_id = $1 AND user_phone = $2 AND resumed_at IS NULL AND paused_until > now()",
-    )
-    .bind(tenant)
-    .bind(user)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    tx.commit().await?;
-    Ok(done > 0)
-}
-
 /// Sends escalations.
 pub struct Escalator {
     db: PgPool,
@@ -112,43 +86,15 @@ impl Escalator {
         reason: &str,
     ) -> Result<(), sqlx::Error> {
         let tenant = ctx.tenant.id;
-        let user = if msg.from.is_empty() {
-            &msg.from_user_id
-        } else {
-            &msg.from
-        };
+        let user = customer(msg);
         let pause = ctx.settings.handoff_pause_minutes.max(0);
-        let mut tx = scoped(&self.db, tenant).await?;
-        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
-            "INSERT INTO alphadome.conversation_handoffs AS h (bot_tenant_id, user_phone, reason, trigger_wamid, paused_until) \
-             VALUES ($1, $2, $3, $4, now() + make_interval(mins => $5)) \
-             ON CONFLICT (bot_tenant_id, user_phone) DO UPDATE SET reason = EXCLUDED.reason, \
-               trigger_wamid = EXCLUDED.trigger_wamid, started_at = now(), paused_until = EXCLUDED.paused_until, \
-               resumed_at = NULL, email_sent_at = NULL, email_error = NULL \
-             WHERE h.trigger_wamid = EXCLUDED.trigger_wamid OR h.resumed_at IS NOT NULL OR h.paused_until <= now() \
-             RETURNING h.trigger_wamid, h.email_sent_at::text",
-        )
-        .bind(tenant)
-        .bind(user)
-        .bind(reason)
-        .bind(&msg.wamid)
-        .bind(pause)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let Some((_, email_sent)) = row else {
+        let Some(started) =
+            store::start_handoff(&self.db, tenant, user, reason, &msg.wamid, pause).await?
+        else {
             return Ok(()); // a handoff started by another message is running
         };
         tracing::info!(tenant_id = %tenant, reason, "conversation handed to a human");
-        let who = if msg.profile_name.is_empty() {
-            format!("+{user}")
-        } else {
-            format!("{} (+{user})", msg.profile_name)
-        };
-        let text = format!(
-            "Alphadome: customer {who} needs a person ({reason}). Their message: \"{}\". The bot is paused in this chat for {pause} minutes.",
-            msg.text.chars().take(500).collect::<String>()
-        );
+        let text = alert_text(&msg.profile_name, user, reason, &msg.text, pause);
         if let Some(phone) = ctx
             .settings
             .escalation_phone
@@ -159,7 +105,7 @@ impl Escalator {
             if let Err(e) =
                 notify::whatsapp(&self.bus, tenant, phone, &id, &text, "escalation").await
             {
-                tracing::error!(error = %e, "escalation WhatsApp message not queued");
+                tracing::error!(error = %Report(&e), "escalation WhatsApp message not queued");
             }
         }
         if let (Some(to), None) = (
@@ -167,32 +113,43 @@ impl Escalator {
                 .escalation_email
                 .as_deref()
                 .filter(|e| !e.is_empty()),
-            email_sent,
+            started.email_sent_at,
         ) {
-            let subject = format!("[{}] {who} needs a person", ctx.tenant.client_name);
-            let result = self.mailer.send(to, &subject, &text).await;
-            let (sent, error) = match result {
-                Ok(()) => (true, None),
+            let subject = format!(
+                "[{}] {} needs a person",
+                ctx.tenant.client_name,
+                who(&msg.profile_name, user)
+            );
+            let error = match self.mailer.send(to, &subject, &text).await {
+                Ok(()) => None,
                 Err(e) => {
-                    tracing::error!(tenant_id = %tenant, error = %e, "escalation e-mail not sent");
-                    (false, Some(e))
+                    tracing::error!(tenant_id = %tenant, error = %Report(&e), "escalation e-mail not sent");
+                    Some(Report(&e).to_string())
                 }
             };
-            let mut tx = scoped(&self.db, tenant).await?;
-            sqlx::query(
-                "UPDATE alphadome.conversation_handoffs SET email_sent_at = CASE WHEN $3 THEN now() END, email_error = $4 \
-                 WHERE bot_tenant_id = $1 AND user_phone = $2",
-            )
-            .bind(tenant)
-            .bind(user)
-            .bind(sent)
-            .bind(error)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
+            store::record_handoff_email(&self.db, tenant, user, error.is_none(), error.as_deref())
+                .await?;
         }
         Ok(())
     }
+}
+
+/// How the customer is named to staff.
+fn who(profile_name: &str, user: &str) -> String {
+    if profile_name.is_empty() {
+        format!("+{user}")
+    } else {
+        format!("{profile_name} (+{user})")
+    }
+}
+
+/// What the tenant's staff are told.
+pub fn alert_text(profile_name: &str, user: &str, reason: &str, text: &str, pause: i32) -> String {
+    format!(
+        "Alphadome: customer {} needs a person ({reason}). Their message: \"{}\". The bot is paused in this chat for {pause} minutes.",
+        who(profile_name, user),
+        text.chars().take(500).collect::<String>()
+    )
 }
 
 #[cfg(test)]
@@ -218,5 +175,13 @@ mod tests {
         ] {
             assert!(!wants_human(t), "{t}");
         }
+    }
+
+    #[test]
+    fn alerts_name_the_customer_and_cut_long_messages() {
+        let t = alert_text("Amina", "254711000111", "asked", &"x".repeat(900), 60);
+        assert!(t.contains("Amina (+254711000111)") && t.contains("60 minutes"));
+        assert!(t.len() < 700);
+        assert!(alert_text("", "254711000111", "asked", "hi", 5).contains("customer +254711000111"));
     }
 }

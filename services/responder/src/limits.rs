@@ -6,10 +6,11 @@
 //! customer gets at most one notice per window, then silence.
 
 use alphadome_core::batch::Coalescer;
+use alphadome_core::tenant::ControlSettings;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use alphadome_core::tenant::ControlSettings;
+use crate::store::{self, AdmitRequest, AdmitRow};
 
 /// What a limit check allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +24,8 @@ pub enum LimitDecision {
 }
 
 impl LimitDecision {
-    fn parse(s: &str) -> Self {
+    /// The decision the SQL functions return (`allow`, `notice`, `silent`).
+    pub fn parse(s: &str) -> Self {
         match s {
             "notice" => LimitDecision::Notice,
             "silent" => LimitDecision::Silent,
@@ -42,11 +44,6 @@ pub fn notice_text(contact: Option<&str>) -> String {
     }
 }
 
-/// One message to admit: tenant, customer, wamid, per-hour and per-day limits.
-type AdmitRequest = (Uuid, String, String, Option<i32>, Option<i32>);
-/// The handoff trigger, and the limit decision (`None`: not counted).
-type AdmitRow = (Option<String>, Option<String>);
-
 /// What admitting a message found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
@@ -55,6 +52,15 @@ pub struct Admitted {
     /// The limit decision; `None` when a handoff started by another
     /// message silences this one (it is not counted).
     pub limit: Option<LimitDecision>,
+}
+
+impl Admitted {
+    fn of(row: AdmitRow) -> Self {
+        Self {
+            handoff: row.0,
+            limit: row.1.as_deref().map(LimitDecision::parse),
+        }
+    }
 }
 
 /// Admits messages: the handoff check and the limit count in one call
@@ -76,22 +82,9 @@ impl Admission {
             async move {
                 let mut conn = sticky.get().await?;
                 let n = reqs.len();
-                let cols = alphadome_core::batch::unzip5(reqs);
-                let rows: Vec<(i32, Option<String>, Option<String>)> = sqlx::query_as(
-                    "SELECT * FROM alphadome.admit_message_batch($1, $2, $3, $4, $5)",
-                )
-                .bind(&cols.0)
-                .bind(&cols.1)
-                .bind(&cols.2)
-                .bind(&cols.3)
-                .bind(&cols.4)
-                .fetch_all(&mut *conn)
-                .await?;
+                let rows = store::admit_batch(&mut conn, reqs).await?;
                 conn.keep();
-                Ok::<_, sqlx::Error>(alphadome_core::batch::by_index(
-                    n,
-                    rows.into_iter().map(|(i, t, d)| (i, (t, d))).collect(),
-                ))
+                Ok::<_, sqlx::Error>(alphadome_core::batch::by_index(n, rows))
             }
         });
         Self { db, batch }
@@ -111,21 +104,24 @@ impl Admission {
             settings.max_messages_per_user_per_day,
         );
         let req = (tenant, user.to_owned(), wamid.to_owned(), per_hour, per_day);
-        if let Some((handoff, decision)) = self.batch.call(req).await {
-            return Ok(Admitted {
-                handoff,
-                limit: decision.as_deref().map(LimitDecision::parse),
-            });
+        if let Some(row) = self.batch.call(req).await {
+            return Ok(Admitted::of(row));
         }
         // Alone: the same two steps, one round trip each.
-        let handoff = crate::escalation::active(&self.db, tenant, user).await?;
+        let handoff = store::active_handoff(&self.db, tenant, user).await?;
         if handoff.as_deref().is_some_and(|t| t != wamid) {
             return Ok(Admitted {
                 handoff,
                 limit: None,
             });
         }
-        let limit = count(&self.db, tenant, settings, user, wamid).await?;
+        let limit = if per_hour.is_none() && per_day.is_none() {
+            LimitDecision::Allow
+        } else {
+            LimitDecision::parse(
+                &store::count_message(&self.db, tenant, user, wamid, per_hour, per_day).await?,
+            )
+        };
         Ok(Admitted {
             handoff,
             limit: Some(limit),
@@ -133,30 +129,19 @@ impl Admission {
     }
 }
 
-/// Counts the message `wamid` from `user` against the tenant's limits.
-pub async fn count(
-    db: &PgPool,
-    tenant: Uuid,
-    settings: &ControlSettings,
-    user: &str,
-    wamid: &str,
-) -> Result<LimitDecision, sqlx::Error> {
-    let (per_hour, per_day) = (
-        settings.max_messages_per_hour,
-        settings.max_messages_per_user_per_day,
-    );
-    if per_hour.is_none() && per_day.is_none() {
-        return Ok(LimitDecision::Allow);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_and_notices() {
+        assert_eq!(LimitDecision::parse("notice"), LimitDecision::Notice);
+        assert_eq!(LimitDecision::parse("silent"), LimitDecision::Silent);
+        assert_eq!(LimitDecision::parse("allow"), LimitDecision::Allow);
+        assert!(notice_text(Some("254700000001")).contains("+254700000001"));
+        assert!(!notice_text(None).contains('+'));
+        let a = Admitted::of((Some("wamid.x".into()), None));
+        assert_eq!(a.limit, None);
+        assert_eq!(a.handoff.as_deref(), Some("wamid.x"));
     }
-    // One round trip: alphadome.count_message (migration 0009) does the
-    // whole check in the statement's own transaction.
-    let d: String = sqlx::query_scalar("SELECT alphadome.count_message($1, $2, $3, $4, $5)")
-        .bind(tenant)
-        .bind(user)
-        .bind(wamid)
-        .bind(per_hour)
-        .bind(per_day)
-        .fetch_one(db)
-        .await?;
-    Ok(LimitDecision::parse(&d))
 }

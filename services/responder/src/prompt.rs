@@ -4,11 +4,12 @@
 //! customer's conversation; and fitting the answer to
 //! `max_response_length`.
 
-use alphadome_core::matcher::Match;
 use alphadome_core::meta::MAX_TEXT_CHARS;
-use alphadome_core::tenant::{Template, TenantContext, TrainingRow};
+use alphadome_core::tenant::{Template, TrainingRow};
 
+use crate::context::TenantContext;
 use crate::llm::ChatMessage;
+use crate::matcher::Match;
 
 /// Default answer length when the template sets none.
 pub const DEFAULT_MAX_CHARS: usize = 1000;
@@ -22,6 +23,21 @@ pub const HISTORY_CHARS: usize = 4000;
 pub struct Turn {
     pub from_customer: bool,
     pub text: String,
+}
+
+/// The turns of the log's rows, given newest first as (whether the
+/// customer wrote it, its text), oldest first; rows without text are left
+/// out.
+pub fn turns_from_newest(rows: Vec<(bool, Option<String>)>) -> Vec<Turn> {
+    rows.into_iter()
+        .rev()
+        .filter_map(|(from_customer, text)| {
+            text.map(|text| Turn {
+                from_customer,
+                text,
+            })
+        })
+        .collect()
 }
 
 fn same_word(a: &str, b: &str) -> bool {
@@ -161,6 +177,28 @@ mod tests {
         assert_eq!(fit(t, 500), t);
         assert_eq!(fit("no boundary at all in this text", 12), "no boundary");
         assert!(fit(&"x".repeat(5000), 4096).chars().count() <= 4096);
+    }
+
+    #[test]
+    fn history_comes_oldest_first_without_empty_rows() {
+        let turns = turns_from_newest(vec![
+            (false, Some("newest".into())),
+            (true, None),
+            (true, Some("oldest".into())),
+        ]);
+        assert_eq!(
+            turns,
+            vec![
+                Turn {
+                    from_customer: true,
+                    text: "oldest".into()
+                },
+                Turn {
+                    from_customer: false,
+                    text: "newest".into()
+                }
+            ]
+        );
     }
 
     #[test]

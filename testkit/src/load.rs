@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::graph::GraphStandIn;
+use alphadome_admin::manifest::{self, Manifest};
 use alphadome_core::crypto::Keyring;
-use alphadome_core::manifest::{self, Manifest};
 use alphadome_core::meta;
-use alphadome_core::standin::GraphStandIn;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
@@ -187,7 +187,8 @@ pub async fn create_tenants_from(
                     ));
                 }
             }
-            let m = Manifest::parse(&y).map_err(|e| format!("load manifest {k}: {e}"))?;
+            let m = Manifest::parse(&y, alphadome_core::config::DEFAULT_COUNTRY_CODE)
+                .map_err(|e| format!("load manifest {k}: {e}"))?;
             let r = manifest::apply(pool, keyring, &m)
                 .await
                 .map_err(|e| format!("load tenant {k}: {e}"))?;
@@ -256,7 +257,7 @@ pub fn text_shots(run: &str, tenants: &[LoadTenant], users: usize, messages: usi
             let t = &tenants[seq % tenants.len()];
             let user = (seq / tenants.len()) % users.max(1);
             let from = format!("2547{:08}", user);
-            let body = crate::text_webhook(
+            let body = crate::webhooks::text_webhook(
                 &t.phone_number_id,
                 &from,
                 &wamid(run, seq),
@@ -578,8 +579,8 @@ pub async fn follow_with_statuses(
             };
             let lane = &lanes[(cursor + k) % STATUS_CONNECTIONS];
             for status in ["sent", "delivered", "read"].iter().take(per_reply) {
-                let body = crate::with_callback(
-                    &crate::status_webhook(
+                let body = crate::webhooks::with_callback(
+                    &crate::webhooks::status_webhook(
                         &t.phone_number_id,
                         &r.wamid,
                         status,

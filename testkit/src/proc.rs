@@ -29,7 +29,7 @@ pub fn platform_env(
         ("NATS_URL", nats_url),
         ("ALPHADOME_NATS_PREFIX", prefix),
         ("ALPHADOME_MASTER_KEY", master_key),
-        ("META_APP_SECRET", crate::PLATFORM_APP_SECRET),
+        ("META_APP_SECRET", crate::fixtures::PLATFORM_APP_SECRET),
         ("WHATSAPP_GRAPH_URL", graph_url),
         ("ALPHADOME_SEND_TIMEOUT_MS", "1000"),
         ("ALPHADOME_SEND_RECONCILE_WAIT_MS", "2000"),

@@ -47,7 +47,7 @@ fn ok(b: bool) -> &'static str {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: alphadome_core::CancellationToken,
 ) -> std::io::Result<()> {
     axum::serve(
         listener,

@@ -151,6 +151,15 @@ impl GraphStandIn {
             .with_state(self.clone())
     }
 
+    /// Starts a stand-in on a free port of 127.0.0.1; stops with the token
+    /// returned.
+    pub async fn start_local() -> std::io::Result<(Arc<Self>, String, CancellationToken)> {
+        let shutdown = CancellationToken::new();
+        let (me, url) =
+            Self::start(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone()).await?;
+        Ok((me, url, shutdown))
+    }
+
     /// Starts a stand-in on `addr` (port 0 for any); returns it and its base
     /// URL including the API version, as `WHATSAPP_GRAPH_URL` takes it.
     pub async fn start(

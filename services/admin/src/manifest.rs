@@ -11,13 +11,16 @@
 
 use std::collections::HashSet;
 
+use alphadome_core::crypto::{self, Keyring, SecretColumn};
+use alphadome_core::tenant::store::{
+    self as tenants, Existing, SettingsWrite, TemplateWrite, TenantWrite, TrainingWrite,
+};
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::crypto::{Keyring, SecretColumn};
 use crate::phone;
 
 /// Why a manifest was refused. Nothing is written when this is returned.
@@ -37,20 +40,19 @@ pub enum ManifestError {
         line: Option<usize>,
         message: String,
     },
-    #[error("database error: {0}")]
+    #[error("writing the tenant")]
     Database(#[from] sqlx::Error),
 }
 
-/// Phone number in international digits.
+/// A phone number: as written until [`Manifest::parse`] normalises it to
+/// international digits (with the configured country code for national
+/// numbers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Phone(pub String);
 
 impl<'de> Deserialize<'de> for Phone {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = PhoneInput::deserialize(d)?.0;
-        phone::normalize(&raw, &phone::default_country_code())
-            .map(Phone)
-            .map_err(serde::de::Error::custom)
+        Ok(Phone(PhoneInput::deserialize(d)?.0))
     }
 }
 
@@ -409,8 +411,9 @@ fn line_of(source: &str, section: &str, key: &str, hint: &str) -> Option<usize> 
 }
 
 impl Manifest {
-    /// Parses and validates a manifest from YAML or JSON text.
-    pub fn parse(source: &str) -> Result<Self, ManifestError> {
+    /// Parses and validates a manifest from YAML or JSON text; national
+    /// phone numbers take `country_code`.
+    pub fn parse(source: &str, country_code: &str) -> Result<Self, ManifestError> {
         let de = serde_yaml_ng::Deserializer::from_str(source);
         let mut m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -434,17 +437,54 @@ impl Manifest {
             }
         })?;
         m.source = Source(source.to_owned());
+        m.normalise_phones(country_code)?;
         m.validate()?;
         Ok(m)
     }
 
     /// Reads and parses the manifest at `path`.
-    pub fn from_file(path: &str) -> Result<Self, ManifestError> {
+    pub fn from_file(path: &str, country_code: &str) -> Result<Self, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text)
+        Self::parse(&text, country_code)
+    }
+
+    /// Normalises every phone number, or names the first bad one.
+    fn normalise_phones(&mut self, country_code: &str) -> Result<(), ManifestError> {
+        let norm = |p: &mut Phone, section: &str, key: &str, me: &Source| match phone::normalize(
+            &p.0,
+            country_code,
+        ) {
+            Ok(n) => {
+                p.0 = n;
+                Ok(())
+            }
+            Err(e) => Err(ManifestError::Invalid {
+                field: format!("{section}.{key}"),
+                line: line_of(&me.0, section, key, ""),
+                message: e.to_string(),
+            }),
+        };
+        let source = &self.source;
+        norm(
+            &mut self.tenant.client_phone,
+            "tenant",
+            "client_phone",
+            source,
+        )?;
+        if let Some(p) = self.tenant.point_of_contact_phone.as_mut() {
+            norm(p, "tenant", "point_of_contact_phone", source)?;
+        }
+        if let Some(p) = self
+            .control_settings
+            .as_mut()
+            .and_then(|c| c.escalation_phone.as_mut())
+        {
+            norm(p, "control_settings", "escalation_phone", source)?;
+        }
+        Ok(())
     }
 
     fn invalid(
@@ -572,7 +612,9 @@ pub struct ApplyReport {
     pub rows_changed: u64,
 }
 
-/// Applies `manifest` in one transaction.
+/// Applies `manifest` in one transaction: upserts the tenant by
+/// `client_phone`, then its settings, templates and training data; a
+/// second apply of the same manifest changes no row.
 pub async fn apply(
     pool: &PgPool,
     keyring: &Keyring,
@@ -607,43 +649,33 @@ fn constraint_error(m: &Manifest, e: &sqlx::Error) -> Option<ManifestError> {
     Some(m.invalid("tenant", key, "", format!("tenant.{key}"), message.into()))
 }
 
-struct Existing {
+/// The ciphertext to store for a credential: the stored one when the
+/// manifest gives the same secret (so an unchanged manifest writes
+/// nothing), a fresh encryption when it gives another, the stored one when
+/// it gives none.
+fn seal(
+    keyring: &Keyring,
     id: Uuid,
-    brand_id: Option<Uuid>,
-    whatsapp_access_token: Option<String>,
-    whatsapp_app_secret: Option<String>,
-    ai_api_key: Option<String>,
+    column: SecretColumn,
+    input: &Option<SecretInput>,
+    stored: Option<&String>,
+) -> Option<String> {
+    match (input, stored) {
+        (Some(new), Some(old)) if keyring.holds(id, column, old, new.0.expose_secret()) => {
+            Some(old.clone())
+        }
+        (Some(new), _) => Some(keyring.encrypt(id, column, new.0.expose_secret())),
+        (None, old) => old.cloned(),
+    }
 }
 
 async fn apply_in(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     keyring: &Keyring,
     m: &Manifest,
 ) -> Result<ApplyReport, ManifestError> {
     let t = &m.tenant;
-    let existing = sqlx::query_as::<
-        _,
-        (
-            Uuid,
-            Option<Uuid>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        ),
-    >(
-        "SELECT id, brand_id, whatsapp_access_token, whatsapp_app_secret, ai_api_key \
-         FROM alphadome.bot_tenants WHERE client_phone = $1 FOR UPDATE",
-    )
-    .bind(&t.client_phone.0)
-    .fetch_optional(&mut **tx)
-    .await?
-    .map(|(id, brand_id, tok, sec, key)| Existing {
-        id,
-        brand_id,
-        whatsapp_access_token: tok,
-        whatsapp_app_secret: sec,
-        ai_api_key: key,
-    });
+    let existing: Option<Existing> = tenants::lock_by_phone(conn, &t.client_phone.0).await?;
     let created = existing.is_none();
     let id = existing.as_ref().map(|e| e.id).unwrap_or_else(Uuid::new_v4);
 
@@ -651,16 +683,9 @@ async fn apply_in(
     let verify = t
         .webhook_verify_token
         .as_ref()
-        .map(|s| crate::crypto::verify_token_digest(s.0.expose_secret()));
+        .map(|s| crypto::verify_token_digest(s.0.expose_secret()));
     if let Some(v) = &verify {
-        let other: Option<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM alphadome.bot_tenants WHERE webhook_verify_token = $1 AND id <> $2",
-        )
-        .bind(v)
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if other.is_some() {
+        if tenants::verify_digest_taken(conn, v, id).await? {
             return Err(m.invalid(
                 "tenant",
                 "webhook_verify_token",
@@ -671,14 +696,7 @@ async fn apply_in(
         }
     }
     if let Some(p) = &t.whatsapp_phone_number_id {
-        let other: Option<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM alphadome.bot_tenants WHERE whatsapp_phone_number_id = $1 AND id <> $2",
-        )
-        .bind(&p.0)
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if other.is_some() {
+        if tenants::phone_number_id_taken(conn, &p.0, id).await? {
             return Err(m.invalid(
                 "tenant",
                 "whatsapp_phone_number_id",
@@ -692,12 +710,7 @@ async fn apply_in(
     let mut rows_changed = 0u64;
     let brand_id = match (t.brand_id, existing.as_ref().and_then(|e| e.brand_id)) {
         (Some(b), _) => {
-            let exists: Option<Uuid> =
-                sqlx::query_scalar("SELECT id FROM public.brands WHERE id = $1")
-                    .bind(b)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-            if exists.is_none() {
+            if !tenants::brand_exists(conn, b).await? {
                 return Err(m.invalid(
                     "tenant",
                     "brand_id",
@@ -711,127 +724,71 @@ async fn apply_in(
         (None, Some(b)) => b,
         (None, None) => {
             rows_changed += 1;
-            sqlx::query_scalar(
-                "INSERT INTO public.brands (is_platform_owner) VALUES (false) RETURNING id",
-            )
-            .fetch_one(&mut **tx)
-            .await?
+            tenants::create_brand(conn).await?
         }
     };
 
-    let seal = |col: SecretColumn,
-                input: &Option<SecretInput>,
-                stored: Option<&String>|
-     -> Option<String> {
-        match (input, stored) {
-            (Some(new), Some(old)) if keyring.holds(id, col, old, new.0.expose_secret()) => {
-                Some(old.clone())
-            }
-            (Some(new), _) => Some(keyring.encrypt(id, col, new.0.expose_secret())),
-            (None, old) => old.cloned(),
-        }
-    };
+    let stored = |col: SecretColumn| existing.as_ref().and_then(|e| e.credential(col));
     let token = seal(
+        keyring,
+        id,
         SecretColumn::WhatsappAccessToken,
         &t.whatsapp_access_token,
-        existing
-            .as_ref()
-            .and_then(|e| e.whatsapp_access_token.as_ref()),
+        stored(SecretColumn::WhatsappAccessToken),
     );
     let app_secret = seal(
+        keyring,
+        id,
         SecretColumn::WhatsappAppSecret,
         &t.whatsapp_app_secret,
-        existing
-            .as_ref()
-            .and_then(|e| e.whatsapp_app_secret.as_ref()),
+        stored(SecretColumn::WhatsappAppSecret),
     );
     let ai_key = seal(
+        keyring,
+        id,
         SecretColumn::AiApiKey,
         &t.ai_api_key,
-        existing.as_ref().and_then(|e| e.ai_api_key.as_ref()),
+        stored(SecretColumn::AiApiKey),
     );
-
-    let r = sqlx::query(
-        "INSERT INTO alphadome.bot_tenants AS t (id, client_name, client_phone, client_email, brand_id, \
-           point_of_contact_name, point_of_contact_phone, whatsapp_phone_number_id, \
-           whatsapp_business_account_id, whatsapp_access_token, whatsapp_token_expires_at, \
-           whatsapp_app_secret, ai_provider, ai_api_key, ai_model, ai_base_url, is_active, \
-           is_verified, webhook_verify_token, webhook_url, metadata, webhook_verify_token_rotated_at) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,COALESCE($17,false),COALESCE($18,false),$19,$20,$21, \
-                 CASE WHEN $19::text IS NULL THEN NULL ELSE now() END) \
-         ON CONFLICT (client_phone) DO UPDATE SET \
-           client_name = EXCLUDED.client_name, client_email = EXCLUDED.client_email, \
-           brand_id = EXCLUDED.brand_id, point_of_contact_name = EXCLUDED.point_of_contact_name, \
-           point_of_contact_phone = EXCLUDED.point_of_contact_phone, \
-           whatsapp_phone_number_id = EXCLUDED.whatsapp_phone_number_id, \
-           whatsapp_business_account_id = EXCLUDED.whatsapp_business_account_id, \
-           whatsapp_access_token = EXCLUDED.whatsapp_access_token, \
-           whatsapp_token_expires_at = EXCLUDED.whatsapp_token_expires_at, \
-           whatsapp_token_invalid_at = CASE WHEN t.whatsapp_access_token IS DISTINCT FROM EXCLUDED.whatsapp_access_token \
-                                            THEN NULL ELSE t.whatsapp_token_invalid_at END, \
-           whatsapp_app_secret = EXCLUDED.whatsapp_app_secret, ai_provider = EXCLUDED.ai_provider, \
-           ai_api_key = EXCLUDED.ai_api_key, ai_model = EXCLUDED.ai_model, ai_base_url = EXCLUDED.ai_base_url, \
-           is_active = COALESCE($17, t.is_active), is_verified = COALESCE($18, t.is_verified), \
-           webhook_verify_token = COALESCE(EXCLUDED.webhook_verify_token, t.webhook_verify_token), webhook_url = EXCLUDED.webhook_url, \
-           webhook_verify_token_previous = CASE WHEN t.webhook_verify_token IS DISTINCT FROM COALESCE(EXCLUDED.webhook_verify_token, t.webhook_verify_token) \
-             THEN t.webhook_verify_token ELSE t.webhook_verify_token_previous END, \
-           webhook_verify_token_previous_expires_at = CASE WHEN t.webhook_verify_token IS DISTINCT FROM COALESCE(EXCLUDED.webhook_verify_token, t.webhook_verify_token) \
-             THEN now() + interval '24 hours' ELSE t.webhook_verify_token_previous_expires_at END, \
-           webhook_verify_token_rotated_at = CASE WHEN t.webhook_verify_token IS DISTINCT FROM COALESCE(EXCLUDED.webhook_verify_token, t.webhook_verify_token) \
-             THEN now() ELSE t.webhook_verify_token_rotated_at END, \
-           metadata = EXCLUDED.metadata \
-         WHERE (t.client_name, t.client_email, t.brand_id, t.point_of_contact_name, t.point_of_contact_phone, \
-                t.whatsapp_phone_number_id, t.whatsapp_business_account_id, t.whatsapp_access_token, \
-                t.whatsapp_token_expires_at, t.whatsapp_app_secret, t.ai_provider, t.ai_api_key, t.ai_model, \
-                t.ai_base_url, t.is_active, t.is_verified, t.webhook_verify_token, t.webhook_url, t.metadata) \
-           IS DISTINCT FROM \
-               (EXCLUDED.client_name, EXCLUDED.client_email, EXCLUDED.brand_id, EXCLUDED.point_of_contact_name, \
-                EXCLUDED.point_of_contact_phone, EXCLUDED.whatsapp_phone_number_id, \
-                EXCLUDED.whatsapp_business_account_id, EXCLUDED.whatsapp_access_token, \
-                EXCLUDED.whatsapp_token_expires_at, EXCLUDED.whatsapp_app_secret, EXCLUDED.ai_provider, \
-                EXCLUDED.ai_api_key, EXCLUDED.ai_model, EXCLUDED.ai_base_url, COALESCE($17, t.is_active), \
-                COALESCE($18, t.is_verified), COALESCE(EXCLUDED.webhook_verify_token, t.webhook_verify_token), EXCLUDED.webhook_url, EXCLUDED.metadata)",
+    rows_changed += tenants::upsert_tenant(
+        conn,
+        &TenantWrite {
+            id,
+            client_name: t.client_name.trim(),
+            client_phone: &t.client_phone.0,
+            client_email: t.client_email.as_ref().map(|e| e.0.as_str()),
+            brand_id,
+            point_of_contact_name: t.point_of_contact_name.as_deref(),
+            point_of_contact_phone: t.point_of_contact_phone.as_ref().map(|p| p.0.as_str()),
+            whatsapp_phone_number_id: t.whatsapp_phone_number_id.as_ref().map(|p| p.0.as_str()),
+            whatsapp_business_account_id: t
+                .whatsapp_business_account_id
+                .as_ref()
+                .map(|p| p.0.as_str()),
+            whatsapp_access_token: token.as_deref(),
+            whatsapp_token_expires_at: t.whatsapp_token_expires_at,
+            whatsapp_app_secret: app_secret.as_deref(),
+            ai_provider: t.ai_provider.map(AiProvider::as_str),
+            ai_api_key: ai_key.as_deref(),
+            ai_model: t.ai_model.as_deref(),
+            ai_base_url: t.ai_base_url.as_deref(),
+            is_active: t.is_active,
+            is_verified: t.is_verified,
+            verify_digest: verify.as_deref(),
+            webhook_url: t.webhook_url.as_deref(),
+            metadata: &t.metadata,
+        },
     )
-    .bind(id)
-    .bind(t.client_name.trim())
-    .bind(&t.client_phone.0)
-    .bind(t.client_email.as_ref().map(|e| &e.0))
-    .bind(brand_id)
-    .bind(&t.point_of_contact_name)
-    .bind(t.point_of_contact_phone.as_ref().map(|p| &p.0))
-    .bind(t.whatsapp_phone_number_id.as_ref().map(|p| &p.0))
-    .bind(t.whatsapp_business_account_id.as_ref().map(|p| &p.0))
-    .bind(&token)
-    .bind(t.whatsapp_token_expires_at)
-    .bind(&app_secret)
-    .bind(t.ai_provider.map(AiProvider::as_str))
-    .bind(&ai_key)
-    .bind(&t.ai_model)
-    .bind(&t.ai_base_url)
-    .bind(t.is_active)
-    .bind(t.is_verified)
-    .bind(&verify)
-    .bind(&t.webhook_url)
-    .bind(&t.metadata)
-    .execute(&mut **tx)
     .await?;
-    rows_changed += r.rows_affected();
     // Audit every credential the manifest set or changed (same transaction).
-    let before = |col: SecretColumn| -> Option<&String> {
-        existing.as_ref().and_then(|e| match col {
-            SecretColumn::WhatsappAccessToken => e.whatsapp_access_token.as_ref(),
-            SecretColumn::WhatsappAppSecret => e.whatsapp_app_secret.as_ref(),
-            SecretColumn::AiApiKey => e.ai_api_key.as_ref(),
-        })
-    };
     for (col, now) in [
         (SecretColumn::WhatsappAccessToken, &token),
         (SecretColumn::WhatsappAppSecret, &app_secret),
         (SecretColumn::AiApiKey, &ai_key),
     ] {
-        if now.is_some() && now.as_ref() != before(col) {
-            crate::audit::record(
-                &mut **tx,
+        if now.is_some() && now.as_ref() != stored(col) {
+            alphadome_core::audit::record(
+                &mut *conn,
                 id,
                 col,
                 "admin:cli",
@@ -840,10 +797,37 @@ async fn apply_in(
             .await?;
         }
     }
-
-    rows_changed += apply_settings(tx, id, m.control_settings.as_ref()).await?;
-    rows_changed += apply_templates(tx, id, &m.templates).await?;
-    rows_changed += apply_training(tx, id, &m.training_data).await?;
+    rows_changed += apply_settings(conn, id, m.control_settings.as_ref()).await?;
+    let templates: Vec<TemplateWrite<'_>> = m
+        .templates
+        .iter()
+        .map(|t| TemplateWrite {
+            template_name: t.template_name.trim(),
+            description: t.description.as_deref(),
+            system_prompt: t.system_prompt.as_deref(),
+            conversation_context: &t.conversation_context,
+            tone: t.tone.unwrap_or(Tone::Friendly).as_str(),
+            max_response_length: t.max_response_length.map(|l| l.0),
+            is_active: t.is_active,
+            is_default: t.is_default,
+            metadata: &t.metadata,
+        })
+        .collect();
+    rows_changed += tenants::sync_templates(conn, id, &templates).await?;
+    let training: Vec<TrainingWrite<'_>> = m
+        .training_data
+        .iter()
+        .map(|r| TrainingWrite {
+            data_type: r.data_type.as_str(),
+            question: r.question.trim(),
+            answer: r.answer.trim(),
+            category: r.category.as_deref(),
+            priority: r.priority,
+            confidence_score: r.confidence_score.map(|c| c.0).unwrap_or(1.0),
+            is_active: r.is_active,
+        })
+        .collect();
+    rows_changed += tenants::sync_training(conn, id, &training).await?;
     Ok(ApplyReport {
         tenant_id: id,
         created,
@@ -851,8 +835,10 @@ async fn apply_in(
     })
 }
 
+/// The settings row: the manifest's, or every column's default when it has
+/// no `control_settings` section.
 async fn apply_settings(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     id: Uuid,
     spec: Option<&ControlSpec>,
 ) -> Result<u64, ManifestError> {
@@ -865,157 +851,27 @@ async fn apply_settings(
             &default_spec
         }
     };
-    let r = sqlx::query(
-        "INSERT INTO alphadome.bot_control_settings AS c (bot_tenant_id, is_bot_enabled, \
-           max_messages_per_hour, max_messages_per_user_per_day, enable_ai_responses, \
-           enable_payment_flow, enable_training_mode, enable_auto_reply, log_conversations, \
-           log_errors, escalation_phone, escalation_email, fallback_reply, metadata, handoff_pause_minutes) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) \
-         ON CONFLICT (bot_tenant_id) DO UPDATE SET is_bot_enabled = EXCLUDED.is_bot_enabled, \
-           max_messages_per_hour = EXCLUDED.max_messages_per_hour, \
-           max_messages_per_user_per_day = EXCLUDED.max_messages_per_user_per_day, \
-           enable_ai_responses = EXCLUDED.enable_ai_responses, enable_payment_flow = EXCLUDED.enable_payment_flow, \
-           enable_training_mode = EXCLUDED.enable_training_mode, enable_auto_reply = EXCLUDED.enable_auto_reply, \
-           log_conversations = EXCLUDED.log_conversations, log_errors = EXCLUDED.log_errors, \
-           escalation_phone = EXCLUDED.escalation_phone, escalation_email = EXCLUDED.escalation_email, \
-           fallback_reply = EXCLUDED.fallback_reply, metadata = EXCLUDED.metadata, \
-           handoff_pause_minutes = EXCLUDED.handoff_pause_minutes \
-         WHERE (c.handoff_pause_minutes, c.is_bot_enabled, c.max_messages_per_hour, c.max_messages_per_user_per_day, \
-                c.enable_ai_responses, c.enable_payment_flow, c.enable_training_mode, c.enable_auto_reply, \
-                c.log_conversations, c.log_errors, c.escalation_phone, c.escalation_email, c.fallback_reply, c.metadata) \
-           IS DISTINCT FROM \
-               (EXCLUDED.handoff_pause_minutes, EXCLUDED.is_bot_enabled, EXCLUDED.max_messages_per_hour, EXCLUDED.max_messages_per_user_per_day, \
-                EXCLUDED.enable_ai_responses, EXCLUDED.enable_payment_flow, EXCLUDED.enable_training_mode, \
-                EXCLUDED.enable_auto_reply, EXCLUDED.log_conversations, EXCLUDED.log_errors, \
-                EXCLUDED.escalation_phone, EXCLUDED.escalation_email, EXCLUDED.fallback_reply, EXCLUDED.metadata)",
+    Ok(tenants::upsert_settings(
+        conn,
+        id,
+        &SettingsWrite {
+            is_bot_enabled: s.is_bot_enabled,
+            max_messages_per_hour: s.max_messages_per_hour.map(|l| l.0),
+            max_messages_per_user_per_day: s.max_messages_per_user_per_day.map(|l| l.0),
+            enable_ai_responses: s.enable_ai_responses,
+            enable_payment_flow: s.enable_payment_flow,
+            enable_training_mode: s.enable_training_mode,
+            enable_auto_reply: s.enable_auto_reply,
+            log_conversations: s.log_conversations,
+            log_errors: s.log_errors,
+            escalation_phone: s.escalation_phone.as_ref().map(|p| p.0.as_str()),
+            escalation_email: s.escalation_email.as_ref().map(|e| e.0.as_str()),
+            fallback_reply: s.fallback_reply.as_deref(),
+            metadata: &s.metadata,
+            handoff_pause_minutes: s.handoff_pause_minutes.map(|l| l.0).unwrap_or(60),
+        },
     )
-    .bind(id)
-    .bind(s.is_bot_enabled)
-    .bind(s.max_messages_per_hour.map(|l| l.0))
-    .bind(s.max_messages_per_user_per_day.map(|l| l.0))
-    .bind(s.enable_ai_responses)
-    .bind(s.enable_payment_flow)
-    .bind(s.enable_training_mode)
-    .bind(s.enable_auto_reply)
-    .bind(s.log_conversations)
-    .bind(s.log_errors)
-    .bind(s.escalation_phone.as_ref().map(|p| &p.0))
-    .bind(s.escalation_email.as_ref().map(|e| &e.0))
-    .bind(&s.fallback_reply)
-    .bind(&s.metadata)
-    .bind(s.handoff_pause_minutes.map(|l| l.0).unwrap_or(60))
-    .execute(&mut **tx)
-    .await?;
-    Ok(r.rows_affected())
-}
-
-async fn apply_templates(
-    tx: &mut Transaction<'_, Postgres>,
-    id: Uuid,
-    templates: &[TemplateSpec],
-) -> Result<u64, ManifestError> {
-    let names: Vec<String> = templates
-        .iter()
-        .map(|t| t.template_name.trim().to_owned())
-        .collect();
-    let default = templates
-        .iter()
-        .find(|t| t.is_default)
-        .map(|t| t.template_name.trim().to_owned());
-    // Rows leaving the manifest, or losing the default, first: the
-    // one-default index must hold after every statement.
-    let mut changed = sqlx::query(
-        "UPDATE alphadome.bot_templates SET is_active = false, is_default = false \
-         WHERE bot_tenant_id = $1 AND NOT (template_name = ANY($2)) AND (is_active OR is_default)",
-    )
-    .bind(id)
-    .bind(&names)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    changed += sqlx::query(
-        "UPDATE alphadome.bot_templates SET is_default = false \
-         WHERE bot_tenant_id = $1 AND is_default AND template_name IS DISTINCT FROM $2",
-    )
-    .bind(id)
-    .bind(&default)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    for t in templates {
-        changed += sqlx::query(
-            "INSERT INTO alphadome.bot_templates AS x (bot_tenant_id, template_name, description, \
-               system_prompt, conversation_context, tone, max_response_length, is_active, is_default, metadata) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) \
-             ON CONFLICT (bot_tenant_id, template_name) DO UPDATE SET description = EXCLUDED.description, \
-               system_prompt = EXCLUDED.system_prompt, conversation_context = EXCLUDED.conversation_context, \
-               tone = EXCLUDED.tone, max_response_length = EXCLUDED.max_response_length, \
-               is_active = EXCLUDED.is_active, is_default = EXCLUDED.is_default, metadata = EXCLUDED.metadata \
-             WHERE (x.description, x.system_prompt, x.conversation_context, x.tone, x.max_response_length, \
-                    x.is_active, x.is_default, x.metadata) IS DISTINCT FROM \
-                   (EXCLUDED.description, EXCLUDED.system_prompt, EXCLUDED.conversation_context, EXCLUDED.tone, \
-                    EXCLUDED.max_response_length, EXCLUDED.is_active, EXCLUDED.is_default, EXCLUDED.metadata)",
-        )
-        .bind(id)
-        .bind(t.template_name.trim())
-        .bind(&t.description)
-        .bind(&t.system_prompt)
-        .bind(&t.conversation_context)
-        .bind(t.tone.unwrap_or(Tone::Friendly).as_str())
-        .bind(t.max_response_length.map(|l| l.0))
-        .bind(t.is_active)
-        .bind(t.is_default)
-        .bind(&t.metadata)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    }
-    Ok(changed)
-}
-
-async fn apply_training(
-    tx: &mut Transaction<'_, Postgres>,
-    id: Uuid,
-    rows: &[TrainingSpec],
-) -> Result<u64, ManifestError> {
-    let types: Vec<&str> = rows.iter().map(|r| r.data_type.as_str()).collect();
-    let questions: Vec<&str> = rows.iter().map(|r| r.question.trim()).collect();
-    let mut changed = sqlx::query(
-        "UPDATE alphadome.bot_training_data d SET is_active = false \
-         WHERE d.bot_tenant_id = $1 AND d.is_active AND NOT EXISTS ( \
-           SELECT 1 FROM UNNEST($2::text[], $3::text[]) AS k(data_type, question) \
-           WHERE k.data_type = d.data_type AND k.question = d.question)",
-    )
-    .bind(id)
-    .bind(&types)
-    .bind(&questions)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    for r in rows {
-        changed += sqlx::query(
-            "INSERT INTO alphadome.bot_training_data AS d (bot_tenant_id, data_type, question, answer, \
-               category, priority, confidence_score, is_active) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8) \
-             ON CONFLICT (bot_tenant_id, data_type, question) DO UPDATE SET answer = EXCLUDED.answer, \
-               category = EXCLUDED.category, priority = EXCLUDED.priority, \
-               confidence_score = EXCLUDED.confidence_score, is_active = EXCLUDED.is_active \
-             WHERE (d.answer, d.category, d.priority, d.confidence_score, d.is_active) IS DISTINCT FROM \
-                   (EXCLUDED.answer, EXCLUDED.category, EXCLUDED.priority, EXCLUDED.confidence_score, EXCLUDED.is_active)",
-        )
-        .bind(id)
-        .bind(r.data_type.as_str())
-        .bind(r.question.trim())
-        .bind(r.answer.trim())
-        .bind(&r.category)
-        .bind(r.priority)
-        .bind(r.confidence_score.map(|c| c.0).unwrap_or(1.0))
-        .bind(r.is_active)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    }
-    Ok(changed)
+    .await?)
 }
 
 #[cfg(test)]
@@ -1023,10 +879,34 @@ mod tests {
     use super::*;
 
     const MIN: &str = "tenant:\n  client_name: Shop\n  client_phone: '0702245555'\n";
+    const CC: &str = "254";
+
+    #[test]
+    fn phones_take_the_configured_country_code_and_bad_ones_are_named() {
+        let m = Manifest::parse(MIN, "255").unwrap();
+        assert_eq!(m.tenant.client_phone.0, "255702245555");
+        let e = Manifest::parse("tenant:\n  client_name: Shop\n  client_phone: '07o2'\n", CC)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tenant.client_phone") && e.contains("line 3"),
+            "{e}"
+        );
+        let e = Manifest::parse(
+            &format!("{MIN}control_settings:\n  escalation_phone: '12'\n"),
+            CC,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("control_settings.escalation_phone") && e.contains("line 5"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn minimal_manifest_normalises_phone() {
-        let m = Manifest::parse(MIN).unwrap();
+        let m = Manifest::parse(MIN, CC).unwrap();
         assert_eq!(m.tenant.client_phone.0, "254702245555");
     }
 
@@ -1034,6 +914,7 @@ mod tests {
     fn errors_name_field_and_line() {
         let e = Manifest::parse(
             "tenant:\n  client_name: Shop\n  client_phone: '0702245555'\n  colour: red\n",
+            CC,
         )
         .unwrap_err()
         .to_string();
@@ -1041,33 +922,38 @@ mod tests {
             e.contains("unknown field `colour`") && e.contains("line 4"),
             "{e}"
         );
-        let e = Manifest::parse(&format!(
-            "{MIN}training_data:\n  - data_type: faqq\n    question: q\n    answer: a\n"
-        ))
+        let e = Manifest::parse(
+            &format!("{MIN}training_data:\n  - data_type: faqq\n    question: q\n    answer: a\n"),
+            CC,
+        )
         .unwrap_err()
         .to_string();
         assert!(
             e.contains("training_data[0].data_type") && e.contains("faqq") && e.contains("line 5"),
             "{e}"
         );
-        let e = Manifest::parse("tenant:\n  client_name: Shop\n")
+        let e = Manifest::parse("tenant:\n  client_name: Shop\n", CC)
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing field `client_phone`"), "{e}");
-        let e = Manifest::parse("tenant: [1, 2\n").unwrap_err().to_string();
+        let e = Manifest::parse("tenant: [1, 2\n", CC)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line"), "{e}");
-        let e = Manifest::parse(&format!(
-            "{MIN}templates:\n  - template_name: a\n    tone: grumpy\n"
-        ))
+        let e = Manifest::parse(
+            &format!("{MIN}templates:\n  - template_name: a\n    tone: grumpy\n"),
+            CC,
+        )
         .unwrap_err()
         .to_string();
         assert!(
             e.contains("templates[0].tone") && e.contains("grumpy"),
             "{e}"
         );
-        let e = Manifest::parse(&format!(
-            "{MIN}training_data:\n  - data_type: faq\n    question: q\n    answer: a\n    confidence_score: 1.5\n"
-        ))
+        let e = Manifest::parse(
+            &format!("{MIN}training_data:\n  - data_type: faq\n    question: q\n    answer: a\n    confidence_score: 1.5\n"),
+            CC,
+        )
         .unwrap_err()
         .to_string();
         assert!(
@@ -1083,7 +969,7 @@ mod tests {
         let src = format!(
             "{MIN}training_data:\n  - data_type: faq\n    question: Hours?\n    answer: a\n  - data_type: faq\n    question: Hours?\n    answer: b\n"
         );
-        let e = Manifest::parse(&src).unwrap_err().to_string();
+        let e = Manifest::parse(&src, CC).unwrap_err().to_string();
         assert!(
             e.contains("training_data[1].question")
                 && e.contains("appears twice")
@@ -1095,13 +981,13 @@ mod tests {
     #[test]
     fn secrets_come_from_the_environment() {
         let src = format!("{MIN}  ai_api_key: ${{ALPHADOME_TEST_UNSET_VARIABLE}}\n");
-        let e = Manifest::parse(&src).unwrap_err().to_string();
+        let e = Manifest::parse(&src, CC).unwrap_err().to_string();
         assert!(
             e.contains("ALPHADOME_TEST_UNSET_VARIABLE is not set"),
             "{e}"
         );
         let src = format!("{MIN}  ai_api_key: sk-inline-secret\n");
-        let m = Manifest::parse(&src).unwrap();
+        let m = Manifest::parse(&src, CC).unwrap();
         assert!(!format!("{m:?}").contains("sk-inline-secret"));
     }
 
@@ -1109,6 +995,7 @@ mod tests {
     fn json_manifests_parse_too() {
         let m = Manifest::parse(
             r#"{"tenant": {"client_name": "Shop", "client_phone": "+254702245555"}}"#,
+            CC,
         )
         .unwrap();
         assert_eq!(m.tenant.client_phone.0, "254702245555");

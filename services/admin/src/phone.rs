@@ -1,7 +1,8 @@
 //! Phone numbers normalised to international digits (E.164 without `+`).
 //!
 //! The schema report holds `254702245555` and `0702245555` for the same
-//! Kenyan contact; both normalise to `254702245555`.
+//! Kenyan contact; both normalise to `254702245555` (national numbers take
+//! the configured country code, `ALPHADOME_DEFAULT_COUNTRY_CODE`).
 
 /// Why a phone number was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -18,12 +19,6 @@ pub enum PhoneError {
         "phone number {0:?} is national (leading 0) and no default country code is configured"
     )]
     NoCountry(String),
-}
-
-/// Country code used for national numbers (leading `0`) when none is given:
-/// `ALPHADOME_DEFAULT_COUNTRY_CODE`, else Kenya's `254`.
-pub fn default_country_code() -> String {
-    std::env::var("ALPHADOME_DEFAULT_COUNTRY_CODE").unwrap_or_else(|_| "254".to_owned())
 }
 
 /// Normalises `input` to international digits, using `country_code` for

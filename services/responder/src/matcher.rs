@@ -317,18 +317,45 @@ impl FaqIndex {
                 })
             })
             .collect();
-        out.sort_by(|a, b| {
-            if (a.score - b.score).abs() > TIE_BAND {
-                b.score.total_cmp(&a.score)
-            } else {
-                b.entry
-                    .priority
-                    .cmp(&a.entry.priority)
-                    .then(b.entry.confidence.total_cmp(&a.entry.confidence))
-                    .then(b.score.total_cmp(&a.score))
-            }
-        });
+        rank(&mut out);
         out
+    }
+}
+
+/// Orders matches best first. Scores within [`TIE_BAND`] of the best
+/// score of their band count as equally relevant and are ordered by
+/// `priority`, then `confidence`, then score; bands are formed from the
+/// top down (the first holds every match within the band of the best, the
+/// next every remaining match within the band of the best remaining, ...).
+///
+/// The order is a total order of (band, priority, confidence, score), so
+/// it does not depend on the order the matches came in, and the sort can
+/// never see an inconsistent comparison (comparing "within the band" pair
+/// by pair is not transitive: a ~ b and b ~ c while a and c are apart).
+fn rank(matches: &mut [Match<'_>]) {
+    matches.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut band = 0u32;
+    let mut band_top = f64::INFINITY;
+    let mut keyed: Vec<(u32, Match<'_>)> = Vec::with_capacity(matches.len());
+    for m in matches.iter() {
+        if band_top - m.score > TIE_BAND {
+            if band_top.is_finite() {
+                band += 1;
+            }
+            band_top = m.score;
+        }
+        keyed.push((band, *m));
+    }
+    keyed.sort_by(|(band_a, a), (band_b, b)| {
+        band_a
+            .cmp(band_b)
+            .then(b.entry.priority.cmp(&a.entry.priority))
+            .then(b.entry.confidence.total_cmp(&a.entry.confidence))
+            .then(b.score.total_cmp(&a.score))
+            .then(a.entry.id.cmp(&b.entry.id))
+    });
+    for (slot, (_, m)) in matches.iter_mut().zip(keyed) {
+        *slot = m;
     }
 }
 
@@ -423,6 +450,56 @@ mod tests {
         assert!(i.best("what is the capital of france").is_none());
         assert!(i.best("").is_none());
         assert!(FaqIndex::build([]).best("hello").is_none());
+    }
+
+    /// Matches with scores 0.02 apart (so each is within the band of its
+    /// neighbours but not of those two steps away) and priorities that
+    /// disagree with the scores: exactly what a pairwise "within the band"
+    /// comparison cannot order consistently.
+    fn chained_ties(entries: &[FaqEntry]) -> Vec<Match<'_>> {
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Match {
+                entry: e,
+                score: 0.99 - 0.02 * i as f64,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ranking_is_a_total_order_whatever_the_input_order() {
+        let entries: Vec<FaqEntry> = (0..40)
+            .map(|i| entry(&format!("q{i}"), &format!("a{i}"), i * 7919 % 13, 0.5))
+            .collect();
+        let mut reference = chained_ties(&entries);
+        rank(&mut reference);
+        let reference: Vec<Uuid> = reference.iter().map(|m| m.entry.id).collect();
+        // The same matches, in many input orders (a fixed pseudo-random
+        // shuffle per round), must rank the same, and never panic.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..200 {
+            let mut input = chained_ties(&entries);
+            for i in (1..input.len()).rev() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                input.swap(i, (seed % (i as u64 + 1)) as usize);
+            }
+            rank(&mut input);
+            let got: Vec<Uuid> = input.iter().map(|m| m.entry.id).collect();
+            assert_eq!(got, reference, "the ranking depends on the input order");
+        }
+        // The top band is the best score's: of the matches within 0.05 of
+        // 0.99 (0.99, 0.97, 0.95), the one with the highest priority wins.
+        let mut ranked = chained_ties(&entries);
+        rank(&mut ranked);
+        let top_band: Vec<&FaqEntry> = entries.iter().take(3).collect();
+        let best = top_band.iter().map(|e| e.priority).max().unwrap();
+        assert_eq!(ranked[0].entry.priority, best);
+        assert!(ranked[..3]
+            .iter()
+            .all(|m| m.score >= 0.99 - TIE_BAND - 1e-9));
     }
 
     #[test]

@@ -1,0 +1,292 @@
+//! What each `alphadome` command does: it reads the settings it needs,
+//! calls the services' libraries, and prints the result (a table, or JSON).
+//! No SQL here: every statement belongs to a service's store.
+
+use std::time::Duration;
+
+use alphadome_admin::manifest::{self, Manifest};
+use alphadome_core::bus::Bus;
+use alphadome_core::config::Settings;
+use alphadome_core::crypto::Keyring;
+use alphadome_core::{audit, db, telemetry, tenant, CancellationToken};
+use anyhow::Context as _;
+
+use crate::args::{
+    AuditCommand, Cli, Command, ConversationCommand, DlqCommand, KeysCommand, TenantCommand,
+};
+use crate::simulate::{self, SimulateOptions};
+use crate::stack::{self, RunOptions, Service};
+
+/// Runs the command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let s = &cli.settings;
+    match cli.command {
+        Command::Migrate => {
+            let pool = pool(s).await?;
+            db::migrate(&pool).await.context("migrations failed")?;
+            println!(
+                "migrations applied: {}",
+                db::applied_migrations(&pool).await?
+            );
+        }
+        Command::Tenant(cmd) => tenant_command(s, cmd).await?,
+        Command::Keys(KeysCommand::Generate) => println!("{}", Keyring::generate_key()),
+        Command::Keys(KeysCommand::Rotate) => rotate_keys(s).await?,
+        Command::Dlq(cmd) => dlq_command(s, cmd).await?,
+        Command::Audit(AuditCommand::Verify) => {
+            let check = audit::verify(&pool(s).await?).await?;
+            match check.broken {
+                None => println!("credential audit trail intact: {} rows", check.rows),
+                Some((id, why)) => {
+                    anyhow::bail!("credential audit trail broken at row {id}: {why}")
+                }
+            }
+        }
+        Command::Conversation(cmd) => conversation_command(s, cmd).await?,
+        Command::Usage {
+            tenant,
+            since,
+            json,
+        } => usage(s, &tenant, since.as_deref(), json).await?,
+        Command::Up { no_migrate } => {
+            let _telemetry = telemetry::init("alphadome", &s.telemetry());
+            let mut opts = RunOptions::new(&Service::ALL);
+            opts.migrate = !no_migrate;
+            serve(s, opts).await?;
+        }
+        Command::Run { service } => {
+            let _telemetry = telemetry::init(service.telemetry_name(), &s.telemetry());
+            serve(s, RunOptions::new(&[service])).await?;
+        }
+        Command::Simulate {
+            tenant,
+            ingress,
+            graph_listen,
+            from,
+            name,
+            messages,
+            timeout,
+        } => {
+            let pool = pool(s).await?;
+            let keyring = s.keyring()?;
+            let from = alphadome_admin::phone::normalize(&from, &s.default_country_code)
+                .context("--from")?;
+            simulate::run(
+                &pool,
+                &keyring,
+                s.meta_app_secret.clone(),
+                SimulateOptions {
+                    tenant,
+                    country_code: s.default_country_code.clone(),
+                    ingress_url: ingress,
+                    graph_listen,
+                    from,
+                    profile_name: name,
+                    messages,
+                    timeout: Duration::from_secs(timeout),
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A small owner pool for one command.
+async fn pool(s: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    db::connect(&s.database_url()?, 4)
+        .await
+        .context("cannot connect to Postgres (DATABASE_URL)")
+}
+
+/// A NATS connection for announcing tenant changes; the command works
+/// without one (services catch up by polling within seconds).
+async fn bus_if_reachable(s: &Settings) -> Option<Bus> {
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        Bus::connect(&s.nats_url, &s.nats_prefix),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
+async fn serve(s: &Settings, opts: RunOptions) -> anyhow::Result<()> {
+    let config = s.config()?;
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (ALPHADOME_HTTP_ADDR)",
+                config.http_addr
+            )
+        })?;
+    let shutdown = CancellationToken::new();
+    stack::cancel_on_signals(shutdown.clone());
+    stack::run(config, opts, listener, shutdown).await
+}
+
+async fn tenant_command(s: &Settings, cmd: TenantCommand) -> anyhow::Result<()> {
+    let cc = s.default_country_code.as_str();
+    match cmd {
+        TenantCommand::Apply { file } => {
+            let keyring = s.keyring()?;
+            let manifest =
+                Manifest::from_file(&file, cc).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            let pool = pool(s).await?;
+            let report = manifest::apply(&pool, &keyring, &manifest)
+                .await
+                .map_err(|e| anyhow::anyhow!("{file}: {}", alphadome_core::Report(&e)))?;
+            if let Some(bus) = bus_if_reachable(s).await {
+                tenant::announce_change(&bus, report.tenant_id).await;
+            }
+            let what = if report.created {
+                "created"
+            } else if report.rows_changed > 0 {
+                "updated"
+            } else {
+                "unchanged"
+            };
+            eprintln!("tenant {what} ({} rows changed)", report.rows_changed);
+            println!("{}", report.tenant_id);
+        }
+        TenantCommand::List { json } => {
+            let tenants =
+                alphadome_admin::list(&pool(s).await?, s.verify_token_max_age_days).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tenants)?);
+            } else {
+                print!("{}", crate::output::tenant_table(&tenants));
+            }
+        }
+        TenantCommand::Show { tenant, json } => {
+            let v = alphadome_admin::show(&pool(s).await?, &tenant, cc).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", crate::output::fields(&serde_json::to_value(&v)?));
+            }
+        }
+        TenantCommand::RotateVerifyToken {
+            tenant,
+            grace_hours,
+        } => {
+            let pool = pool(s).await?;
+            let bus = bus_if_reachable(s).await;
+            let (id, token) = alphadome_admin::rotate_verify_token(
+                &pool,
+                bus.as_ref(),
+                &tenant,
+                cc,
+                Duration::from_secs(grace_hours * 3600),
+            )
+            .await?;
+            eprintln!("new verify token for tenant {id}; the previous one is accepted for {grace_hours} h. It is shown only now:");
+            println!("{token}");
+        }
+        TenantCommand::Activate { tenant } => set_active(s, &tenant, true).await?,
+        TenantCommand::Deactivate { tenant } => set_active(s, &tenant, false).await?,
+    }
+    Ok(())
+}
+
+async fn set_active(s: &Settings, tenant: &str, active: bool) -> anyhow::Result<()> {
+    let pool = pool(s).await?;
+    let bus = bus_if_reachable(s).await;
+    let (id, changed) =
+        alphadome_admin::set_active(&pool, bus.as_ref(), tenant, &s.default_country_code, active)
+            .await?;
+    let state = if active { "active" } else { "inactive" };
+    if changed {
+        println!("tenant {id} is now {state}");
+    } else {
+        println!("tenant {id} was already {state}");
+    }
+    Ok(())
+}
+
+async fn rotate_keys(s: &Settings) -> anyhow::Result<()> {
+    let keyring = s.keyring()?;
+    let pool = pool(s).await?;
+    let report = alphadome_admin::rotate_master_key(&pool, &keyring, |done, total| {
+        if done % 100 == 0 || done == total {
+            eprintln!("re-encrypted {done}/{total}");
+        }
+    })
+    .await?;
+    println!(
+        "credentials: {} in all, {} re-encrypted under key {}, {} already current, {} failed",
+        report.total,
+        report.rotated,
+        keyring.current_key_id(),
+        report.current,
+        report.failed.len()
+    );
+    if !report.failed.is_empty() {
+        anyhow::bail!(
+            "{} credential(s) could not be decrypted with any configured key: {}",
+            report.failed.len(),
+            report.failed.join("; ")
+        );
+    }
+    Ok(())
+}
+
+async fn dlq_command(s: &Settings, cmd: DlqCommand) -> anyhow::Result<()> {
+    let bus = Bus::connect(&s.nats_url, &s.nats_prefix).await?;
+    match cmd {
+        DlqCommand::List { json } => {
+            let letters = alphadome_admin::dlq::list(&bus).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else {
+                print!("{}", crate::output::letter_table(&letters));
+            }
+        }
+        DlqCommand::Replay { seq } => {
+            let only = (!seq.is_empty()).then_some(seq.as_slice());
+            let n = alphadome_admin::dlq::replay(&bus, only).await?;
+            println!("replayed {n} dead letter(s)");
+        }
+    }
+    Ok(())
+}
+
+async fn conversation_command(s: &Settings, cmd: ConversationCommand) -> anyhow::Result<()> {
+    let pool = pool(s).await?;
+    let cc = s.default_country_code.as_str();
+    match cmd {
+        ConversationCommand::List { tenant } => {
+            let t = alphadome_admin::tenants::find(&pool, &tenant, cc).await?;
+            let handoffs = alphadome_responder::store::active_handoffs(&pool, t.id).await?;
+            print!("{}", crate::output::handoff_table(&handoffs));
+        }
+        ConversationCommand::Resume { tenant, user } => {
+            let t = alphadome_admin::tenants::find(&pool, &tenant, cc).await?;
+            let user = alphadome_admin::phone::normalize(&user, cc).context("--user")?;
+            if alphadome_responder::store::resume_handoff(&pool, t.id, &user).await? {
+                println!("the bot answers {user} again");
+            } else {
+                println!("no conversation with {user} is handed to a person");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn usage(s: &Settings, tenant: &str, since: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let since = match since {
+        Some(d) => chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .with_context(|| format!("--since {d:?} is not a date (YYYY-MM-DD)"))?,
+        None => (chrono::Utc::now() - chrono::Duration::days(30)).date_naive(),
+    };
+    let pool = pool(s).await?;
+    let t = alphadome_admin::tenants::find(&pool, tenant, &s.default_country_code).await?;
+    let days = alphadome_logger::store::usage(&pool, t.id, since).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&days)?);
+    } else {
+        print!("{}", crate::output::usage_table(&days));
+    }
+    Ok(())
+}

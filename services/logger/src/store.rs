@@ -1,0 +1,195 @@
+//! The logger's SQL. It owns the conversation log (`bot_message_logs`, and
+//! its mirror in the live system's `public.conversations`), the customers it
+//! registers in `public.users`, and `customer_users`, the map of phones it
+//! has resolved. A batch of log rows of any tenants is one statement
+//! (`alphadome.write_message_logs`); a batch of delivery statuses one call
+//! (`alphadome.apply_status_batch`).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// The `public.users` ids of `phones` the logger has resolved before.
+pub async fn mapped_users(
+    conn: &mut PgConnection,
+    phones: &[String],
+) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
+    sqlx::query_as("SELECT phone, user_id FROM alphadome.customer_users WHERE phone = ANY($1)")
+        .bind(phones)
+        .fetch_all(conn)
+        .await
+}
+
+/// Resolves (or registers, as the existing system does: 'Unknown User')
+/// customers the logger has not seen, in one short transaction under an
+/// advisory lock per new phone (taken in order), so concurrent batches
+/// never register one twice and never wait on each other for longer than
+/// that registration. Returns the users of `phones`.
+pub async fn register_users(
+    db: &PgPool,
+    phones: &[String],
+) -> Result<HashMap<String, Uuid>, sqlx::Error> {
+    let mut reg = db.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('alphadome.users:' || p)) FROM unnest($1::text[]) AS p ORDER BY p")
+        .bind(phones)
+        .execute(&mut *reg)
+        .await?;
+    // Another batch may have resolved them while this one waited.
+    let mut users: HashMap<String, Uuid> =
+        mapped_users(&mut reg, phones).await?.into_iter().collect();
+    let unmapped = unknown(phones, &users);
+    if !unmapped.is_empty() {
+        // public.users has no index on phone: it is scanned only for phones
+        // never seen before.
+        let mut resolved: HashMap<String, Uuid> = sqlx::query_as(
+            "SELECT DISTINCT ON (phone) phone, id FROM public.users WHERE phone = ANY($1) ORDER BY phone, created_at NULLS LAST, id",
+        )
+        .bind(&unmapped)
+        .fetch_all(&mut *reg)
+        .await?
+        .into_iter()
+        .collect();
+        let still = unknown(&unmapped, &resolved);
+        if !still.is_empty() {
+            let created: Vec<(String, Uuid)> = sqlx::query_as(
+                "INSERT INTO public.users (phone, full_name) SELECT p, 'Unknown User' FROM unnest($1::text[]) AS p RETURNING phone, id",
+            )
+            .bind(&still)
+            .fetch_all(&mut *reg)
+            .await?;
+            resolved.extend(created);
+        }
+        let (p, u): (Vec<&str>, Vec<Uuid>) = resolved.iter().map(|(p, u)| (p.as_str(), *u)).unzip();
+        sqlx::query(
+            "INSERT INTO alphadome.customer_users (phone, user_id) SELECT * FROM unnest($1::text[], $2::uuid[]) ON CONFLICT (phone) DO NOTHING",
+        )
+        .bind(&p)
+        .bind(&u)
+        .execute(&mut *reg)
+        .await?;
+        users.extend(resolved);
+    }
+    reg.commit().await?;
+    Ok(users)
+}
+
+/// The phones of `phones` that `known` has no user for.
+pub fn unknown(phones: &[String], known: &HashMap<String, Uuid>) -> Vec<String> {
+    phones
+        .iter()
+        .filter(|p| !known.contains_key(*p))
+        .cloned()
+        .collect()
+}
+
+/// The columns of a batch of log rows, as `alphadome.write_message_logs`
+/// takes them.
+#[derive(Debug, Default)]
+pub struct LogColumns {
+    pub tenant: Vec<Uuid>,
+    pub phone: Vec<Option<String>>,
+    pub user: Vec<Option<Uuid>>,
+    pub direction: Vec<&'static str>,
+    pub text: Vec<Option<String>>,
+    pub wamid: Vec<Option<String>>,
+    pub ai: Vec<bool>,
+    pub ai_response: Vec<Option<String>>,
+    pub error: Vec<Option<String>>,
+    pub template: Vec<Option<String>>,
+    pub training: Vec<Option<Uuid>>,
+    pub metadata: Vec<serde_json::Value>,
+    pub at: Vec<DateTime<Utc>>,
+    pub key: Vec<String>,
+    pub raw: Vec<Option<serde_json::Value>>,
+}
+
+/// Inserts the rows of any tenants in one statement and mirrors the new
+/// ones to public.conversations; a redelivered row is neither inserted nor
+/// mirrored again.
+pub async fn write_message_logs(db: &PgPool, c: &LogColumns) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT alphadome.write_message_logs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(&c.tenant)
+    .bind(&c.phone)
+    .bind(&c.user)
+    .bind(&c.direction)
+    .bind(&c.text)
+    .bind(&c.wamid)
+    .bind(&c.ai)
+    .bind(&c.ai_response)
+    .bind(&c.error)
+    .bind(&c.template)
+    .bind(&c.training)
+    .bind(&c.metadata)
+    .bind(&c.at)
+    .bind(&c.key)
+    .bind(&c.raw)
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// The columns of a batch of delivery statuses.
+#[derive(Debug, Default)]
+pub struct StatusColumns<'a> {
+    pub tenant: Vec<Uuid>,
+    pub wamid: Vec<&'a str>,
+    pub status: Vec<&'a str>,
+    pub at: Vec<DateTime<Utc>>,
+    pub error: Vec<Option<&'a str>>,
+    pub callback: Vec<&'a str>,
+}
+
+/// Applies a batch of statuses in one call: each outgoing row's status is
+/// only ever raised. Returns, numbered from 1, whether each status's row
+/// exists.
+pub async fn apply_status_batch(
+    db: &PgPool,
+    c: &StatusColumns<'_>,
+) -> Result<Vec<(i32, bool)>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM alphadome.apply_status_batch($1, $2, $3, $4, $5, $6)")
+        .bind(&c.tenant)
+        .bind(&c.wamid)
+        .bind(&c.status)
+        .bind(&c.at)
+        .bind(&c.error)
+        .bind(&c.callback)
+        .fetch_all(db)
+        .await
+}
+
+/// One day of a tenant's traffic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct UsageDay {
+    pub day: String,
+    pub incoming: i64,
+    pub outgoing: i64,
+    pub ai_replies: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+/// Messages, AI replies and tokens per day (UTC) since `since`.
+pub async fn usage(
+    db: &PgPool,
+    tenant: Uuid,
+    since: chrono::NaiveDate,
+) -> Result<Vec<UsageDay>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (created_at AT TIME ZONE 'UTC')::date::text AS day, \
+           count(*) FILTER (WHERE direction = 'incoming') AS incoming, \
+           count(*) FILTER (WHERE direction = 'outgoing') AS outgoing, \
+           count(*) FILTER (WHERE direction = 'outgoing' AND ai_processed) AS ai_replies, \
+           COALESCE(sum((metadata->'usage'->>'prompt_tokens')::bigint), 0)::bigint AS prompt_tokens, \
+           COALESCE(sum((metadata->'usage'->>'completion_tokens')::bigint), 0)::bigint AS completion_tokens \
+         FROM alphadome.bot_message_logs WHERE bot_tenant_id = $1 AND created_at >= $2::date \
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind(tenant)
+    .bind(since)
+    .fetch_all(db)
+    .await
+}

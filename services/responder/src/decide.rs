@@ -1,0 +1,375 @@
+//! The responder's decisions as plain functions of the tenant's context and
+//! the message (no database, no broker): whether and how to answer from
+//! the FAQ, what a limit turns the answer into, and the events a decision
+//! publishes (the incoming log row and the reply).
+
+use alphadome_core::events::v1::{
+    Direction, InboundMessage, LogEvent, MessageKind, OutboundMessage, TraceContext,
+};
+use uuid::Uuid;
+
+use crate::context::TenantContext;
+use crate::limits::{self, LimitDecision};
+use crate::llm;
+
+/// Outbound id (and JetStream message id) of the reply to `wamid`.
+pub fn outbound_id(wamid: &str) -> String {
+    format!("reply:{wamid}")
+}
+
+/// Polite answer to media and other messages the bot cannot read.
+pub const MEDIA_REPLY: &str = "Thanks for sending that! I can only read text messages for now. Please type your question and I'll be happy to help.";
+
+/// What to do with one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The reply text, if any.
+    pub reply: Option<String>,
+    /// Why there is no reply, or how it was chosen (for the log's metadata).
+    pub reason: &'static str,
+    pub training_data_id: Option<Uuid>,
+    pub template_used: Option<String>,
+    pub score: Option<f64>,
+    /// Set when the reply came from the tenant's LLM.
+    pub ai: Option<llm::ChatAnswer>,
+    /// Why the AI could not answer, when it could not.
+    pub error: Option<String>,
+}
+
+impl Decision {
+    /// No reply, for `reason`.
+    pub fn silent(reason: &'static str) -> Self {
+        Self {
+            reply: None,
+            reason,
+            training_data_id: None,
+            template_used: None,
+            score: None,
+            ai: None,
+            error: None,
+        }
+    }
+
+    /// Reply `text`, chosen for `reason`.
+    pub fn reply(text: String, reason: &'static str) -> Self {
+        Self {
+            reply: Some(text),
+            ..Self::silent(reason)
+        }
+    }
+
+    /// Whether this is the tenant's fallback reply (nothing else answered).
+    pub fn is_fallback(&self) -> bool {
+        is_fallback_reason(Some(self.reason))
+    }
+}
+
+/// Whether a reply chosen for `reason` was a fallback.
+pub fn is_fallback_reason(reason: Option<&str>) -> bool {
+    matches!(reason, Some("fallback" | "ai_failed_fallback"))
+}
+
+/// The customer who wrote `msg` (their phone, or their user id when
+/// WhatsApp gives no phone).
+pub fn customer(msg: &InboundMessage) -> &str {
+    if msg.from.is_empty() {
+        &msg.from_user_id
+    } else {
+        &msg.from
+    }
+}
+
+/// Decides how to answer `msg` from the tenant's own FAQ (the AI, limits
+/// and handoff come after, in the consumer).
+pub fn decide(ctx: &TenantContext, msg: &InboundMessage, default_fallback: &str) -> Decision {
+    if !ctx.tenant.is_active {
+        return Decision::silent("tenant_inactive");
+    }
+    if !ctx.settings.is_bot_enabled {
+        return Decision::silent("bot_disabled");
+    }
+    if !ctx.settings.enable_auto_reply {
+        return Decision::silent("auto_reply_disabled");
+    }
+    let kind = MessageKind::try_from(msg.kind).unwrap_or(MessageKind::Other);
+    match kind {
+        MessageKind::Reaction | MessageKind::System => {
+            return Decision::silent("no_reply_for_kind")
+        }
+        MessageKind::Text
+        | MessageKind::InteractiveButtonReply
+        | MessageKind::InteractiveListReply
+        | MessageKind::Button => {}
+        _ if !msg.text.trim().is_empty() => {} // media with a caption: answer the caption
+        _ => return Decision::reply(MEDIA_REPLY.to_owned(), "media"),
+    }
+    if let Some(m) = ctx.index.best(&msg.text) {
+        return Decision {
+            training_data_id: Some(m.entry.id),
+            score: Some(m.score),
+            ..Decision::reply(m.entry.answer.clone(), "faq_match")
+        };
+    }
+    Decision::reply(ctx.fallback_text(default_fallback), "fallback")
+}
+
+/// What the limit decision makes of `d`: unchanged under the limits, the
+/// window's one notice just past them, silence after (the AI's error, if
+/// any, is kept for the log).
+pub fn apply_limit(ctx: &TenantContext, d: Decision, limit: LimitDecision) -> Decision {
+    match limit {
+        LimitDecision::Allow => d,
+        LimitDecision::Notice => {
+            let contact = ctx
+                .settings
+                .escalation_phone
+                .as_deref()
+                .or(Some(ctx.tenant.client_phone.as_str()));
+            Decision {
+                error: d.error,
+                ..Decision::reply(limits::notice_text(contact), "limit_notice")
+            }
+        }
+        LimitDecision::Silent => Decision {
+            error: d.error,
+            ..Decision::silent("limit_reached")
+        },
+    }
+}
+
+/// Metadata of the reply's log row: how it was chosen, and the AI's usage.
+fn reply_metadata(ctx: &TenantContext, d: &Decision) -> String {
+    let mut m = serde_json::json!({"reason": d.reason, "match_score": d.score});
+    if let Some(ai) = &d.ai {
+        m["usage"] = serde_json::json!({
+            "prompt_tokens": ai.prompt_tokens,
+            "completion_tokens": ai.completion_tokens,
+            "model": ai.model,
+            "provider": ctx.tenant.ai_provider,
+            "finish_reason": ai.finish_reason,
+        });
+    }
+    m.to_string()
+}
+
+/// The incoming message's log row, when the tenant logs conversations.
+pub fn log_event(
+    ctx: &TenantContext,
+    msg: &InboundMessage,
+    d: &Decision,
+    trace: TraceContext,
+) -> Option<LogEvent> {
+    if !ctx.settings.log_conversations {
+        return None;
+    }
+    let mut metadata = serde_json::json!({
+        "reason": d.reason,
+        "type": msg.type_name,
+        "profile_name": msg.profile_name,
+        "phone_number_id": msg.phone_number_id,
+        "sent_at": msg.sent_at,
+    });
+    if !msg.from_user_id.is_empty() {
+        metadata["from_user_id"] = serde_json::Value::String(msg.from_user_id.clone());
+    }
+    if !msg.reply_id.is_empty() {
+        metadata["reply_id"] = serde_json::Value::String(msg.reply_id.clone());
+    }
+    if let Some(score) = d.score {
+        metadata["match_score"] = serde_json::json!(score);
+    }
+    Some(LogEvent {
+        tenant_id: msg.tenant_id.clone(),
+        direction: Direction::Incoming as i32,
+        dedup_key: format!("in:{}", msg.wamid),
+        wamid: msg.wamid.clone(),
+        user_phone: msg.from.clone(),
+        message_text: msg.text.clone(),
+        ai_processed: false,
+        ai_response: String::new(),
+        error_message: d
+            .error
+            .clone()
+            .filter(|_| ctx.settings.log_errors)
+            .unwrap_or_default(),
+        template_used: String::new(),
+        training_data_id: d
+            .training_data_id
+            .map(|i| i.to_string())
+            .unwrap_or_default(),
+        metadata_json: metadata.to_string(),
+        occurred_at_ms: if msg.sent_at > 0 {
+            msg.sent_at * 1000
+        } else {
+            msg.received_at_ms
+        },
+        raw_json: msg.raw_json.clone(),
+        trace: Some(trace),
+    })
+}
+
+/// The reply to send, if the decision has one. Its id derives from the
+/// inbound wamid, so it is sent at most once however often the message
+/// is redelivered.
+pub fn reply_event(
+    ctx: &TenantContext,
+    msg: &InboundMessage,
+    d: &Decision,
+    now_ms: i64,
+    trace: TraceContext,
+) -> Option<OutboundMessage> {
+    let text = d.reply.as_ref()?;
+    Some(OutboundMessage {
+        outbound_id: outbound_id(&msg.wamid),
+        tenant_id: msg.tenant_id.clone(),
+        in_reply_to: msg.wamid.clone(),
+        to: msg.from.clone(),
+        to_user_id: if msg.from.is_empty() {
+            msg.from_user_id.clone()
+        } else {
+            String::new()
+        },
+        text: text.clone(),
+        ai_processed: d.ai.is_some(),
+        template_used: d.template_used.clone().unwrap_or_default(),
+        training_data_id: d
+            .training_data_id
+            .map(|i| i.to_string())
+            .unwrap_or_default(),
+        created_at_ms: now_ms,
+        inbound_received_at_ms: msg.received_at_ms,
+        trace: Some(trace),
+        metadata_json: reply_metadata(ctx, d),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matcher::{FaqEntry, FaqIndex};
+    use alphadome_core::tenant::{ControlSettings, Tenant};
+
+    fn ctx(settings: ControlSettings) -> TenantContext {
+        TenantContext {
+            tenant: Tenant {
+                id: Uuid::new_v4(),
+                client_name: "Shop".into(),
+                client_phone: "254700000001".into(),
+                client_email: None,
+                brand_id: None,
+                point_of_contact_name: None,
+                point_of_contact_phone: None,
+                whatsapp_phone_number_id: Some("100".into()),
+                whatsapp_business_account_id: None,
+                whatsapp_access_token: None,
+                whatsapp_token_expires_at: None,
+                whatsapp_app_secret: None,
+                whatsapp_token_invalid_at: None,
+                ai_provider: None,
+                ai_api_key: None,
+                ai_model: None,
+                ai_base_url: None,
+                is_active: true,
+                is_verified: false,
+                webhook_verify_token: None,
+                webhook_url: None,
+                metadata: serde_json::json!({}),
+                created_at: chrono::Utc::now(),
+                updated_at: chrono::Utc::now(),
+            },
+            settings,
+            templates: Vec::new(),
+            examples: Vec::new(),
+            index: FaqIndex::build([FaqEntry {
+                id: Uuid::new_v4(),
+                question: "What are your opening hours?".into(),
+                answer: "9 to 5".into(),
+                category: None,
+                priority: 0,
+                confidence: 1.0,
+            }]),
+        }
+    }
+
+    fn text(t: &str, kind: MessageKind) -> InboundMessage {
+        InboundMessage {
+            tenant_id: Uuid::new_v4().to_string(),
+            wamid: "wamid.1".into(),
+            from: "254711000111".into(),
+            kind: kind as i32,
+            text: t.into(),
+            sent_at: 1_700_000_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn toggles_kinds_faq_and_fallback() {
+        let c = ctx(ControlSettings::default());
+        let d = decide(&c, &text("opening hours?", MessageKind::Text), "fb");
+        assert_eq!(
+            (d.reply.as_deref(), d.reason),
+            (Some("9 to 5"), "faq_match")
+        );
+        let d = decide(&c, &text("do you sell drums", MessageKind::Text), "fb");
+        assert_eq!((d.reply.as_deref(), d.reason), (Some("fb"), "fallback"));
+        assert!(d.is_fallback());
+        let d = decide(&c, &text("", MessageKind::Image), "fb");
+        assert_eq!((d.reply.as_deref(), d.reason), (Some(MEDIA_REPLY), "media"));
+        let d = decide(&c, &text("opening hours", MessageKind::Image), "fb");
+        assert_eq!(d.reason, "faq_match", "a caption is answered");
+        assert_eq!(
+            decide(&c, &text("👍", MessageKind::Reaction), "fb").reply,
+            None
+        );
+        let off = ctx(ControlSettings {
+            enable_auto_reply: false,
+            ..ControlSettings::default()
+        });
+        assert_eq!(
+            decide(&off, &text("opening hours", MessageKind::Text), "fb").reason,
+            "auto_reply_disabled"
+        );
+    }
+
+    #[test]
+    fn limits_turn_replies_into_one_notice_then_silence() {
+        let c = ctx(ControlSettings::default());
+        let d = Decision {
+            error: Some("ai down".into()),
+            ..Decision::reply("answer".into(), "fallback")
+        };
+        let n = apply_limit(&c, d.clone(), LimitDecision::Notice);
+        assert_eq!(n.reason, "limit_notice");
+        assert!(n.reply.unwrap().contains("+254700000001"));
+        assert_eq!(n.error.as_deref(), Some("ai down"));
+        let s = apply_limit(&c, d.clone(), LimitDecision::Silent);
+        assert_eq!((s.reply, s.reason), (None, "limit_reached"));
+        assert_eq!(apply_limit(&c, d.clone(), LimitDecision::Allow), d);
+    }
+
+    #[test]
+    fn events_carry_the_decision() {
+        let c = ctx(ControlSettings::default());
+        let msg = text("opening hours", MessageKind::Text);
+        let d = decide(&c, &msg, "fb");
+        let log = log_event(&c, &msg, &d, TraceContext::default()).unwrap();
+        assert_eq!(log.dedup_key, "in:wamid.1");
+        assert_eq!(log.occurred_at_ms, 1_700_000_000_000);
+        assert!(log.metadata_json.contains("faq_match"));
+        let out = reply_event(&c, &msg, &d, 5, TraceContext::default()).unwrap();
+        assert_eq!(out.outbound_id, "reply:wamid.1");
+        assert_eq!(
+            (out.to.as_str(), out.text.as_str()),
+            ("254711000111", "9 to 5")
+        );
+        assert!(
+            reply_event(&c, &msg, &Decision::silent("x"), 5, TraceContext::default()).is_none()
+        );
+        let quiet = ctx(ControlSettings {
+            log_conversations: false,
+            ..ControlSettings::default()
+        });
+        assert!(log_event(&quiet, &msg, &d, TraceContext::default()).is_none());
+    }
+}
