@@ -2,7 +2,7 @@
 # Counts what PostgreSQL writes to its WAL per message during a pipeline
 # benchmark, by record type and by relation: a measure of the database's
 # work that, unlike time, comes out the same run after run on a noisy
-# machine (docs/benchmarks.md, session 6). For the same window it also
+# machine (docs/benchmarks.md). For the same window it also
 # prints the machine's CPU time per message, split by process with each
 # process's context switches per message, and, from pg_stat_statements,
 # the statements run per message with their execution time (which on a

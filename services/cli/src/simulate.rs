@@ -67,11 +67,16 @@ pub async fn run(
     if !tenant.is_active {
         eprintln!("Note: this tenant is inactive; it logs messages but does not answer. Activate it with `alphadome tenant activate {}`.", tenant.client_phone);
     }
-    let http = reqwest::Client::new();
-    let mut lines: Vec<String> = opts.messages.clone();
+    let chat = Chat {
+        http: reqwest::Client::new(),
+        standin,
+        pnid,
+        secret,
+        opts: &opts,
+    };
+    let mut lines: std::collections::VecDeque<String> = opts.messages.iter().cloned().collect();
     let interactive = lines.is_empty();
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    let mut n = 0usize;
     loop {
         let text = if interactive {
             eprint!("you> ");
@@ -80,17 +85,48 @@ pub async fn run(
                 Some(l) => l,
                 None => break,
             }
-        } else if lines.is_empty() {
-            break;
         } else {
-            lines.remove(0)
+            match lines.pop_front() {
+                Some(l) => l,
+                None => break,
+            }
         };
-        n += 1;
-        let wamid = format!("wamid.sim.{}.{}", uuid::Uuid::new_v4().simple(), n);
-        let body = named_text_webhook(&pnid, &opts.from, &opts.profile_name, &wamid, &text);
-        let sig = meta::sign(secret.expose_secret().as_bytes(), body.as_bytes());
-        let mut seen = standin.received().len();
-        let resp = http
+        match chat.say(&text).await? {
+            Some(reply) => println!("bot> {reply}"),
+            None => {
+                println!("bot> (no reply within {} s)", opts.timeout.as_secs());
+                eprintln!(
+                    "     The tenant may be inactive, over a limit, or this chat handed to a person \
+                     (alphadome conversation list --tenant {}); the platform's log says why.",
+                    tenant.client_phone
+                );
+            }
+        }
+    }
+    shutdown.cancel();
+    Ok(())
+}
+
+/// One customer's chat with one tenant's bot.
+struct Chat<'a> {
+    http: reqwest::Client,
+    standin: std::sync::Arc<GraphStandIn>,
+    pnid: String,
+    secret: SecretString,
+    opts: &'a SimulateOptions,
+}
+
+impl Chat<'_> {
+    /// Sends `text` as a signed webhook; the bot's reply, if one reaches
+    /// the stand-in within the time-out.
+    async fn say(&self, text: &str) -> anyhow::Result<Option<String>> {
+        let opts = self.opts;
+        let wamid = format!("wamid.sim.{}", uuid::Uuid::new_v4().simple());
+        let body = named_text_webhook(&self.pnid, &opts.from, &opts.profile_name, &wamid, text);
+        let sig = meta::sign(self.secret.expose_secret().as_bytes(), body.as_bytes());
+        let mut seen = self.standin.accepted();
+        let resp = self
+            .http
             .post(&opts.ingress_url)
             .header("content-type", "application/json")
             .header("x-hub-signature-256", sig)
@@ -106,29 +142,16 @@ pub async fn run(
             );
         }
         let deadline = tokio::time::Instant::now() + opts.timeout;
-        let mut answered = false;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let got = standin.wait_for(seen + 1, left).await;
+            let got = self.standin.wait_for(seen + 1, left).await;
             if let Some(r) = got.iter().skip(seen).find(|r| r.in_reply_to() == wamid) {
-                println!("bot> {}", r.text());
-                answered = true;
-                break;
+                return Ok(Some(r.text()));
             }
             if got.len() <= seen || left.is_zero() {
-                break;
+                return Ok(None);
             }
             seen = got.len();
         }
-        if !answered {
-            println!("bot> (no reply within {} s)", opts.timeout.as_secs());
-            eprintln!(
-                "     The tenant may be inactive, over a limit, or this chat handed to a person \
-                 (alphadome conversation list --tenant {}); the platform's log says why.",
-                tenant.client_phone
-            );
-        }
     }
-    shutdown.cancel();
-    Ok(())
 }

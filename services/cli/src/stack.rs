@@ -80,6 +80,27 @@ impl RunOptions {
     }
 }
 
+/// The shared connections of one process.
+struct Shared {
+    config: Config,
+    /// The owner pool (migrations, health, the admin path).
+    pool: sqlx::PgPool,
+    bus: Bus,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// A pool of `max` connections acting as `role`: row-level security
+    /// confines each service to the tenant each transaction sets.
+    async fn pool_as(&self, role: db::ServiceRole, max: u32) -> anyhow::Result<sqlx::PgPool> {
+        db::connect_as(&self.config.database_url, role, max)
+            .await
+            .with_context(|| format!("cannot connect to Postgres as {}", role.name()))
+    }
+}
+
+type ServiceTask = anyhow::Result<()>;
+
 /// Runs `opts.services` until `shutdown`, serving HTTP (webhook when
 /// ingress runs, admin API when admin runs, `/healthz` and `/readyz`
 /// always) on `listener`. In-flight work is finished before it returns.
@@ -91,9 +112,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Postgres serves best with few busy connections (a few per core): the
     // pools are small, and every process stays far below max_connections.
-    let size = config.db_pool_size;
-    let small = (size / 2).max(2);
-    let pool = db::connect(&config.database_url, small)
+    let pool = db::connect(&config.database_url, (config.db_pool_size / 2).max(2))
         .await
         .context("cannot connect to Postgres (DATABASE_URL)")?;
     if opts.migrate {
@@ -101,94 +120,21 @@ pub async fn run(
     }
     let bus = Bus::connect(&config.nats_url, &config.nats_prefix).await?;
     bus.ensure_streams(config.duplicate_window).await?;
-    // Each service works through a pool of its own least-privilege role, so
-    // row-level security confines it to the tenant each transaction sets.
-    let as_role = |role: db::ServiceRole, max: u32| {
-        let url = config.database_url.clone();
-        async move {
-            db::connect_as(&url, role, max)
-                .await
-                .with_context(|| format!("cannot connect to Postgres as {}", role.name()))
-        }
+    let shared = Shared {
+        config,
+        pool,
+        bus,
+        shutdown,
     };
-
     let mut router = health::router(health::Readiness {
-        db: pool.clone(),
-        nats: bus.client.clone(),
+        db: shared.pool.clone(),
+        nats: shared.bus.client.clone(),
     });
     let mut tasks = tokio::task::JoinSet::new();
-    let has = |s: Service| opts.services.contains(&s);
-
-    if has(Service::Ingress) {
-        let ingress = alphadome_ingress::Ingress::start(
-            &config,
-            as_role(db::ServiceRole::Ingress, small).await?,
-            bus.clone(),
-            shutdown.clone(),
-        )
-        .await
-        .context("ingress start-up")?;
-        router = router.merge(alphadome_ingress::router(ingress));
-    }
-    if has(Service::Admin) {
-        if let Some(api) = alphadome_admin::http::router(
-            pool.clone(),
-            config.admin_token.clone(),
-            &config.country_code,
-            config.verify_token_max_age_days,
-        ) {
-            router = router.merge(api);
+    for service in &opts.services {
+        if let Some(routes) = start(&shared, *service, &mut tasks).await? {
+            router = router.merge(routes);
         }
-        alphadome_admin::tokens::TokenWatch::new(&config, pool.clone(), bus.clone())
-            .context("admin start-up")?
-            .spawn(config.token_check_every, shutdown.clone());
-    }
-    if has(Service::Responder) {
-        let r = alphadome_responder::Responder::start(
-            &config,
-            as_role(db::ServiceRole::Responder, size).await?,
-            bus.clone(),
-            shutdown.clone(),
-        )
-        .await
-        .context("responder start-up")?;
-        let (s, settings) = (shutdown.clone(), in_hand(config.responder_in_hand));
-        tasks.spawn(async move {
-            r.run(settings, s)
-                .await
-                .map_err(anyhow::Error::from)
-                .context("responder")
-        });
-    }
-    if has(Service::Sender) {
-        let snd = alphadome_sender::Sender::start(
-            &config,
-            as_role(db::ServiceRole::Sender, size).await?,
-            bus.clone(),
-            shutdown.clone(),
-        )
-        .await
-        .context("sender start-up")?;
-        let (s, settings) = (shutdown.clone(), in_hand(config.sender_in_hand));
-        tasks.spawn(async move {
-            snd.run(settings, s)
-                .await
-                .map_err(anyhow::Error::from)
-                .context("sender")
-        });
-    }
-    if has(Service::Logger) {
-        let (p, b, s) = (
-            as_role(db::ServiceRole::Logger, size).await?,
-            bus.clone(),
-            shutdown.clone(),
-        );
-        tasks.spawn(async move {
-            alphadome_logger::run(p, b, s)
-                .await
-                .map_err(anyhow::Error::from)
-                .context("logger")
-        });
     }
     let names: Vec<String> = opts
         .services
@@ -196,10 +142,78 @@ pub async fn run(
         .map(|s| format!("{s:?}").to_lowercase())
         .collect();
     tracing::info!(services = ?names, addr = %listener.local_addr()?, "alphadome running");
+    serve_until_done(shared, listener, router, tasks).await
+}
 
+/// Starts one service: its routes to serve, if it has any; its consumer
+/// loop, if it has one, into `tasks`.
+async fn start(
+    shared: &Shared,
+    service: Service,
+    tasks: &mut tokio::task::JoinSet<ServiceTask>,
+) -> anyhow::Result<Option<axum::Router>> {
+    let (config, bus, shutdown) = (&shared.config, &shared.bus, &shared.shutdown);
+    let (size, small) = (config.db_pool_size, (config.db_pool_size / 2).max(2));
+    match service {
+        Service::Ingress => {
+            let db = shared.pool_as(db::ServiceRole::Ingress, small).await?;
+            let ingress =
+                alphadome_ingress::Ingress::start(config, db, bus.clone(), shutdown.clone())
+                    .await
+                    .context("ingress start-up")?;
+            Ok(Some(alphadome_ingress::router(ingress)))
+        }
+        Service::Admin => {
+            alphadome_admin::tokens::TokenWatch::new(config, shared.pool.clone(), bus.clone())
+                .context("admin start-up")?
+                .spawn(config.token_check_every, shutdown.clone());
+            Ok(alphadome_admin::http::router(
+                shared.pool.clone(),
+                config.admin_token.clone(),
+                &config.country_code,
+                config.verify_token_max_age_days,
+            ))
+        }
+        Service::Responder => {
+            let db = shared.pool_as(db::ServiceRole::Responder, size).await?;
+            let r =
+                alphadome_responder::Responder::start(config, db, bus.clone(), shutdown.clone())
+                    .await
+                    .context("responder start-up")?;
+            let (s, settings) = (shutdown.clone(), in_hand(config.responder_in_hand));
+            tasks.spawn(async move { r.run(settings, s).await.context("responder") });
+            Ok(None)
+        }
+        Service::Sender => {
+            let db = shared.pool_as(db::ServiceRole::Sender, size).await?;
+            let snd = alphadome_sender::Sender::start(config, db, bus.clone(), shutdown.clone())
+                .await
+                .context("sender start-up")?;
+            let (s, settings) = (shutdown.clone(), in_hand(config.sender_in_hand));
+            tasks.spawn(async move { snd.run(settings, s).await.context("sender") });
+            Ok(None)
+        }
+        Service::Logger => {
+            let db = shared.pool_as(db::ServiceRole::Logger, size).await?;
+            let (b, s) = (bus.clone(), shutdown.clone());
+            tasks.spawn(async move { alphadome_logger::run(db, b, s).await.context("logger") });
+            Ok(None)
+        }
+    }
+}
+
+/// Serves HTTP until shutdown, or until a service ends on its own (which
+/// stops everything); then waits for every service to finish its work in
+/// hand.
+async fn serve_until_done(
+    shared: Shared,
+    listener: TcpListener,
+    router: axum::Router,
+    mut tasks: tokio::task::JoinSet<ServiceTask>,
+) -> anyhow::Result<()> {
+    let shutdown = shared.shutdown.clone();
     let server = health::serve(listener, router, shutdown.clone());
     let server_result = {
-        let shutdown = shutdown.clone();
         let mut server = Box::pin(server);
         tokio::select! {
             r = &mut server => r,
@@ -216,8 +230,8 @@ pub async fn run(
     while let Some(done) = tasks.join_next().await {
         done.context("service task panicked")??;
     }
-    bus.client.flush().await.ok();
-    pool.close().await;
+    shared.bus.client.flush().await.ok();
+    shared.pool.close().await;
     server_result.context("HTTP server")?;
     tracing::info!("alphadome stopped");
     Ok(())

@@ -344,55 +344,7 @@ fn parse_message(
         .clone()
         .or_else(|| contact.and_then(|c| c.user_id.clone()))
         .unwrap_or_default();
-    let caption = |media: &Option<Media>| {
-        media
-            .as_ref()
-            .and_then(|x| x.caption.clone())
-            .unwrap_or_default()
-    };
-    let (kind, text, reply_id) = match m.kind.as_str() {
-        "text" => (
-            MessageKind::Text,
-            m.text.map(|t| t.body).unwrap_or_default(),
-            String::new(),
-        ),
-        "interactive" => match m.interactive {
-            Some(i) if i.kind == "button_reply" => {
-                let r = i.button_reply.unwrap_or(Reply {
-                    id: String::new(),
-                    title: String::new(),
-                });
-                (MessageKind::InteractiveButtonReply, r.title, r.id)
-            }
-            Some(i) if i.kind == "list_reply" => {
-                let r = i.list_reply.unwrap_or(Reply {
-                    id: String::new(),
-                    title: String::new(),
-                });
-                (MessageKind::InteractiveListReply, r.title, r.id)
-            }
-            _ => (MessageKind::Other, String::new(), String::new()),
-        },
-        "button" => {
-            let b = m.button.unwrap_or(ButtonTap {
-                payload: String::new(),
-                text: String::new(),
-            });
-            (MessageKind::Button, b.text, b.payload)
-        }
-        "image" => (MessageKind::Image, caption(&m.image), String::new()),
-        "video" => (MessageKind::Video, caption(&m.video), String::new()),
-        "document" => (MessageKind::Document, caption(&m.document), String::new()),
-        "audio" => (MessageKind::Audio, caption(&m.audio), String::new()),
-        "sticker" => (MessageKind::Sticker, caption(&m.sticker), String::new()),
-        "location" => (MessageKind::Location, String::new(), String::new()),
-        "reaction" => (MessageKind::Reaction, String::new(), String::new()),
-        "contacts" => (MessageKind::Contacts, String::new(), String::new()),
-        "order" => (MessageKind::Order, String::new(), String::new()),
-        "system" => (MessageKind::System, String::new(), String::new()),
-        "unsupported" => (MessageKind::Unsupported, String::new(), String::new()),
-        _ => (MessageKind::Other, String::new(), String::new()),
-    };
+    let (kind, text, reply_id) = content(&m);
     if m.id.trim().is_empty() {
         return Err(serde::de::Error::custom("empty message id"));
     }
@@ -415,6 +367,57 @@ fn parse_message(
         sent_at: m.timestamp.0,
         raw_json: raw.get().to_owned(),
     })
+}
+
+/// What a message says: its kind, its text (the body, the tapped button's
+/// title, a media caption) and the id of the reply or button tapped.
+fn content(m: &RawMessage) -> (MessageKind, String, String) {
+    let caption = |media: &Option<Media>| {
+        media
+            .as_ref()
+            .and_then(|x| x.caption.clone())
+            .unwrap_or_default()
+    };
+    let tapped = |r: &Option<Reply>| {
+        r.as_ref()
+            .map(|r| (r.title.clone(), r.id.clone()))
+            .unwrap_or_default()
+    };
+    let none = String::new;
+    match m.kind.as_str() {
+        "text" => (
+            MessageKind::Text,
+            m.text.as_ref().map(|t| t.body.clone()).unwrap_or_default(),
+            none(),
+        ),
+        "interactive" => match &m.interactive {
+            Some(i) if i.kind == "button_reply" => {
+                let (title, id) = tapped(&i.button_reply);
+                (MessageKind::InteractiveButtonReply, title, id)
+            }
+            Some(i) if i.kind == "list_reply" => {
+                let (title, id) = tapped(&i.list_reply);
+                (MessageKind::InteractiveListReply, title, id)
+            }
+            _ => (MessageKind::Other, none(), none()),
+        },
+        "button" => match &m.button {
+            Some(b) => (MessageKind::Button, b.text.clone(), b.payload.clone()),
+            None => (MessageKind::Button, none(), none()),
+        },
+        "image" => (MessageKind::Image, caption(&m.image), none()),
+        "video" => (MessageKind::Video, caption(&m.video), none()),
+        "document" => (MessageKind::Document, caption(&m.document), none()),
+        "audio" => (MessageKind::Audio, caption(&m.audio), none()),
+        "sticker" => (MessageKind::Sticker, caption(&m.sticker), none()),
+        "location" => (MessageKind::Location, none(), none()),
+        "reaction" => (MessageKind::Reaction, none(), none()),
+        "contacts" => (MessageKind::Contacts, none(), none()),
+        "order" => (MessageKind::Order, none(), none()),
+        "system" => (MessageKind::System, none(), none()),
+        "unsupported" => (MessageKind::Unsupported, none(), none()),
+        _ => (MessageKind::Other, none(), none()),
+    }
 }
 
 /// Rank of a delivery status: a status never replaces one of higher rank.

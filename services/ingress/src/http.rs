@@ -210,12 +210,6 @@ async fn publish_all(
     routes: &[(String, Option<Arc<Route>>)],
     signed_by: SignedBy,
 ) -> Result<(), BusError> {
-    let route_for = |pnid: &str| -> Option<&Arc<Route>> {
-        routes
-            .iter()
-            .find(|(p, _)| p == pnid)
-            .and_then(|(_, r)| r.as_ref())
-    };
     for reason in &parsed.rejected {
         s.counters.rejected_items.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%reason, "webhook item dropped");
@@ -224,23 +218,14 @@ async fn publish_all(
         tracing::warn!(phone_number_id = %pnid, code = err.code, title = %err.title, "out-of-band error from Meta");
     }
     let received_at_ms = now_ms();
-    let mut messages = Vec::new();
-    for m in parsed.messages {
-        let Some(r) = route_for(&m.phone_number_id) else {
-            s.counters.unknown_tenant.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(phone_number_id = %m.phone_number_id, "message for unknown phone number id dropped");
-            continue;
-        };
-        if !webhook::speaks_for(r, signed_by) {
-            s.counters.bad_signature.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(tenant_id = %r.tenant_id, "message signed with another app's secret dropped");
-            continue;
-        }
-        let tenant = r.tenant_id;
+    let messages = parsed.messages.into_iter().filter_map(|m| {
+        let tenant = tenant_for(s, routes, &m.phone_number_id, signed_by, "message")?;
         let span = tracing::info_span!("ingress.message", tenant_id = %tenant, wamid = %m.wamid);
-        let subject = s.bus.subject(StreamKind::Inbound, &tenant.to_string());
-        let bus = s.bus.clone();
-        messages.push(
+        let (bus, subject) = (
+            s.bus.clone(),
+            s.bus.subject(StreamKind::Inbound, &tenant.to_string()),
+        );
+        Some(
             async move {
                 let id = m.wamid.clone();
                 let event =
@@ -249,52 +234,76 @@ async fn publish_all(
                     .await
             }
             .instrument(span),
-        );
-    }
-    let mut statuses = Vec::new();
-    for st in parsed.statuses {
-        let Some(r) = route_for(&st.phone_number_id) else {
-            s.counters.unknown_tenant.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(phone_number_id = %st.phone_number_id, "status for unknown phone number id dropped");
-            continue;
-        };
-        if !webhook::speaks_for(r, signed_by) {
-            s.counters.bad_signature.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let tenant = r.tenant_id;
+        )
+    });
+    let messages: Vec<_> = messages.collect();
+    let statuses = parsed.statuses.into_iter().filter_map(|st| {
+        let tenant = tenant_for(s, routes, &st.phone_number_id, signed_by, "status")?;
         let span = tracing::info_span!("ingress.status", tenant_id = %tenant, wamid = %st.wamid, status = %st.status);
-        let subject = s.bus.subject(StreamKind::Status, &tenant.to_string());
-        let bus = s.bus.clone();
-        statuses.push(
+        let (bus, subject) = (s.bus.clone(), s.bus.subject(StreamKind::Status, &tenant.to_string()));
+        Some(
             async move {
                 let id = webhook::status_id(&st);
                 let event =
                     webhook::status_event(tenant, st, received_at_ms, telemetry::current_trace());
-                bus.publish(subject, &id, event.encode_to_vec().into())
-                    .await
+                bus.publish(subject, &id, event.encode_to_vec().into()).await
             }
             .instrument(span),
-        );
-    }
+        )
+    });
+    let statuses: Vec<_> = statuses.collect();
     let (messages, statuses) =
         futures_util::future::join(join_all(messages), join_all(statuses)).await;
+    let first = tally(s, messages, &s.counters.accepted_messages);
+    let second = tally(s, statuses, &s.counters.accepted_statuses);
+    first.and(second)
+}
+
+/// The tenant an item goes to: its phone number id's, when that tenant is
+/// known and the body's signature speaks for it; else the item is counted
+/// and dropped.
+fn tenant_for(
+    s: &Ingress,
+    routes: &[(String, Option<Arc<Route>>)],
+    pnid: &str,
+    signed_by: SignedBy,
+    what: &str,
+) -> Option<uuid::Uuid> {
+    let route = routes
+        .iter()
+        .find(|(p, _)| p == pnid)
+        .and_then(|(_, r)| r.as_ref());
+    let Some(r) = route else {
+        s.counters.unknown_tenant.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(phone_number_id = %pnid, "{what} for unknown phone number id dropped");
+        return None;
+    };
+    if !webhook::speaks_for(r, signed_by) {
+        s.counters.bad_signature.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(tenant_id = %r.tenant_id, "{what} signed with another app's secret dropped");
+        return None;
+    }
+    Some(r.tenant_id)
+}
+
+/// Counts the acknowledged publishes (and the duplicates among them); the
+/// first failure, if any.
+fn tally(
+    s: &Ingress,
+    results: Vec<Result<bool, BusError>>,
+    accepted: &AtomicU64,
+) -> Result<(), BusError> {
     let mut first_err = None;
-    for (results, accepted) in [
-        (messages, &s.counters.accepted_messages),
-        (statuses, &s.counters.accepted_statuses),
-    ] {
-        for r in results {
-            match r {
-                Ok(duplicate) => {
-                    if duplicate {
-                        s.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                    }
-                    accepted.fetch_add(1, Ordering::Relaxed);
+    for r in results {
+        match r {
+            Ok(duplicate) => {
+                if duplicate {
+                    s.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
             }
         }
     }

@@ -40,7 +40,6 @@ pub async fn consume(
     consumer: jetstream::consumer::PullConsumer,
     shutdown: CancellationToken,
 ) -> Result<(), bus::BusError> {
-    let s = settings();
     let stream_name = bus.stream_name(kind);
     while !shutdown.is_cancelled() {
         let messages = match consumer
@@ -61,16 +60,49 @@ pub async fn consume(
             }
         };
         let mut messages = std::pin::pin!(messages);
-        // Up to PARALLEL_BATCHES batches are written at once, each in its
-        // own transaction, so the database is never idle while a batch's
-        // acks go out or the next one is pulled. Order does not matter:
-        // rows carry their own time, statuses never regress.
-        //
-        // A batch goes when it is full, or LINGER after its first message:
-        // a log row is nobody's reply, and one statement for 40 rows costs
-        // the database a fraction of 40 statements. Messages are taken one
-        // at a time into `pending`, outside the select, so a branch that
-        // wins never drops a half-gathered batch.
+        let writer = Writer {
+            db: &db,
+            bus: &bus,
+            stream_name: &stream_name,
+            kind,
+        };
+        writer.drain(&mut messages, &shutdown).await;
+        if shutdown.is_cancelled() {
+            bus::hand_back(&mut messages, BATCH).await;
+        }
+    }
+    Ok(())
+}
+
+/// Where one consumer's batches go.
+struct Writer<'a> {
+    db: &'a PgPool,
+    bus: &'a Bus,
+    stream_name: &'a str,
+    kind: StreamKind,
+}
+
+impl Writer<'_> {
+    /// Gathers messages of one pull into batches and writes them, until the
+    /// pull ends or `shutdown`; what was gathered is written before it
+    /// returns (graceful shutdown finishes the work in hand).
+    ///
+    /// Up to PARALLEL_BATCHES batches are written at once, each in its own
+    /// transaction, so the database is never idle while a batch's acks go
+    /// out or the next one is pulled. Order does not matter: rows carry
+    /// their own time, statuses never regress.
+    ///
+    /// A batch goes when it is full, or LINGER after its first message: a
+    /// log row is nobody's reply, and one statement for 40 rows costs the
+    /// database a fraction of 40 statements. Messages are taken one at a
+    /// time into `pending`, outside the select, so a branch that wins never
+    /// drops a half-gathered batch.
+    async fn drain<S>(&self, messages: &mut S, shutdown: &CancellationToken)
+    where
+        S: futures_util::Stream<
+                Item = Result<jetstream::Message, jetstream::consumer::pull::MessagesError>,
+            > + Unpin,
+    {
         let mut writing = futures_util::stream::FuturesUnordered::new();
         let mut pending: Vec<jetstream::Message> = Vec::new();
         let mut due: Option<tokio::time::Instant> = None;
@@ -81,10 +113,8 @@ pub async fn consume(
                     || ended
                     || due.is_some_and(|d| d <= tokio::time::Instant::now()));
             if ready && writing.len() < PARALLEL_BATCHES {
-                let batch = std::mem::take(&mut pending);
                 due = None;
-                let (db, bus, stream_name) = (db.clone(), bus.clone(), stream_name.clone());
-                writing.push(write_and_settle(db, bus, stream_name, kind, s, batch));
+                writing.push(self.write_and_settle(std::mem::take(&mut pending)));
                 continue;
             }
             if ended && pending.is_empty() {
@@ -103,47 +133,33 @@ pub async fn consume(
                         pending.push(m);
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(stream = %stream_name, error = %Report(&e), "pull stream error");
+                        tracing::warn!(stream = %self.stream_name, error = %Report(&e), "pull stream error");
                     }
                     None => ended = true,
                 },
             }
         }
-        // What was gathered is written before stopping (graceful shutdown
-        // finishes the work in hand).
         if !pending.is_empty() {
-            let (db, bus, stream_name) = (db.clone(), bus.clone(), stream_name.clone());
-            writing.push(write_and_settle(db, bus, stream_name, kind, s, pending));
+            writing.push(self.write_and_settle(pending));
         }
         while writing.next().await.is_some() {}
-        if shutdown.is_cancelled() {
-            bus::hand_back(&mut messages, BATCH).await;
-        }
     }
-    Ok(())
-}
 
-/// Writes one batch and acks (or naks, or dead-letters) each message.
-async fn write_and_settle(
-    db: PgPool,
-    bus: Bus,
-    stream_name: String,
-    kind: StreamKind,
-    s: ConsumerSettings,
-    batch: Vec<jetstream::Message>,
-) {
-    let outcomes = match kind {
-        StreamKind::Status => write::apply_statuses(&db, &batch).await,
-        _ => write::write_logs(&db, &batch).await,
-    };
-    let settle = batch.iter().zip(outcomes).map(|(msg, outcome)| {
-        let meta = MessageMeta {
-            subject: msg.subject.to_string(),
-            delivered: msg.info().map(|i| i.delivered).unwrap_or(1),
-            headers: msg.headers.clone(),
+    /// Writes one batch and acks (or naks, or dead-letters) each message.
+    async fn write_and_settle(&self, batch: Vec<jetstream::Message>) {
+        let s = settings();
+        let outcomes = match self.kind {
+            StreamKind::Status => write::apply_statuses(self.db, &batch).await,
+            _ => write::write_logs(self.db, &batch).await,
         };
-        let (bus, stream_name) = (&bus, &stream_name);
-        async move { bus::settle(bus, stream_name, &s, msg, &meta, outcome).await }
-    });
-    futures_util::future::join_all(settle).await;
+        let settle = batch.iter().zip(outcomes).map(|(msg, outcome)| {
+            let meta = MessageMeta {
+                subject: msg.subject.to_string(),
+                delivered: msg.info().map(|i| i.delivered).unwrap_or(1),
+                headers: msg.headers.clone(),
+            };
+            async move { bus::settle(self.bus, self.stream_name, &s, msg, &meta, outcome).await }
+        });
+        futures_util::future::join_all(settle).await;
+    }
 }

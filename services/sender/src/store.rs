@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use alphadome_core::batch::{by_index, unzip5, Coalescer};
 use alphadome_core::db::{scoped, Sticky};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// One claim: tenant, outbound id, in reply to.
@@ -37,27 +37,9 @@ pub fn claim_batcher(db: PgPool, lease: Duration) -> Coalescer<ClaimRequest, Cla
             async move {
                 let mut conn = sticky.get().await?;
                 let n = reqs.len();
-                let (tenants, (ids, replies)): (Vec<Uuid>, (Vec<String>, Vec<String>)) = reqs
-                    .into_iter()
-                    .map(|(t, id, reply)| (t, (id, reply)))
-                    .unzip();
-                let rows: Vec<(i32, bool, String, i32, Option<String>)> =
-                    sqlx::query_as("SELECT * FROM alphadome.claim_outbound_batch($1, $2, $3, $4)")
-                        .bind(&tenants)
-                        .bind(&ids)
-                        .bind(&replies)
-                        .bind(lease.as_secs_f64())
-                        .fetch_all(&mut *conn)
-                        .await?;
+                let rows = claim_batch(&mut conn, reqs, lease).await?;
                 conn.keep();
-                Ok::<_, sqlx::Error>(by_index(
-                    n,
-                    rows.into_iter()
-                        .map(|(i, claimed, state, parts, wamid)| {
-                            (i, (claimed, state, parts, wamid))
-                        })
-                        .collect(),
-                ))
+                Ok::<_, sqlx::Error>(by_index(n, rows))
             }
         },
     )
@@ -76,20 +58,56 @@ pub fn record_batcher(db: PgPool) -> Coalescer<RecordRequest, ()> {
             async move {
                 let mut conn = sticky.get().await?;
                 let n = reqs.len();
-                let cols = unzip5(reqs);
-                sqlx::query("SELECT alphadome.record_outbound_progress_batch($1, $2, $3, $4, $5)")
-                    .bind(&cols.0)
-                    .bind(&cols.1)
-                    .bind(&cols.2)
-                    .bind(&cols.3)
-                    .bind(&cols.4)
-                    .execute(&mut *conn)
-                    .await?;
+                record_batch(&mut conn, reqs).await?;
                 conn.keep();
                 Ok::<_, sqlx::Error>(vec![Some(()); n])
             }
         },
     )
+}
+
+/// Claims a batch of replies in one call (`alphadome.claim_outbound_batch`,
+/// in outbound id order): rows numbered from 1 by their position in
+/// `reqs`; a reply whose row is not visible under its tenant gets none.
+pub async fn claim_batch(
+    conn: &mut PgConnection,
+    reqs: Vec<ClaimRequest>,
+    lease: Duration,
+) -> Result<Vec<(i32, ClaimRow)>, sqlx::Error> {
+    let (tenants, (ids, replies)): (Vec<Uuid>, (Vec<String>, Vec<String>)) = reqs
+        .into_iter()
+        .map(|(t, id, reply)| (t, (id, reply)))
+        .unzip();
+    let rows: Vec<(i32, bool, String, i32, Option<String>)> =
+        sqlx::query_as("SELECT * FROM alphadome.claim_outbound_batch($1, $2, $3, $4)")
+            .bind(&tenants)
+            .bind(&ids)
+            .bind(&replies)
+            .bind(lease.as_secs_f64())
+            .fetch_all(conn)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(i, claimed, state, parts, wamid)| (i, (claimed, state, parts, wamid)))
+        .collect())
+}
+
+/// Records a batch of replies' progress in one call
+/// (`alphadome.record_outbound_progress_batch`).
+pub async fn record_batch(
+    conn: &mut PgConnection,
+    reqs: Vec<RecordRequest>,
+) -> Result<(), sqlx::Error> {
+    let cols = unzip5(reqs);
+    sqlx::query("SELECT alphadome.record_outbound_progress_batch($1, $2, $3, $4, $5)")
+        .bind(&cols.0)
+        .bind(&cols.1)
+        .bind(&cols.2)
+        .bind(&cols.3)
+        .bind(&cols.4)
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 /// Claims one reply alone (`alphadome.claim_outbound`); `None` when its

@@ -112,31 +112,9 @@ where
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 next = messages.next(), if in_flight.len() < settings.concurrency.max(1) => match next {
                     Some(Ok(msg)) => {
-                        let handle = handle.clone();
-                        let bus = bus.clone();
-                        let stream_name = stream_name.clone();
+                        let (handle, bus, stream_name) = (handle.clone(), bus.clone(), stream_name.clone());
                         in_flight.push(async move {
-                            let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-                            let meta = MessageMeta {
-                                subject: msg.subject.to_string(),
-                                delivered,
-                                headers: msg.headers.clone(),
-                            };
-                            // Long work (a slow LLM, a send waiting for its
-                            // number's rate) tells JetStream it is alive, so
-                            // the message is not redelivered meanwhile.
-                            let work = handle(msg.payload.clone(), meta.clone());
-                            let mut work = std::pin::pin!(work);
-                            let every = (settings.ack_wait / 2).max(Duration::from_millis(100));
-                            let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                            let outcome = loop {
-                                tokio::select! {
-                                    o = &mut work => break o,
-                                    _ = beat.tick() => {
-                                        let _ = msg.ack_with(AckKind::Progress).await;
-                                    }
-                                }
-                            };
+                            let (meta, outcome) = work_on(&msg, &settings, handle).await;
                             settle(&bus, &stream_name, &settings, &msg, &meta, outcome).await;
                         });
                     }
@@ -161,6 +139,38 @@ where
             return Ok(());
         }
     }
+}
+
+/// Runs `handle` on one message. Long work (a slow LLM, a send waiting for
+/// its number's rate) tells JetStream it is alive every half `ack_wait`, so
+/// the message is not redelivered meanwhile.
+async fn work_on<F, Fut>(
+    msg: &jetstream::Message,
+    settings: &ConsumerSettings,
+    handle: F,
+) -> (MessageMeta, Outcome)
+where
+    F: Fn(Bytes, MessageMeta) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let meta = MessageMeta {
+        subject: msg.subject.to_string(),
+        delivered: msg.info().map(|i| i.delivered).unwrap_or(1),
+        headers: msg.headers.clone(),
+    };
+    let work = handle(msg.payload.clone(), meta.clone());
+    let mut work = std::pin::pin!(work);
+    let every = (settings.ack_wait / 2).max(Duration::from_millis(100));
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let outcome = loop {
+        tokio::select! {
+            o = &mut work => break o,
+            _ = beat.tick() => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+        }
+    };
+    (meta, outcome)
 }
 
 /// The most messages one pull asks for.
