@@ -333,7 +333,7 @@ async fn fault(w: &mut World, name: &str, f: Fault) -> Counts {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn faults_lose_nothing_and_double_nothing() {
+async fn fault_injection_loses_nothing_and_doubles_nothing() {
     let mut w = World::start().await;
     let faults = [
         ("none (baseline)", Fault::None),
