@@ -89,6 +89,42 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Option<TenantContext>, sqlx
         .map(TenantContext::from_snapshot))
 }
 
+/// What the responder's unit tests build contexts from.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// An active tenant without credentials.
+    pub fn tenant() -> Tenant {
+        Tenant {
+            id: Uuid::new_v4(),
+            client_name: "Shop".into(),
+            client_phone: "254700000001".into(),
+            client_email: None,
+            brand_id: None,
+            point_of_contact_name: None,
+            point_of_contact_phone: None,
+            whatsapp_phone_number_id: Some("100".into()),
+            whatsapp_business_account_id: None,
+            whatsapp_access_token: None,
+            whatsapp_token_expires_at: None,
+            whatsapp_app_secret: None,
+            whatsapp_token_invalid_at: None,
+            ai_provider: None,
+            ai_api_key: None,
+            ai_model: None,
+            ai_base_url: None,
+            is_active: true,
+            is_verified: false,
+            webhook_verify_token: None,
+            webhook_url: None,
+            metadata: serde_json::json!({}),
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,32 +144,7 @@ mod tests {
 
     #[test]
     fn faq_and_canned_replies_are_indexed_examples_kept_for_prompts() {
-        let tenant = Tenant {
-            id: Uuid::new_v4(),
-            client_name: "Shop".into(),
-            client_phone: "254700000001".into(),
-            client_email: None,
-            brand_id: None,
-            point_of_contact_name: None,
-            point_of_contact_phone: None,
-            whatsapp_phone_number_id: None,
-            whatsapp_business_account_id: None,
-            whatsapp_access_token: None,
-            whatsapp_token_expires_at: None,
-            whatsapp_app_secret: None,
-            whatsapp_token_invalid_at: None,
-            ai_provider: None,
-            ai_api_key: None,
-            ai_model: None,
-            ai_base_url: None,
-            is_active: true,
-            is_verified: false,
-            webhook_verify_token: None,
-            webhook_url: None,
-            metadata: serde_json::json!({}),
-            created_at: chrono::Utc::now(),
-            updated_at: chrono::Utc::now(),
-        };
+        let tenant = fixtures::tenant();
         let mut training = vec![
             row("faq", "opening hours", "9 to 5", 5),
             row("canned_reply", "thanks", "You're welcome!", 1),

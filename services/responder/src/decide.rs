@@ -247,36 +247,11 @@ pub fn reply_event(
 mod tests {
     use super::*;
     use crate::matcher::{FaqEntry, FaqIndex};
-    use alphadome_core::tenant::{ControlSettings, Tenant};
+    use alphadome_core::tenant::ControlSettings;
 
     fn ctx(settings: ControlSettings) -> TenantContext {
         TenantContext {
-            tenant: Tenant {
-                id: Uuid::new_v4(),
-                client_name: "Shop".into(),
-                client_phone: "254700000001".into(),
-                client_email: None,
-                brand_id: None,
-                point_of_contact_name: None,
-                point_of_contact_phone: None,
-                whatsapp_phone_number_id: Some("100".into()),
-                whatsapp_business_account_id: None,
-                whatsapp_access_token: None,
-                whatsapp_token_expires_at: None,
-                whatsapp_app_secret: None,
-                whatsapp_token_invalid_at: None,
-                ai_provider: None,
-                ai_api_key: None,
-                ai_model: None,
-                ai_base_url: None,
-                is_active: true,
-                is_verified: false,
-                webhook_verify_token: None,
-                webhook_url: None,
-                metadata: serde_json::json!({}),
-                created_at: chrono::Utc::now(),
-                updated_at: chrono::Utc::now(),
-            },
+            tenant: crate::context::fixtures::tenant(),
             settings,
             templates: Vec::new(),
             examples: Vec::new(),
