@@ -22,11 +22,12 @@ pub async fn find(
 ) -> Result<Tenant, AdminError> {
     let found = match Uuid::parse_str(id_or_phone.trim()) {
         Ok(id) => tenant::store::load(db, id).await?,
-        Err(_) => {
-            let phone = phone::normalize(id_or_phone, country_code)
-                .unwrap_or_else(|_| id_or_phone.trim().to_owned());
-            tenant::store::find_by_phone(db, &phone).await?
-        }
+        // What is neither an id nor a phone number names no tenant (and
+        // is not sent to the database: a NUL byte would make it an error).
+        Err(_) => match phone::normalize(id_or_phone, country_code) {
+            Ok(phone) => tenant::store::find_by_phone(db, &phone).await?,
+            Err(_) => None,
+        },
     };
     found.ok_or_else(|| AdminError::NotFound(id_or_phone.to_owned()))
 }

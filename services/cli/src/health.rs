@@ -41,18 +41,3 @@ fn ok(b: bool) -> &'static str {
         "unavailable"
     }
 }
-
-/// Serves `router` on `listener` until `shutdown` fires, then finishes the
-/// requests in flight.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: alphadome_core::CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
-}

@@ -8,7 +8,7 @@ use alphadome_core::{db, CancellationToken};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::health;
+use crate::{health, server};
 
 /// A service of the platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -169,9 +169,12 @@ async fn start(
                 .spawn(config.token_check_every, shutdown.clone());
             Ok(alphadome_admin::http::router(
                 shared.pool.clone(),
-                config.admin_token.clone(),
-                &config.country_code,
-                config.verify_token_max_age_days,
+                alphadome_admin::http::ApiSettings {
+                    token: config.admin_token.clone(),
+                    country_code: config.country_code.clone(),
+                    verify_token_max_age_days: config.verify_token_max_age_days,
+                    trust_x_forwarded_for: config.trust_x_forwarded_for,
+                },
             ))
         }
         Service::Responder => {
@@ -212,7 +215,12 @@ async fn serve_until_done(
     mut tasks: tokio::task::JoinSet<ServiceTask>,
 ) -> anyhow::Result<()> {
     let shutdown = shared.shutdown.clone();
-    let server = health::serve(listener, router, shutdown.clone());
+    let limits = server::Limits {
+        header_timeout: shared.config.header_timeout,
+        connections_per_source: (!shared.config.trust_x_forwarded_for)
+            .then_some(shared.config.max_connections_per_source),
+    };
+    let server = server::serve(listener, router, limits, shutdown.clone());
     let server_result = {
         let mut server = Box::pin(server);
         tokio::select! {

@@ -122,6 +122,31 @@ pub struct Settings {
         help_heading = "Connections"
     )]
     pub http_addr: SocketAddr,
+    /// How long a request may take, body included, before it is answered
+    /// 408 (and, unauthenticated, counted as a failure of its address), in
+    /// milliseconds.
+    #[arg(long, env = "ALPHADOME_REQUEST_TIMEOUT_MS", value_name = "ALPHADOME_REQUEST_TIMEOUT_MS",
+          default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..),
+          global = true, help_heading = "Connections")]
+    pub request_timeout_ms: u64,
+    /// How long a connection may take to send a request's headers before it
+    /// is closed, in milliseconds (also the most a kept-alive connection
+    /// waits idle for its next request).
+    #[arg(long, env = "ALPHADOME_HEADER_TIMEOUT_MS", value_name = "ALPHADOME_HEADER_TIMEOUT_MS",
+          default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..),
+          global = true, help_heading = "Connections")]
+    pub header_timeout_ms: u64,
+    /// Connections one client address may hold open (not applied behind a
+    /// trusted proxy, where every connection comes from the proxy).
+    #[arg(long, env = "ALPHADOME_MAX_CONNECTIONS_PER_SOURCE", value_name = "ALPHADOME_MAX_CONNECTIONS_PER_SOURCE",
+          default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..),
+          global = true, help_heading = "Connections")]
+    pub max_connections_per_source: u32,
+    /// Webhook requests one client address may have in flight at once.
+    #[arg(long, env = "ALPHADOME_MAX_REQUESTS_PER_SOURCE", value_name = "ALPHADOME_MAX_REQUESTS_PER_SOURCE",
+          default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..),
+          global = true, help_heading = "Connections")]
+    pub max_requests_per_source: u32,
     /// Postgres connections of the responder and the sender each (ingress,
     /// logger and the process itself take half).
     #[arg(long, env = "ALPHADOME_DB_POOL_SIZE", value_name = "ALPHADOME_DB_POOL_SIZE",
@@ -384,6 +409,10 @@ impl Settings {
             meta_app_id: self.meta_app_id.clone(),
             graph_url: self.graph_url.clone(),
             http_addr: self.http_addr,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            max_connections_per_source: self.max_connections_per_source as usize,
+            max_requests_per_source: self.max_requests_per_source as usize,
             send_timeout: Duration::from_millis(self.send_timeout_ms),
             send_reconcile_wait: Duration::from_millis(self.send_reconcile_wait_ms),
             tenant_refresh: Duration::from_millis(self.tenant_refresh_ms),
@@ -445,6 +474,10 @@ pub struct Config {
     pub meta_app_id: Option<String>,
     pub graph_url: String,
     pub http_addr: SocketAddr,
+    pub request_timeout: Duration,
+    pub header_timeout: Duration,
+    pub max_connections_per_source: usize,
+    pub max_requests_per_source: usize,
     pub send_timeout: Duration,
     pub send_reconcile_wait: Duration,
     pub tenant_refresh: Duration,
@@ -477,6 +510,10 @@ impl Config {
             meta_app_id: None,
             graph_url: DEFAULT_GRAPH_URL.into(),
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            request_timeout: Duration::from_secs(15),
+            header_timeout: Duration::from_secs(10),
+            max_connections_per_source: 1024,
+            max_requests_per_source: 512,
             send_timeout: Duration::from_secs(10),
             send_reconcile_wait: Duration::from_secs(15),
             tenant_refresh: Duration::from_secs(2),
@@ -607,6 +644,14 @@ mod tests {
         assert_eq!(c.country_code, d.country_code);
         assert_eq!(c.verify_token_max_age_days, d.verify_token_max_age_days);
         assert_eq!(c.token_check_every, d.token_check_every);
+        assert_eq!(
+            (c.request_timeout, c.header_timeout),
+            (d.request_timeout, d.header_timeout)
+        );
+        assert_eq!(
+            (c.max_connections_per_source, c.max_requests_per_source),
+            (d.max_connections_per_source, d.max_requests_per_source)
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! encryption and its audit trail, the database (pools, migrations,
 //! tenant-scoped transactions), the tenant model and the store of its
 //! configuration tables, the event schemas and JetStream plumbing, Meta's
-//! webhook and send formats, notifications, telemetry, and the concurrency
-//! tools of the hot paths (gates, keyed rate limits, group commit).
+//! webhook and send formats, notifications, telemetry, the guard against
+//! failing client addresses, and the concurrency tools of the hot paths
+//! (gates, keyed rate limits, group commit).
 
 pub mod audit;
 pub mod batch;
@@ -14,6 +15,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod gate;
+pub mod guard;
 pub mod limiter;
 pub mod meta;
 pub mod notify;

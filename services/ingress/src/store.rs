@@ -14,9 +14,35 @@ use uuid::Uuid;
 pub struct Route {
     pub tenant_id: Uuid,
     pub phone_number_id: Option<String>,
+    /// The WhatsApp Business Account the number belongs to.
+    pub business_account_id: Option<String>,
     pub is_active: bool,
     /// The tenant's own Meta app secret, decrypted.
     pub app_secret: Option<SecretString>,
+}
+
+/// The cache key of a phone number id.
+pub fn phone_key(phone_number_id: &str) -> String {
+    format!("pnid:{phone_number_id}")
+}
+
+/// The cache key of a WhatsApp Business Account id.
+pub fn account_key(business_account_id: &str) -> String {
+    format!("waba:{business_account_id}")
+}
+
+impl Route {
+    /// The keys the route is found by: its phone number id and its account.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys = Vec::with_capacity(2);
+        if let Some(p) = &self.phone_number_id {
+            keys.push(phone_key(p));
+        }
+        if let Some(a) = &self.business_account_id {
+            keys.push(account_key(a));
+        }
+        keys
+    }
 }
 
 /// The route of tenant `id`, recording the decryption of its app secret.
@@ -53,6 +79,7 @@ fn route_of(keyring: &Keyring, t: Tenant, stored_secret: Option<&str>) -> Route 
     Route {
         tenant_id: t.id,
         phone_number_id: t.whatsapp_phone_number_id,
+        business_account_id: t.whatsapp_business_account_id,
         is_active: t.is_active,
         app_secret,
     }
@@ -69,6 +96,22 @@ pub async fn lookup_route(
         Some(id) => load_route(db, keyring, id).await,
         None => Ok(None),
     }
+}
+
+/// The routes of the tenants of a WhatsApp Business Account, straight
+/// from the database.
+pub async fn lookup_account(
+    db: &PgPool,
+    keyring: &Keyring,
+    business_account_id: &str,
+) -> Result<Vec<Route>, sqlx::Error> {
+    let mut routes = Vec::new();
+    for id in tenant::store::tenants_by_business_account_id(db, business_account_id).await? {
+        if let Some(r) = load_route(db, keyring, id).await? {
+            routes.push(r);
+        }
+    }
+    Ok(routes)
 }
 
 /// Every tenant's verify token digests (current, and previous in its

@@ -1,29 +1,27 @@
 //! The ingress's decisions as plain functions (no database, no broker):
-//! which secret signed a webhook, whether every tenant it names is one that
-//! secret speaks for, whether a verify token matches, and the events a
-//! parsed webhook becomes.
+//! whether a signature header can be a signature at all, which secret
+//! signed a webhook, whether a tenant the webhook names is one that secret
+//! speaks for, whether a verify token matches, and the events a parsed
+//! webhook becomes.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
-use alphadome_core::events::v1::{InboundMessage, StatusUpdate, TraceContext};
-use alphadome_core::meta::{self, ParsedMessage, ParsedStatus, ParsedWebhook};
+use alphadome_core::events::v1::{AccountEvent, InboundMessage, StatusUpdate, TraceContext};
+use alphadome_core::meta::{self, AccountChange, ParsedMessage, ParsedStatus};
 use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::store::Route;
 
-/// The distinct phone number ids a webhook's messages and statuses name.
-pub fn phone_number_ids(parsed: &ParsedWebhook) -> Vec<String> {
-    parsed
-        .messages
-        .iter()
-        .map(|m| m.phone_number_id.clone())
-        .chain(parsed.statuses.iter().map(|st| st.phone_number_id.clone()))
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect()
+/// Whether `header` has the form of Meta's signature (`sha256=` and 64 hex
+/// digits): anything else fails without a look at the body or a secret.
+pub fn is_signature(header: &str) -> bool {
+    header
+        .trim()
+        .strip_prefix("sha256=")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Which secret signed a body.
@@ -38,12 +36,12 @@ pub enum SignedBy {
 /// The secret `signature` verifies `body` with: a candidate tenant's own,
 /// else the platform's; `None` when no secret does.
 pub fn signed_by(
-    routes: &[(String, Option<Arc<Route>>)],
+    routes: &[Arc<Route>],
     platform_secret: Option<&SecretString>,
     body: &[u8],
     signature: Option<&str>,
 ) -> Option<SignedBy> {
-    for r in routes.iter().filter_map(|(_, r)| r.as_ref()) {
+    for r in routes {
         if let Some(secret) = &r.app_secret {
             if meta::verify_signature(secret.expose_secret().as_bytes(), body, signature) {
                 return Some(SignedBy::Tenant(r.tenant_id));
@@ -110,6 +108,36 @@ pub fn inbound_event(
     }
 }
 
+/// The event an account change becomes for one tenant of the account. Its
+/// key is a digest of the account, field and value, so a webhook Meta
+/// delivers again is kept once.
+pub fn account_event(
+    tenant: Uuid,
+    change: &AccountChange,
+    received_at_ms: i64,
+    trace: TraceContext,
+) -> AccountEvent {
+    let mut digest = Sha256::new();
+    for part in [
+        change.business_account_id.as_bytes(),
+        change.field.as_bytes(),
+        change.value_json.as_bytes(),
+    ] {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part);
+    }
+    AccountEvent {
+        tenant_id: tenant.to_string(),
+        business_account_id: change.business_account_id.clone(),
+        field: change.field.clone(),
+        event: change.event.clone(),
+        value_json: change.value_json.clone(),
+        dedup_key: format!("acct:{}", hex::encode(&digest.finalize()[..16])),
+        received_at_ms,
+        trace: Some(trace),
+    }
+}
+
 /// The JetStream message id of a status (one per message and status).
 pub fn status_id(st: &ParsedStatus) -> String {
     format!("{}:{}", st.wamid, st.status)
@@ -146,9 +174,41 @@ mod tests {
         Arc::new(Route {
             tenant_id: tenant,
             phone_number_id: Some("100".into()),
+            business_account_id: Some("900".into()),
             is_active: true,
             app_secret: secret.map(|s| SecretString::from(s.to_owned())),
         })
+    }
+
+    #[test]
+    fn only_a_well_formed_header_is_tried() {
+        assert!(is_signature(&format!("sha256={}", "a".repeat(64))));
+        assert!(!is_signature("sha256=zz"));
+        assert!(!is_signature(&format!("sha1={}", "a".repeat(64))));
+        assert!(!is_signature(&format!("sha256={}", "a".repeat(65))));
+    }
+
+    #[test]
+    fn a_redelivered_account_change_has_the_same_key() {
+        let change = AccountChange {
+            business_account_id: "900".into(),
+            field: "message_template_status_update".into(),
+            event: "APPROVED".into(),
+            value_json: r#"{"event":"APPROVED"}"#.into(),
+        };
+        let t = Uuid::new_v4();
+        let a = account_event(t, &change, 1, TraceContext::default());
+        let b = account_event(t, &change, 2, TraceContext::default());
+        assert_eq!(a.dedup_key, b.dedup_key);
+        let other = AccountChange {
+            event: "REJECTED".into(),
+            value_json: r#"{"event":"REJECTED"}"#.into(),
+            ..change
+        };
+        assert_ne!(
+            account_event(t, &other, 1, TraceContext::default()).dedup_key,
+            a.dedup_key
+        );
     }
 
     #[test]
@@ -156,10 +216,7 @@ mod tests {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let body = br#"{"object":"whatsapp_business_account"}"#;
         let platform = SecretString::from("platform".to_owned());
-        let routes = vec![
-            ("100".to_owned(), Some(route(a, Some("secret-a")))),
-            ("200".to_owned(), Some(route(b, None))),
-        ];
+        let routes = vec![route(a, Some("secret-a")), route(b, None)];
         let by_a = meta::sign(b"secret-a", body);
         assert_eq!(
             signed_by(&routes, Some(&platform), body, Some(&by_a)),

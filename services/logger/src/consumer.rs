@@ -1,4 +1,5 @@
-//! The logger's transport: both durable consumers (log rows, statuses),
+//! The logger's transport: its durable consumers (log rows, statuses,
+//! account events),
 //! pulled in big batches and written a batch at a time, several batches at
 //! once; every message settled by the batch's outcome for it.
 
@@ -150,6 +151,7 @@ impl Writer<'_> {
         let s = settings();
         let outcomes = match self.kind {
             StreamKind::Status => write::apply_statuses(self.db, &batch).await,
+            StreamKind::Account => write::write_account_events(self.db, &batch).await,
             _ => write::write_logs(self.db, &batch).await,
         };
         let settle = batch.iter().zip(outcomes).map(|(msg, outcome)| {

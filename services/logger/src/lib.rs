@@ -2,8 +2,9 @@
 //! `alphadome.bot_message_logs` in batches (one statement per batch,
 //! idempotent by `dedup_key`), mirrors each new row to
 //! `public.conversations` with the tenant's `brand_id` so the existing
-//! system keeps working, and applies delivery statuses to outgoing rows
-//! without ever moving a row back to a lower state.
+//! system keeps working, applies delivery statuses to outgoing rows
+//! without ever moving a row back to a lower state, and keeps the account
+//! events (template, quality and account changes) of each tenant.
 //!
 //! A database outage delays writes and loses nothing: the batch is nak'ed
 //! and redelivered with backoff; only a message that fails on its own
@@ -28,6 +29,8 @@ pub use write::{write_events, WriteError};
 pub const LOG_CONSUMER: &str = "logger";
 /// Durable consumer on the status stream.
 pub const STATUS_CONSUMER: &str = "logger-status";
+/// Durable consumer on the account event stream.
+pub const ACCOUNT_CONSUMER: &str = "logger-account";
 
 /// Why the logger stopped.
 #[derive(Debug, thiserror::Error)]
@@ -36,20 +39,26 @@ pub enum LoggerError {
     Bus(#[from] BusError),
 }
 
-/// Runs both consumers until `shutdown`.
+/// Runs its consumers (log rows, statuses, account events) until `shutdown`.
 pub async fn run(db: PgPool, bus: Bus, shutdown: CancellationToken) -> Result<(), LoggerError> {
     let s = settings();
-    let logs = bus.consumer(StreamKind::Log, LOG_CONSUMER, s).await?;
-    let statuses = bus.consumer(StreamKind::Status, STATUS_CONSUMER, s).await?;
-    let a = consumer::consume(
-        db.clone(),
-        bus.clone(),
-        StreamKind::Log,
-        logs,
-        shutdown.clone(),
-    );
-    let b = consumer::consume(db, bus, StreamKind::Status, statuses, shutdown);
-    let (a, b) = futures_util::future::join(a, b).await;
-    a.and(b)?;
+    let mut running = Vec::new();
+    for (kind, durable) in [
+        (StreamKind::Log, LOG_CONSUMER),
+        (StreamKind::Status, STATUS_CONSUMER),
+        (StreamKind::Account, ACCOUNT_CONSUMER),
+    ] {
+        let consumer = bus.consumer(kind, durable, s).await?;
+        running.push(consumer::consume(
+            db.clone(),
+            bus.clone(),
+            kind,
+            consumer,
+            shutdown.clone(),
+        ));
+    }
+    for result in futures_util::future::join_all(running).await {
+        result?;
+    }
     Ok(())
 }

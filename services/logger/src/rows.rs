@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use alphadome_core::bus::Outcome;
-use alphadome_core::events::v1::{Direction, LogEvent, StatusUpdate};
+use alphadome_core::events::v1::{AccountEvent, Direction, LogEvent, StatusUpdate};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::store::{LogColumns, StatusColumns};
+use crate::store::{AccountColumns, LogColumns, StatusColumns};
 
 /// Why a batch failed.
 #[derive(Debug)]
@@ -164,6 +164,29 @@ pub fn status_columns<'a>(rows: &[&'a StatusRow]) -> StatusColumns<'a> {
     c
 }
 
+/// The account events as the columns of `alphadome.write_account_events`;
+/// why not, for an event that names no valid tenant.
+pub fn account_columns(events: &[AccountEvent]) -> Result<AccountColumns, String> {
+    let mut c = AccountColumns::default();
+    for e in events {
+        let tenant = Uuid::parse_str(&e.tenant_id)
+            .map_err(|_| format!("tenant id {:?} is not a uuid", e.tenant_id))?;
+        c.tenant.push(tenant);
+        c.account.push(clean(&e.business_account_id));
+        c.field.push(clean(&e.field));
+        c.event.push(opt(&e.event));
+        c.value
+            .push(json(&e.value_json).unwrap_or(serde_json::Value::Null));
+        c.key.push(clean(&e.dedup_key));
+        c.at.push(
+            DateTime::<Utc>::from_timestamp_millis(e.received_at_ms)
+                .filter(|_| e.received_at_ms > 0)
+                .unwrap_or_else(Utc::now),
+        );
+    }
+    Ok(c)
+}
+
 /// Deliveries after which a status for a message the platform never logged
 /// (sent from elsewhere, or its log row was not written) is dropped.
 pub const UNKNOWN_STATUS_DELIVERIES: i64 = 8;
@@ -243,6 +266,34 @@ mod tests {
             "a non-object becomes {{}}"
         );
         assert_eq!(c.raw[0], Some(serde_json::json!({"a": "b"})));
+    }
+
+    #[test]
+    fn account_events_become_columns() {
+        let e = AccountEvent {
+            tenant_id: Uuid::new_v4().to_string(),
+            business_account_id: "102290129340398".into(),
+            field: "message_template_status_update".into(),
+            event: "APPROVED".into(),
+            value_json: r#"{"event":"APPROVED","message_template_name":"order\u0000"}"#.into(),
+            dedup_key: "k".into(),
+            received_at_ms: 1_700_000_000_000,
+            ..Default::default()
+        };
+        let c = account_columns(std::slice::from_ref(&e)).unwrap();
+        assert_eq!(c.event, vec![Some("APPROVED".to_owned())]);
+        assert_eq!(c.value[0]["message_template_name"], "order");
+        assert_eq!(c.at[0].timestamp(), 1_700_000_000);
+        let none = AccountEvent {
+            event: String::new(),
+            ..e.clone()
+        };
+        assert_eq!(account_columns(&[none]).unwrap().event, vec![None]);
+        let bad = AccountEvent {
+            tenant_id: "x".into(),
+            ..e
+        };
+        assert!(account_columns(&[bad]).is_err());
     }
 
     #[test]

@@ -161,6 +161,62 @@ pub async fn apply_status_batch(
         .await
 }
 
+/// The columns of a batch of account events.
+#[derive(Debug, Default)]
+pub struct AccountColumns {
+    pub tenant: Vec<Uuid>,
+    pub account: Vec<String>,
+    pub field: Vec<String>,
+    pub event: Vec<Option<String>>,
+    pub value: Vec<serde_json::Value>,
+    pub key: Vec<String>,
+    pub at: Vec<DateTime<Utc>>,
+}
+
+/// Keeps a batch of account events of any tenants in one call, each once
+/// per tenant; returns how many were new.
+pub async fn write_account_events(db: &PgPool, c: &AccountColumns) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT alphadome.write_account_events($1, $2, $3, $4, $5, $6, $7)")
+        .bind(&c.tenant)
+        .bind(&c.account)
+        .bind(&c.field)
+        .bind(&c.event)
+        .bind(&c.value)
+        .bind(&c.key)
+        .bind(&c.at)
+        .fetch_one(db)
+        .await
+}
+
+/// One kept account event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct AccountEventRow {
+    pub business_account_id: String,
+    pub field: String,
+    pub event: Option<String>,
+    pub value: serde_json::Value,
+    pub received_at: DateTime<Utc>,
+}
+
+/// A tenant's account events, newest first.
+pub async fn account_events(
+    db: &PgPool,
+    tenant: Uuid,
+    limit: i64,
+) -> Result<Vec<AccountEventRow>, sqlx::Error> {
+    let mut tx = alphadome_core::db::scoped(db, tenant).await?;
+    let rows = sqlx::query_as(
+        "SELECT business_account_id, field, event, value, received_at FROM alphadome.account_events \
+         WHERE bot_tenant_id = $1 ORDER BY received_at DESC, created_at DESC LIMIT $2",
+    )
+    .bind(tenant)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
 /// One day of a tenant's traffic.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct UsageDay {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use alphadome_core::bus::Outcome;
-use alphadome_core::events::v1::{LogEvent, StatusUpdate};
+use alphadome_core::events::v1::{AccountEvent, LogEvent, StatusUpdate};
 use alphadome_core::events::Message as _;
 use alphadome_core::Report;
 use async_nats::jetstream;
@@ -139,6 +139,69 @@ pub enum WriteError {
     BadEvent(String),
     #[error("writing the log rows")]
     Database(#[source] sqlx::Error),
+}
+
+/// Keeps a batch of account events in one call; when the database refuses
+/// the batch, each event alone, so only the bad one is dead-lettered. One
+/// outcome per message, in order.
+pub async fn write_account_events(db: &PgPool, batch: &[jetstream::Message]) -> Vec<Outcome> {
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
+    let mut events = Vec::new();
+    let mut index = Vec::new();
+    for (i, msg) in batch.iter().enumerate() {
+        match AccountEvent::decode(msg.payload.clone()) {
+            Ok(e) if rows::account_columns(std::slice::from_ref(&e)).is_ok() => {
+                events.push(e);
+                index.push(i);
+                outcomes.push(None);
+            }
+            Ok(e) => outcomes.push(Some(Outcome::Poison {
+                reason: format!("tenant id {:?} is not a uuid", e.tenant_id),
+            })),
+            Err(e) => outcomes.push(Some(Outcome::Poison {
+                reason: format!("undecodable AccountEvent: {}", Report(&e)),
+            })),
+        }
+    }
+    let write = |events: &[AccountEvent]| {
+        let cols = rows::account_columns(events);
+        async move {
+            match cols {
+                Ok(c) if !c.tenant.is_empty() => store::write_account_events(db, &c)
+                    .await
+                    .map(|_| ())
+                    .map_err(classify),
+                _ => Ok(()),
+            }
+        }
+    };
+    let retry = |i: usize, e: &sqlx::Error| Outcome::Retry {
+        delay: backoff(delivered(&batch[i])),
+        reason: format!("database unavailable: {}", Report(e)),
+    };
+    match write(&events).await {
+        Ok(()) => index.iter().for_each(|&i| outcomes[i] = Some(Outcome::Ack)),
+        Err(BatchError::Unavailable(e)) => {
+            tracing::warn!(error = %Report(&e), events = events.len(), "database unavailable; account events will be retried");
+            index.iter().for_each(|&i| outcomes[i] = Some(retry(i, &e)));
+        }
+        Err(BatchError::Refused(e)) => {
+            tracing::warn!(error = %Report(&e), "database refused a batch of account events; writing them one by one");
+            for (ev, &i) in events.iter().zip(&index) {
+                outcomes[i] = Some(match write(std::slice::from_ref(ev)).await {
+                    Ok(()) => Outcome::Ack,
+                    Err(BatchError::Unavailable(e)) => retry(i, &e),
+                    Err(BatchError::Refused(e)) => Outcome::Poison {
+                        reason: format!("database refused the account event: {}", Report(&e)),
+                    },
+                });
+            }
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Ack))
+        .collect()
 }
 
 /// Applies a batch of statuses in one call; when the database refuses the

@@ -89,7 +89,7 @@ impl Responder {
         bus: Bus,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, ResponderError> {
-        let contexts = TenantCache::new(|_: &TenantContext| None, None);
+        let contexts = TenantCache::new(|_: &TenantContext| Vec::new(), None);
         let load = |db: PgPool, id: Uuid| async move { context::load(&db, id).await };
         contexts.refresh(&db, &load).await?;
         contexts.spawn_refresher(

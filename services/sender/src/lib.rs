@@ -132,7 +132,7 @@ impl Sender {
         bus: Bus,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, SenderError> {
-        let tenants = TenantCache::new(|_: &SenderTenant| None, Some(TOKEN_CACHE_AGE));
+        let tenants = TenantCache::new(|_: &SenderTenant| Vec::new(), Some(TOKEN_CACHE_AGE));
         let keyring = config.keyring.clone();
         let load = {
             let keyring = keyring.clone();

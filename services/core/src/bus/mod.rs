@@ -12,6 +12,7 @@
 //! | `P_OUTBOUND`  | `p.outbound.<tenant>` | workqueue | `sender`                   |
 //! | `P_LOG`       | `p.log.<tenant>`      | workqueue | `logger`                   |
 //! | `P_STATUS`    | `p.status.<tenant>`   | workqueue | `logger-status`            |
+//! | `P_ACCOUNT`   | `p.account.<tenant>`  | workqueue | `logger-account`           |
 //! | `P_DLQ`       | `p.dlq.<source>`      | limits    | (read by `alphadome dlq`)  |
 //!
 //! Tenant configuration changes are announced on core NATS subject
@@ -76,15 +77,17 @@ pub enum StreamKind {
     Outbound,
     Log,
     Status,
+    Account,
     DeadLetter,
 }
 
 impl StreamKind {
-    pub const ALL: [StreamKind; 5] = [
+    pub const ALL: [StreamKind; 6] = [
         StreamKind::Inbound,
         StreamKind::Outbound,
         StreamKind::Log,
         StreamKind::Status,
+        StreamKind::Account,
         StreamKind::DeadLetter,
     ];
 
@@ -94,6 +97,7 @@ impl StreamKind {
             StreamKind::Outbound => "outbound",
             StreamKind::Log => "log",
             StreamKind::Status => "status",
+            StreamKind::Account => "account",
             StreamKind::DeadLetter => "dlq",
         }
     }

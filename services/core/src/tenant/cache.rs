@@ -20,23 +20,23 @@ use crate::Report;
 type Loaded<T> = (Arc<T>, DateTime<Utc>, Instant);
 
 /// A map of per-tenant values that follows the database. Values are built
-/// by a loader; a secondary key (for example the phone number id) can be
-/// derived from each value.
+/// by a loader; secondary keys (a phone number id, a business account id
+/// several tenants may share) can be derived from each value.
 pub struct TenantCache<T> {
     by_id: RwLock<HashMap<Uuid, Loaded<T>>>,
-    by_key: RwLock<HashMap<String, Uuid>>,
-    key_of: fn(&T) -> Option<String>,
+    by_key: RwLock<HashMap<String, Vec<Uuid>>>,
+    keys_of: fn(&T) -> Vec<String>,
     max_age: Option<Duration>,
 }
 
 impl<T: Send + Sync + 'static> TenantCache<T> {
-    /// An empty cache. `key_of` derives the secondary key; entries older
+    /// An empty cache. `keys_of` derives the secondary keys; entries older
     /// than `max_age` are reloaded even when unchanged.
-    pub fn new(key_of: fn(&T) -> Option<String>, max_age: Option<Duration>) -> Arc<Self> {
+    pub fn new(keys_of: fn(&T) -> Vec<String>, max_age: Option<Duration>) -> Arc<Self> {
         Arc::new(Self {
             by_id: RwLock::new(HashMap::new()),
             by_key: RwLock::new(HashMap::new()),
-            key_of,
+            keys_of,
             max_age,
         })
     }
@@ -46,10 +46,15 @@ impl<T: Send + Sync + 'static> TenantCache<T> {
         self.by_id.read().ok()?.get(&id).map(|(v, _, _)| v.clone())
     }
 
-    /// The value whose secondary key is `key`.
-    pub fn get_by_key(&self, key: &str) -> Option<Arc<T>> {
-        let id = *self.by_key.read().ok()?.get(key)?;
-        self.get(id)
+    /// Every value with the secondary key `key`.
+    pub fn get_by_key(&self, key: &str) -> Vec<Arc<T>> {
+        let ids = self
+            .by_key
+            .read()
+            .ok()
+            .and_then(|k| k.get(key).cloned())
+            .unwrap_or_default();
+        ids.into_iter().filter_map(|id| self.get(id)).collect()
     }
 
     /// Number of tenants held.
@@ -66,15 +71,21 @@ impl<T: Send + Sync + 'static> TenantCache<T> {
         let mut by_id = self.by_id.write().unwrap_or_else(|p| p.into_inner());
         let mut by_key = self.by_key.write().unwrap_or_else(|p| p.into_inner());
         if let Some((old, _, _)) = by_id.remove(&id) {
-            if let Some(k) = (self.key_of)(&old) {
-                if by_key.get(&k) == Some(&id) {
-                    by_key.remove(&k);
+            for k in (self.keys_of)(&old) {
+                if let Some(ids) = by_key.get_mut(&k) {
+                    ids.retain(|i| *i != id);
+                    if ids.is_empty() {
+                        by_key.remove(&k);
+                    }
                 }
             }
         }
         if let Some(v) = value {
-            if let Some(k) = (self.key_of)(&v) {
-                by_key.insert(k, id);
+            for k in (self.keys_of)(&v) {
+                let ids = by_key.entry(k).or_default();
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
             }
             by_id.insert(id, (Arc::new(v), version, Instant::now()));
         }

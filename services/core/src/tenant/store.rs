@@ -149,6 +149,18 @@ pub async fn tenant_by_phone_number_id(
         .await
 }
 
+/// The tenants of a WhatsApp Business Account (several numbers may share
+/// one: `alphadome.tenants_by_business_account_id()`).
+pub async fn tenants_by_business_account_id(
+    pool: &PgPool,
+    business_account_id: &str,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT alphadome.tenants_by_business_account_id($1)")
+        .bind(business_account_id)
+        .fetch_all(pool)
+        .await
+}
+
 /// Every tenant's webhook verify token digest, and its previous one while
 /// in its grace period (`alphadome.verify_token_digests()`).
 pub async fn verify_token_digests(

@@ -9,6 +9,10 @@ use sha2::Sha256;
 
 use crate::events::v1::MessageKind;
 
+mod untrusted;
+
+pub use untrusted::{candidate_ids, repair_json, CandidateIds};
+
 /// Verifies `X-Hub-Signature-256` (`sha256=<hex>`) over the raw body in
 /// constant time.
 pub fn verify_signature(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
@@ -51,8 +55,35 @@ struct Envelope<'a> {
 
 #[derive(Deserialize)]
 struct Entry<'a> {
+    /// The WhatsApp Business Account id.
+    #[serde(default)]
+    id: Option<IdValue>,
     #[serde(default, borrow)]
     changes: Vec<Change<'a>>,
+}
+
+/// An id Meta sends as a string (tolerating a number).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdValue {
+    S(String),
+    N(u64),
+}
+
+impl IdValue {
+    fn into_string(self) -> String {
+        match self {
+            IdValue::S(s) => s,
+            IdValue::N(n) => n.to_string(),
+        }
+    }
+}
+
+/// `value.event`, when a change has one.
+#[derive(Deserialize)]
+struct EventOnly {
+    #[serde(default)]
+    event: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +268,19 @@ pub struct ParsedStatus {
     pub raw_json: String,
 }
 
+/// A change to a WhatsApp Business Account that is not about messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountChange {
+    /// `entry[].id` (empty when the entry names none).
+    pub business_account_id: String,
+    /// The webhook field (`message_template_status_update`, ...).
+    pub field: String,
+    /// `value.event`, when the change has one.
+    pub event: String,
+    /// The change's `value`, as sent (`null` when it had none).
+    pub value_json: String,
+}
+
 /// Everything one webhook body holds.
 #[derive(Debug, Default)]
 pub struct ParsedWebhook {
@@ -246,8 +290,11 @@ pub struct ParsedWebhook {
     pub errors: Vec<(String, ErrorObject)>,
     /// Items that could not be understood, with the reason (logged, dropped).
     pub rejected: Vec<String>,
-    /// Changes of fields other than `messages` (account updates, ...).
-    pub other_fields: Vec<String>,
+    /// Changes of fields other than `messages` (template status, quality,
+    /// account updates, ...).
+    pub account_changes: Vec<AccountChange>,
+    /// Every WhatsApp Business Account id the body's entries name.
+    pub business_account_ids: Vec<String>,
 }
 
 /// Parses a (signature-verified) webhook body. A body that is not a JSON
@@ -260,9 +307,23 @@ pub fn parse_webhook(body: &[u8]) -> Result<ParsedWebhook, WebhookError> {
     }
     let mut out = ParsedWebhook::default();
     for entry in env.entry {
+        let waba = entry.id.map(IdValue::into_string).unwrap_or_default();
+        if !waba.is_empty() && !out.business_account_ids.contains(&waba) {
+            out.business_account_ids.push(waba.clone());
+        }
         for change in entry.changes {
             if change.field != "messages" {
-                out.other_fields.push(change.field);
+                let value_json = change.value.map_or("null", |v| v.get()).to_owned();
+                let event = serde_json::from_str::<EventOnly>(&value_json)
+                    .ok()
+                    .and_then(|e| e.event)
+                    .unwrap_or_default();
+                out.account_changes.push(AccountChange {
+                    business_account_id: waba.clone(),
+                    field: change.field,
+                    event,
+                    value_json,
+                });
                 continue;
             }
             let Some(raw) = change.value else {
