@@ -147,6 +147,17 @@ pub fn alphadome_bin() -> PathBuf {
 
 /// Runs the `alphadome` binary with `args` and `env`; returns (exit code, stdout, stderr).
 pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    cli_with_stdin(args, env, None)
+}
+
+/// [`cli`] with `input` on the command's standard input (`None`: it reads
+/// an empty one).
+pub fn cli_with_stdin(
+    args: &[&str],
+    env: &[(&str, &str)],
+    input: Option<&str>,
+) -> (i32, String, String) {
+    use std::io::Write as _;
     let mut cmd = std::process::Command::new(alphadome_bin());
     cmd.args(args);
     for var in [
@@ -161,7 +172,16 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run alphadome");
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run alphadome");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(input.unwrap_or_default().as_bytes())
+        .expect("write stdin");
+    drop(stdin);
+    let out = child.wait_with_output().expect("run alphadome");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

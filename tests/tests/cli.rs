@@ -21,6 +21,12 @@ fn every_command_has_help() {
         vec!["up", "--help"],
         vec!["run", "--help"],
         vec!["simulate", "--help"],
+        vec!["user", "add", "--help"],
+        vec!["user", "list", "--help"],
+        vec!["user", "disable", "--help"],
+        vec!["token", "create", "--help"],
+        vec!["token", "list", "--help"],
+        vec!["token", "revoke", "--help"],
     ] {
         let (code, out, _) = cli(&args, &[]);
         assert_eq!(code, 0, "{args:?}");

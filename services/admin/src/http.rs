@@ -1,6 +1,8 @@
 //! The read-only admin API: `GET /admin/tenants` and
-//! `GET /admin/tenants/{id-or-phone}`, guarded by the bearer token in
-//! `ALPHADOME_ADMIN_TOKEN` (the API is off when it is unset). A client
+//! `GET /admin/tenants/{id-or-phone}`, for a bearer API token
+//! (`alphadome token create`) or the token in `ALPHADOME_ADMIN_TOKEN` (a
+//! platform admin's). A tenant-bound token sees its own tenant only;
+//! another tenant's answers 404, as if it did not exist. A client
 //! address that keeps presenting wrong tokens is refused for a while, as
 //! the webhook's failing sources are. Errors are JSON `{"error": ...}`:
 //! bad input is a 4xx; internal errors are logged with their cause and
@@ -20,12 +22,13 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
+use crate::people::{self, Principal, Role};
 use crate::{tenants, AdminError};
 
 /// State of the admin API.
 struct Api {
     db: PgPool,
-    token: SecretString,
+    token: Option<SecretString>,
     country_code: String,
     verify_token_max_age_days: u32,
     guard: Arc<SourceGuard>,
@@ -34,7 +37,8 @@ struct Api {
 /// What the admin API needs besides the database.
 #[derive(Clone)]
 pub struct ApiSettings {
-    /// `ALPHADOME_ADMIN_TOKEN`; the API is off without it.
+    /// `ALPHADOME_ADMIN_TOKEN`: a platform admin's token besides the
+    /// stored API tokens.
     pub token: Option<SecretString>,
     pub country_code: String,
     pub verify_token_max_age_days: u32,
@@ -42,27 +46,28 @@ pub struct ApiSettings {
     pub trust_x_forwarded_for: bool,
 }
 
-/// The admin API routes; `None` without a token.
-pub fn router(db: PgPool, settings: ApiSettings) -> Option<Router> {
-    let token = settings.token?;
-    Some(
-        Router::new()
-            .route("/admin/tenants", get(list))
-            .route("/admin/tenants/{id}", get(show))
-            .with_state(Arc::new(Api {
-                db,
-                token,
-                country_code: settings.country_code,
-                verify_token_max_age_days: settings.verify_token_max_age_days,
-                guard: SourceGuard::new(settings.trust_x_forwarded_for, usize::MAX),
-            })),
-    )
+/// The admin API routes.
+pub fn router(db: PgPool, settings: ApiSettings) -> Router {
+    Router::new()
+        .route("/admin/tenants", get(list))
+        .route("/admin/tenants/{id}", get(show))
+        .with_state(Arc::new(Api {
+            db,
+            token: settings.token,
+            country_code: settings.country_code,
+            verify_token_max_age_days: settings.verify_token_max_age_days,
+            guard: SourceGuard::new(settings.trust_x_forwarded_for, usize::MAX),
+        }))
 }
 
-/// The refusal of a request without the token (`None`: it has it); a wrong
-/// or missing token counts as a failure of its address, and an address past
+/// Who the request's bearer token names, or its refusal: a wrong or
+/// missing token counts as a failure of its address, and an address past
 /// its failures is refused.
-fn refusal(api: &Api, peer: SocketAddr, headers: &HeaderMap) -> Option<Response> {
+async fn authenticate(
+    api: &Api,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Principal, Response> {
     let source = api.guard.source(peer, headers);
     let flight = match api.guard.admit(source) {
         Ok(f) => f,
@@ -75,7 +80,7 @@ fn refusal(api: &Api, peer: SocketAddr, headers: &HeaderMap) -> Option<Response>
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(BLOCK_FOR.as_secs()),
             );
-            return Some(r);
+            return Err(r);
         }
     };
     flight.finish();
@@ -84,12 +89,24 @@ fn refusal(api: &Api, peer: SocketAddr, headers: &HeaderMap) -> Option<Response>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if bool::from(given.as_bytes().ct_eq(api.token.expose_secret().as_bytes())) {
-        None
-    } else {
-        api.guard.record_failure(source);
-        tracing::warn!(%source, "admin API request with a missing or wrong token");
-        Some(unauthorized())
+    let configured = api.token.as_ref().is_some_and(|t| {
+        !given.is_empty() && bool::from(given.as_bytes().ct_eq(t.expose_secret().as_bytes()))
+    });
+    if configured {
+        return Ok(Principal {
+            actor: "admin-token".to_owned(),
+            role: Role::PlatformAdmin,
+            tenant: None,
+        });
+    }
+    match people::authenticate_token(&api.db, given).await {
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => {
+            api.guard.record_failure(source);
+            tracing::warn!(%source, "admin API request with a missing, wrong or revoked token");
+            Err(unauthorized())
+        }
+        Err(e) => Err(AdminError::Database(e).into_response()),
     }
 }
 
@@ -127,11 +144,15 @@ async fn list(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = refusal(&api, peer, &headers) {
-        return refused;
-    }
+    let who = match authenticate(&api, peer, &headers).await {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
     match tenants::list(&api.db, api.verify_token_max_age_days).await {
-        Ok(l) => Json(l).into_response(),
+        Ok(mut l) => {
+            l.retain(|t| who.sees(t.id));
+            Json(l).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -142,10 +163,13 @@ async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(refused) = refusal(&api, peer, &headers) {
-        return refused;
-    }
+    let who = match authenticate(&api, peer, &headers).await {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
     match tenants::show(&api.db, &id, &api.country_code).await {
+        // Another tenant's is answered as if it did not exist.
+        Ok(v) if !who.sees(v.id) => AdminError::NotFound(id).into_response(),
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }

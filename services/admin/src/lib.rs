@@ -3,13 +3,14 @@
 //! secrets masked, activate and deactivate, verify token rotation), tenant
 //! manifests ([`manifest`]), master key rotation ([`keys`]), dead letters
 //! ([`dlq`]), the read-only admin API ([`http`]) and the token expiry
-//! check ([`tokens`]). [`store`] holds the SQL of the table it owns; the
+//! check ([`tokens`]), people and API tokens ([`people`]). [`store`] holds the SQL of the table it owns; the
 //! tenant tables are written through the tenant store in core.
 
 pub mod dlq;
 pub mod http;
 pub mod keys;
 pub mod manifest;
+pub mod people;
 pub mod phone;
 pub mod store;
 pub mod tenants;

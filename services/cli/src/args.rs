@@ -41,6 +41,12 @@ pub enum Command {
     /// Conversations handed to a person.
     #[command(subcommand)]
     Conversation(ConversationCommand),
+    /// People who run tenants' bots (platform admins, tenant admins, agents).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// API tokens for programs (`Authorization: Bearer TOKEN`).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Messages, AI replies and tokens per day for a tenant.
     Usage {
         /// Tenant id or client phone.
@@ -154,6 +160,82 @@ pub enum ConversationCommand {
         /// The customer's WhatsApp number.
         #[arg(long)]
         user: String,
+    },
+}
+
+/// What a person or API token may do.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    /// Every tenant, people and tokens.
+    PlatformAdmin,
+    /// One tenant: its settings, templates, training data, conversations, usage.
+    TenantAdmin,
+    /// One tenant's conversations and messages; reads its settings.
+    Agent,
+}
+
+impl From<RoleArg> for alphadome_admin::people::Role {
+    fn from(r: RoleArg) -> Self {
+        use alphadome_admin::people::Role;
+        match r {
+            RoleArg::PlatformAdmin => Role::PlatformAdmin,
+            RoleArg::TenantAdmin => Role::TenantAdmin,
+            RoleArg::Agent => Role::Agent,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add a person. The password is read from standard input (at least 12
+    /// characters); when standard input is a terminal or empty, a random
+    /// one is generated and printed once.
+    Add {
+        /// Their e-mail address (their login).
+        email: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The tenant (id or client phone) of a tenant-admin or agent.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List people (never their passwords).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a person: they can no longer log in.
+    Disable {
+        /// Their e-mail address.
+        email: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token and print it (the only time it is shown: only
+    /// its digest is stored).
+    Create {
+        /// A name to know it by (and revoke it by).
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The tenant (id or client phone) of a tenant-admin or agent token.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a token: it is refused from then on.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
+    /// List tokens (never the tokens themselves).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

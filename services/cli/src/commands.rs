@@ -13,6 +13,7 @@ use anyhow::Context as _;
 
 use crate::args::{
     AuditCommand, Cli, Command, ConversationCommand, DlqCommand, KeysCommand, TenantCommand,
+    TokenCommand, UserCommand,
 };
 use crate::simulate::{self, SimulateOptions};
 use crate::stack::{self, RunOptions, Service};
@@ -43,6 +44,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Conversation(cmd) => conversation_command(s, cmd).await?,
+        Command::User(cmd) => user_command(s, cmd).await?,
+        Command::Token(cmd) => token_command(s, cmd).await?,
         Command::Usage {
             tenant,
             since,
@@ -268,6 +271,107 @@ async fn conversation_command(s: &Settings, cmd: ConversationCommand) -> anyhow:
                 println!("the bot answers {user} again");
             } else {
                 println!("no conversation with {user} is handed to a person");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn user_command(s: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
+    use alphadome_admin::people;
+    use secrecy::ExposeSecret;
+    let pool = pool(s).await?;
+    match cmd {
+        UserCommand::Add {
+            email,
+            role,
+            tenant,
+        } => {
+            let (password, generated) = match password_from_stdin()? {
+                Some(p) => (p, false),
+                None => (people::generate_password(), true),
+            };
+            people::add_user(
+                &pool,
+                &email,
+                role.into(),
+                tenant.as_deref(),
+                &password,
+                &s.default_country_code,
+            )
+            .await?;
+            if generated {
+                eprintln!("added {email}; their password, shown only now:");
+                println!("{}", password.expose_secret());
+            } else {
+                eprintln!("added {email}");
+            }
+        }
+        UserCommand::List { json } => {
+            let users = people::list_users(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                print!("{}", crate::output::user_table(&users));
+            }
+        }
+        UserCommand::Disable { email } => {
+            if people::disable_user(&pool, &email).await? {
+                println!("{email} is disabled");
+            } else {
+                println!("{email} was already disabled");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A password piped to standard input (its final line break removed), or
+/// `None` when standard input is a terminal (nothing is read: a typed
+/// password would show) or empty.
+fn password_from_stdin() -> anyhow::Result<Option<secrecy::SecretString>> {
+    use std::io::{IsTerminal as _, Read as _};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Ok(None);
+    }
+    let mut raw = String::new();
+    stdin
+        .lock()
+        .read_to_string(&mut raw)
+        .context("the password on standard input is not UTF-8 text")?;
+    let password = raw.strip_suffix('\n').unwrap_or(&raw);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    Ok((!password.is_empty()).then(|| secrecy::SecretString::from(password.to_owned())))
+}
+
+async fn token_command(s: &Settings, cmd: TokenCommand) -> anyhow::Result<()> {
+    use alphadome_admin::people;
+    use secrecy::ExposeSecret;
+    let pool = pool(s).await?;
+    match cmd {
+        TokenCommand::Create { name, role, tenant } => {
+            let token = people::create_token(
+                &pool,
+                &name,
+                role.into(),
+                tenant.as_deref(),
+                &s.default_country_code,
+            )
+            .await?;
+            eprintln!("token {name} created; it is shown only now:");
+            println!("{}", token.expose_secret());
+        }
+        TokenCommand::Revoke { name } => {
+            people::revoke_token(&pool, &name).await?;
+            println!("token {name} is revoked");
+        }
+        TokenCommand::List { json } => {
+            let tokens = people::list_tokens(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+            } else {
+                print!("{}", crate::output::token_table(&tokens));
             }
         }
     }

@@ -112,6 +112,59 @@ pub fn usage_table(days: &[UsageDay]) -> String {
     out
 }
 
+/// When something happened, to the minute, or `-`.
+fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// `user list`.
+pub fn user_table(users: &[alphadome_admin::people::UserView]) -> String {
+    let mut out = format!(
+        "{:<32}  {:<14}  {:<24}  {:<16}  STATE\n",
+        "EMAIL", "ROLE", "TENANT", "LAST LOGIN"
+    );
+    for u in users {
+        let state = match u.disabled_at {
+            Some(t) => format!("disabled {}", when(Some(t))),
+            None => "enabled".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<32}  {:<14}  {:<24}  {:<16}  {state}",
+            truncate(&u.email, 32),
+            u.role,
+            truncate(u.tenant_name.as_deref().unwrap_or("(all)"), 24),
+            when(u.last_login_at),
+        );
+    }
+    out
+}
+
+/// `token list`.
+pub fn token_table(tokens: &[alphadome_admin::people::TokenView]) -> String {
+    let mut out = format!(
+        "{:<24}  {:<14}  {:<24}  {:<16}  {:<16}  STATE\n",
+        "NAME", "ROLE", "TENANT", "CREATED", "LAST USED"
+    );
+    for t in tokens {
+        let state = match t.revoked_at {
+            Some(r) => format!("revoked {}", when(Some(r))),
+            None => "live".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<24}  {:<14}  {:<24}  {:<16}  {:<16}  {state}",
+            truncate(&t.name, 24),
+            t.role,
+            truncate(t.tenant_name.as_deref().unwrap_or("(all)"), 24),
+            when(Some(t.created_at)),
+            when(t.last_used_at),
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -167,7 +167,7 @@ async fn start(
             alphadome_admin::tokens::TokenWatch::new(config, shared.pool.clone(), bus.clone())
                 .context("admin start-up")?
                 .spawn(config.token_check_every, shutdown.clone());
-            Ok(alphadome_admin::http::router(
+            Ok(Some(alphadome_admin::http::router(
                 shared.pool.clone(),
                 alphadome_admin::http::ApiSettings {
                     token: config.admin_token.clone(),
@@ -175,7 +175,7 @@ async fn start(
                     verify_token_max_age_days: config.verify_token_max_age_days,
                     trust_x_forwarded_for: config.trust_x_forwarded_for,
                 },
-            ))
+            )))
         }
         Service::Responder => {
             let db = shared.pool_as(db::ServiceRole::Responder, size).await?;
