@@ -27,6 +27,7 @@ fn every_command_has_help() {
         vec!["token", "create", "--help"],
         vec!["token", "list", "--help"],
         vec!["token", "revoke", "--help"],
+        vec!["audit", "log", "--help"],
     ] {
         let (code, out, _) = cli(&args, &[]);
         assert_eq!(code, 0, "{args:?}");

@@ -6,6 +6,7 @@
 //! check ([`tokens`]), people and API tokens ([`people`]). [`store`] holds the SQL of the table it owns; the
 //! tenant tables are written through the tenant store in core.
 
+pub mod changes;
 pub mod dlq;
 pub mod http;
 pub mod keys;

@@ -620,13 +620,46 @@ pub async fn apply(
     keyring: &Keyring,
     manifest: &Manifest,
 ) -> Result<ApplyReport, ManifestError> {
+    apply_as(pool, keyring, manifest, &crate::changes::cli_actor()).await
+}
+
+/// [`apply`], recording `actor` as who made the change: a change that
+/// changes anything is recorded in the change audit (`tenant.apply`, the
+/// tenant's configuration before and after, secrets masked) in the same
+/// transaction.
+pub async fn apply_as(
+    pool: &PgPool,
+    keyring: &Keyring,
+    manifest: &Manifest,
+    actor: &str,
+) -> Result<ApplyReport, ManifestError> {
     let mut tx = pool.begin().await?;
+    let before = match tenants::lock_by_phone(&mut tx, &manifest.tenant.client_phone.0).await? {
+        Some(existing) => crate::changes::tenant_snapshot(&mut tx, existing.id).await?,
+        None => None,
+    };
     let report = apply_in(&mut tx, keyring, manifest)
         .await
         .map_err(|e| match e {
             ManifestError::Database(ref db) => constraint_error(manifest, db).unwrap_or(e),
             other => other,
         })?;
+    if report.rows_changed > 0 {
+        let after = crate::changes::tenant_snapshot(&mut tx, report.tenant_id).await?;
+        let subject = report.tenant_id.to_string();
+        crate::changes::record(
+            &mut tx,
+            &crate::changes::Change {
+                actor,
+                tenant: Some(report.tenant_id),
+                action: "tenant.apply",
+                subject: &subject,
+                before,
+                after,
+            },
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(report)
 }

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{store, tenants, AdminError};
+use crate::{changes, store, tenants, AdminError};
 
 /// What a person or token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -203,7 +203,8 @@ pub struct UserView {
     pub created_at: DateTime<Utc>,
 }
 
-/// Adds a person with `password` (at least [`MIN_PASSWORD_CHARS`]).
+/// Adds a person with `password` (at least [`MIN_PASSWORD_CHARS`]),
+/// recording `actor` in the change audit.
 pub async fn add_user(
     db: &PgPool,
     email: &str,
@@ -211,6 +212,7 @@ pub async fn add_user(
     tenant: Option<&str>,
     password: &SecretString,
     country_code: &str,
+    actor: &str,
 ) -> Result<Uuid, PeopleError> {
     let email = normalize_email(email)?;
     if password.expose_secret().chars().count() < MIN_PASSWORD_CHARS {
@@ -218,9 +220,46 @@ pub async fn add_user(
     }
     let tenant = role_tenant(db, role, tenant, country_code).await?;
     let hash = hash_password(password)?;
-    store::insert_user(db, &email, role.as_str(), tenant, &hash)
-        .await?
-        .ok_or(PeopleError::EmailTaken(email))
+    let mut tx = db.begin().await?;
+    let Some(id) = store::insert_user(&mut tx, &email, role.as_str(), tenant, &hash).await? else {
+        return Err(PeopleError::EmailTaken(email));
+    };
+    record(
+        &mut tx,
+        actor,
+        tenant,
+        "user.add",
+        &email,
+        None,
+        Some(serde_json::json!({"email": email, "role": role.as_str(), "tenant_id": tenant})),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Records a change to people or tokens in the caller's transaction.
+async fn record(
+    conn: &mut sqlx::PgConnection,
+    actor: &str,
+    tenant: Option<Uuid>,
+    action: &str,
+    subject: &str,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) -> Result<(), sqlx::Error> {
+    changes::record(
+        conn,
+        &changes::Change {
+            actor,
+            tenant,
+            action,
+            subject,
+            before,
+            after,
+        },
+    )
+    .await
 }
 
 /// Every person, by e-mail.
@@ -229,12 +268,27 @@ pub async fn list_users(db: &PgPool) -> Result<Vec<UserView>, PeopleError> {
 }
 
 /// Disables a person: they can no longer log in. Returns whether they were
-/// enabled before.
-pub async fn disable_user(db: &PgPool, email: &str) -> Result<bool, PeopleError> {
+/// enabled before (only then is a change recorded).
+pub async fn disable_user(db: &PgPool, email: &str, actor: &str) -> Result<bool, PeopleError> {
     let email = normalize_email(email)?;
-    store::disable_user(db, &email)
-        .await?
-        .ok_or(PeopleError::NoSuchUser(email))
+    let mut tx = db.begin().await?;
+    let Some((was_enabled, tenant)) = store::disable_user(&mut tx, &email).await? else {
+        return Err(PeopleError::NoSuchUser(email));
+    };
+    if was_enabled {
+        record(
+            &mut tx,
+            actor,
+            tenant,
+            "user.disable",
+            &email,
+            Some(serde_json::json!({"disabled": false})),
+            Some(serde_json::json!({"disabled": true})),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(was_enabled)
 }
 
 /// A fixed argon2id hash to verify against when no such person exists, so
@@ -293,6 +347,7 @@ pub async fn create_token(
     role: Role,
     tenant: Option<&str>,
     country_code: &str,
+    actor: &str,
 ) -> Result<SecretString, PeopleError> {
     let valid = !name.is_empty()
         && name.len() <= 64
@@ -306,19 +361,42 @@ pub async fn create_token(
     let tenant = role_tenant(db, role, tenant, country_code).await?;
     let token = generate_token();
     let digest = token_digest(token.expose_secret());
-    if !store::insert_token(db, name, &digest, role.as_str(), tenant).await? {
+    let mut tx = db.begin().await?;
+    if !store::insert_token(&mut tx, name, &digest, role.as_str(), tenant).await? {
         return Err(PeopleError::TokenNameTaken(name.to_owned()));
     }
+    record(
+        &mut tx,
+        actor,
+        tenant,
+        "token.create",
+        name,
+        None,
+        Some(serde_json::json!({"name": name, "role": role.as_str(), "tenant_id": tenant})),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(token)
 }
 
 /// Revokes the live token named `name`: it is refused from then on.
-pub async fn revoke_token(db: &PgPool, name: &str) -> Result<(), PeopleError> {
-    if store::revoke_token(db, name).await? {
-        Ok(())
-    } else {
-        Err(PeopleError::NoSuchToken(name.to_owned()))
-    }
+pub async fn revoke_token(db: &PgPool, name: &str, actor: &str) -> Result<(), PeopleError> {
+    let mut tx = db.begin().await?;
+    let Some(tenant) = store::revoke_token(&mut tx, name).await? else {
+        return Err(PeopleError::NoSuchToken(name.to_owned()));
+    };
+    record(
+        &mut tx,
+        actor,
+        tenant,
+        "token.revoke",
+        name,
+        Some(serde_json::json!({"revoked": false})),
+        Some(serde_json::json!({"revoked": true})),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Every API token, live ones first.

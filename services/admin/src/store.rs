@@ -53,7 +53,7 @@ pub async fn record_token_alert_email_error(
 
 /// Adds a person; `None` when the e-mail is taken.
 pub async fn insert_user(
-    db: &PgPool,
+    conn: &mut sqlx::PgConnection,
     email: &str,
     role: &str,
     tenant: Option<Uuid>,
@@ -67,7 +67,7 @@ pub async fn insert_user(
     .bind(role)
     .bind(tenant)
     .bind(password_hash)
-    .fetch_optional(db)
+    .fetch_optional(conn)
     .await
 }
 
@@ -84,15 +84,18 @@ pub async fn users(db: &PgPool) -> Result<Vec<UserView>, sqlx::Error> {
 }
 
 /// Disables a person: `None` when there is no such person, else whether
-/// they were enabled before.
-pub async fn disable_user(db: &PgPool, email: &str) -> Result<Option<bool>, sqlx::Error> {
-    sqlx::query_scalar(
+/// they were enabled before, and their tenant.
+pub async fn disable_user(
+    conn: &mut sqlx::PgConnection,
+    email: &str,
+) -> Result<Option<(bool, Option<Uuid>)>, sqlx::Error> {
+    sqlx::query_as(
         "UPDATE alphadome.dashboard_users u SET disabled_at = COALESCE(u.disabled_at, now()) \
          FROM (SELECT id, disabled_at IS NULL AS was_enabled FROM alphadome.dashboard_users WHERE email = $1 FOR UPDATE) o \
-         WHERE u.id = o.id RETURNING o.was_enabled",
+         WHERE u.id = o.id RETURNING o.was_enabled, u.bot_tenant_id",
     )
     .bind(email)
-    .fetch_optional(db)
+    .fetch_optional(conn)
     .await
 }
 
@@ -127,7 +130,7 @@ pub async fn record_login(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
 
 /// Adds an API token by its digest; `false` when a live token has the name.
 pub async fn insert_token(
-    db: &PgPool,
+    conn: &mut sqlx::PgConnection,
     name: &str,
     digest: &str,
     role: &str,
@@ -141,20 +144,24 @@ pub async fn insert_token(
     .bind(digest)
     .bind(role)
     .bind(tenant)
-    .execute(db)
+    .execute(conn)
     .await?;
     Ok(r.rows_affected() > 0)
 }
 
-/// Revokes the live token named `name`; whether there was one.
-pub async fn revoke_token(db: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE alphadome.api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL",
+/// Revokes the live token named `name`: its tenant, or `None` when there
+/// was no such token.
+pub async fn revoke_token(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+) -> Result<Option<Option<Uuid>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE alphadome.api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL \
+         RETURNING bot_tenant_id",
     )
     .bind(name)
-    .execute(db)
-    .await?;
-    Ok(r.rows_affected() > 0)
+    .fetch_optional(conn)
+    .await
 }
 
 /// Every token (never its digest), live ones first.
@@ -194,4 +201,56 @@ pub async fn live_token(
             .await?;
     }
     Ok(Some((name, role, tenant)))
+}
+
+/// Appends a change record.
+pub async fn insert_change(
+    conn: &mut sqlx::PgConnection,
+    c: &crate::changes::Change<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO alphadome.change_audit (actor, bot_tenant_id, action, subject, before, after) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(c.actor)
+    .bind(c.tenant)
+    .bind(c.action)
+    .bind(c.subject)
+    .bind(&c.before)
+    .bind(&c.after)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// A tenant's configuration as the audit records it
+/// (`alphadome.tenant_audit_snapshot`).
+pub async fn tenant_snapshot(
+    conn: &mut sqlx::PgConnection,
+    tenant: Uuid,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT alphadome.tenant_audit_snapshot($1)")
+        .bind(tenant)
+        .fetch_one(conn)
+        .await
+}
+
+/// Recorded changes, newest first.
+pub async fn changes(
+    db: &PgPool,
+    tenant: Option<Uuid>,
+    since: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<crate::changes::ChangeRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, at, actor, bot_tenant_id AS tenant_id, action, subject, before, after \
+         FROM alphadome.change_audit \
+         WHERE ($1::uuid IS NULL OR bot_tenant_id = $1) AND ($2::timestamptz IS NULL OR at >= $2) \
+         ORDER BY at DESC, id DESC LIMIT $3",
+    )
+    .bind(tenant)
+    .bind(since)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{phone, AdminError};
+use crate::{changes, phone, AdminError};
 
 /// A tenant by id, or by client phone (in any form [`phone::normalize`]
 /// takes, national numbers with `country_code`).
@@ -135,8 +135,50 @@ pub async fn set_active(
     country_code: &str,
     active: bool,
 ) -> Result<(Uuid, bool), AdminError> {
+    set_active_as(
+        db,
+        bus,
+        id_or_phone,
+        country_code,
+        active,
+        &changes::cli_actor(),
+    )
+    .await
+}
+
+/// [`set_active`], recording `actor` in the change audit when it changed
+/// anything.
+pub async fn set_active_as(
+    db: &PgPool,
+    bus: Option<&Bus>,
+    id_or_phone: &str,
+    country_code: &str,
+    active: bool,
+    actor: &str,
+) -> Result<(Uuid, bool), AdminError> {
     let t = find(db, id_or_phone, country_code).await?;
-    let changed = tenant::store::set_active(db, t.id, active).await?;
+    let mut tx = db.begin().await?;
+    let changed = tenant::store::set_active(&mut tx, t.id, active).await?;
+    if changed {
+        let subject = t.id.to_string();
+        changes::record(
+            &mut tx,
+            &changes::Change {
+                actor,
+                tenant: Some(t.id),
+                action: if active {
+                    "tenant.activate"
+                } else {
+                    "tenant.deactivate"
+                },
+                subject: &subject,
+                before: Some(serde_json::json!({"is_active": !active})),
+                after: Some(serde_json::json!({"is_active": active})),
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
     if let Some(bus) = bus {
         tenant::announce_change(bus, t.id).await;
     }
@@ -157,8 +199,28 @@ pub async fn rotate_verify_token(
 ) -> Result<(Uuid, String), AdminError> {
     let t = find(db, id_or_phone, country_code).await?;
     let token = crypto::generate_verify_token();
-    tenant::store::rotate_verify_token(db, t.id, &crypto::verify_token_digest(&token), grace)
+    let mut tx = db.begin().await?;
+    tenant::store::rotate_verify_token(&mut tx, t.id, &crypto::verify_token_digest(&token), grace)
         .await?;
+    let subject = t.id.to_string();
+    changes::record(
+        &mut tx,
+        &changes::Change {
+            actor: &changes::cli_actor(),
+            tenant: Some(t.id),
+            action: "tenant.rotate_verify_token",
+            subject: &subject,
+            before: Some(serde_json::json!({
+                "webhook_verify_token": t.webhook_verify_token.as_ref().map(|_| "******** (set)"),
+            })),
+            after: Some(serde_json::json!({
+                "webhook_verify_token": "******** (new)",
+                "previous_valid_for_secs": grace.as_secs(),
+            })),
+        },
+    )
+    .await?;
+    tx.commit().await?;
     if let Some(bus) = bus {
         tenant::announce_change(bus, t.id).await;
     }

@@ -270,6 +270,22 @@ pub enum DlqCommand {
 pub enum AuditCommand {
     /// Check the credential audit trail's hash chain; fails on an edited or deleted row.
     Verify,
+    /// Every change to the configuration, newest first: who, when, what, and
+    /// the thing before and after (`--json`), secrets masked.
+    Log {
+        /// Only this tenant's changes (id or client phone).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only changes from this day on (YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many changes.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+        /// Print JSON, with the before and after of each change.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Removes the settings' environment variables that are set but empty, so

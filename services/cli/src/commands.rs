@@ -34,6 +34,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(KeysCommand::Generate) => println!("{}", Keyring::generate_key()),
         Command::Keys(KeysCommand::Rotate) => rotate_keys(s).await?,
         Command::Dlq(cmd) => dlq_command(s, cmd).await?,
+        Command::Audit(AuditCommand::Log {
+            tenant,
+            since,
+            limit,
+            json,
+        }) => change_log(s, tenant.as_deref(), since.as_deref(), limit, json).await?,
         Command::Audit(AuditCommand::Verify) => {
             let check = audit::verify(&pool(s).await?).await?;
             match check.broken {
@@ -298,6 +304,7 @@ async fn user_command(s: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
                 tenant.as_deref(),
                 &password,
                 &s.default_country_code,
+                &alphadome_admin::changes::cli_actor(),
             )
             .await?;
             if generated {
@@ -316,7 +323,7 @@ async fn user_command(s: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
             }
         }
         UserCommand::Disable { email } => {
-            if people::disable_user(&pool, &email).await? {
+            if people::disable_user(&pool, &email, &alphadome_admin::changes::cli_actor()).await? {
                 println!("{email} is disabled");
             } else {
                 println!("{email} was already disabled");
@@ -357,13 +364,14 @@ async fn token_command(s: &Settings, cmd: TokenCommand) -> anyhow::Result<()> {
                 role.into(),
                 tenant.as_deref(),
                 &s.default_country_code,
+                &alphadome_admin::changes::cli_actor(),
             )
             .await?;
             eprintln!("token {name} created; it is shown only now:");
             println!("{}", token.expose_secret());
         }
         TokenCommand::Revoke { name } => {
-            people::revoke_token(&pool, &name).await?;
+            people::revoke_token(&pool, &name, &alphadome_admin::changes::cli_actor()).await?;
             println!("token {name} is revoked");
         }
         TokenCommand::List { json } => {
@@ -378,10 +386,45 @@ async fn token_command(s: &Settings, cmd: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--since YYYY-MM-DD`, or `None` when not given.
+fn since_date(since: Option<&str>) -> anyhow::Result<Option<chrono::NaiveDate>> {
+    since
+        .map(|d| {
+            chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                .with_context(|| format!("--since {d:?} is not a date (YYYY-MM-DD)"))
+        })
+        .transpose()
+}
+
+async fn change_log(
+    s: &Settings,
+    tenant: Option<&str>,
+    since: Option<&str>,
+    limit: i64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let since = since_date(since)?.map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc());
+    let pool = pool(s).await?;
+    let tenant = match tenant {
+        Some(t) => Some(
+            alphadome_admin::tenants::find(&pool, t, &s.default_country_code)
+                .await?
+                .id,
+        ),
+        None => None,
+    };
+    let records = alphadome_admin::changes::list(&pool, tenant, since, limit).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+    } else {
+        print!("{}", crate::output::change_table(&records));
+    }
+    Ok(())
+}
+
 async fn usage(s: &Settings, tenant: &str, since: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let since = match since {
-        Some(d) => chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
-            .with_context(|| format!("--since {d:?} is not a date (YYYY-MM-DD)"))?,
+    let since = match since_date(since)? {
+        Some(d) => d,
         None => (chrono::Utc::now() - chrono::Duration::days(30)).date_naive(),
     };
     let pool = pool(s).await?;

@@ -165,6 +165,28 @@ pub fn token_table(tokens: &[alphadome_admin::people::TokenView]) -> String {
     out
 }
 
+/// `audit log`.
+pub fn change_table(records: &[alphadome_admin::changes::ChangeRecord]) -> String {
+    let mut out = format!(
+        "{:<16}  {:<28}  {:<26}  {:<36}  CHANGED\n",
+        "AT", "ACTOR", "ACTION", "SUBJECT"
+    );
+    for r in records {
+        let changed =
+            alphadome_admin::changes::changed_keys(r.before.as_ref(), r.after.as_ref()).join(", ");
+        let _ = writeln!(
+            out,
+            "{:<16}  {:<28}  {:<26}  {:<36}  {}",
+            when(Some(r.at)),
+            truncate(&r.actor, 28),
+            r.action,
+            truncate(&r.subject, 36),
+            truncate(&changed, 60),
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -268,13 +268,17 @@ pub async fn details(
 }
 
 /// Sets `is_active`; returns whether it changed.
-pub async fn set_active(pool: &PgPool, id: Uuid, active: bool) -> Result<bool, sqlx::Error> {
+pub async fn set_active(
+    conn: &mut PgConnection,
+    id: Uuid,
+    active: bool,
+) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE alphadome.bot_tenants SET is_active = $2 WHERE id = $1 AND is_active <> $2",
     )
     .bind(id)
     .bind(active)
-    .execute(pool)
+    .execute(conn)
     .await?
     .rows_affected()
         > 0)
@@ -283,7 +287,7 @@ pub async fn set_active(pool: &PgPool, id: Uuid, active: bool) -> Result<bool, s
 /// Stores a new webhook verify token digest; the previous one stays valid
 /// for `grace`.
 pub async fn rotate_verify_token(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     id: Uuid,
     digest: &str,
     grace: std::time::Duration,
@@ -297,7 +301,7 @@ pub async fn rotate_verify_token(
     .bind(id)
     .bind(digest)
     .bind(grace.as_secs_f64())
-    .execute(pool)
+    .execute(conn)
     .await
     .map(|_| ())
 }
