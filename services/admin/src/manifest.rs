@@ -634,11 +634,12 @@ pub async fn apply_as(
     actor: &str,
 ) -> Result<ApplyReport, ManifestError> {
     let mut tx = pool.begin().await?;
-    let before = match tenants::lock_by_phone(&mut tx, &manifest.tenant.client_phone.0).await? {
-        Some(existing) => crate::changes::tenant_snapshot(&mut tx, existing.id).await?,
+    let existing = tenants::lock_by_phone(&mut tx, &manifest.tenant.client_phone.0).await?;
+    let before = match &existing {
+        Some(e) => crate::changes::tenant_snapshot(&mut tx, e.id).await?,
         None => None,
     };
-    let report = apply_in(&mut tx, keyring, manifest)
+    let report = apply_in(&mut tx, keyring, manifest, existing)
         .await
         .map_err(|e| match e {
             ManifestError::Database(ref db) => constraint_error(manifest, db).unwrap_or(e),
@@ -702,13 +703,15 @@ fn seal(
     }
 }
 
+/// Writes `m` over `existing` (the stored tenant with its phone, locked by
+/// the caller), in the caller's transaction.
 async fn apply_in(
     conn: &mut PgConnection,
     keyring: &Keyring,
     m: &Manifest,
+    existing: Option<Existing>,
 ) -> Result<ApplyReport, ManifestError> {
     let t = &m.tenant;
-    let existing: Option<Existing> = tenants::lock_by_phone(conn, &t.client_phone.0).await?;
     let created = existing.is_none();
     let id = existing.as_ref().map(|e| e.id).unwrap_or_else(Uuid::new_v4);
 
