@@ -378,11 +378,11 @@ async fn the_admin_api_throttles_wrong_tokens_and_answers_bad_ids_with_a_4xx() {
     };
     // Bad ids are a 404, never a 5xx.
     for id in ["%00abc", "not-a-phone", "254%00700000001", "123"] {
-        let r = get(&format!("/admin/tenants/{id}"), token).await.unwrap();
+        let r = get(&format!("/api/v1/tenants/{id}"), token).await.unwrap();
         assert_eq!(r.status(), 404, "{id}");
     }
     assert_eq!(
-        get("/admin/tenants/254700000001", token)
+        get("/api/v1/tenants/254700000001", token)
             .await
             .unwrap()
             .status(),
@@ -392,7 +392,7 @@ async fn the_admin_api_throttles_wrong_tokens_and_answers_bad_ids_with_a_4xx() {
     let mut statuses = Vec::new();
     for _ in 0..30 {
         statuses.push(
-            get("/admin/tenants", "wrong-token")
+            get("/api/v1/tenants", "wrong-token")
                 .await
                 .unwrap()
                 .status()
@@ -401,6 +401,6 @@ async fn the_admin_api_throttles_wrong_tokens_and_answers_bad_ids_with_a_4xx() {
     }
     assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
-    assert_eq!(get("/admin/tenants", token).await.unwrap().status(), 429);
+    assert_eq!(get("/api/v1/tenants", token).await.unwrap().status(), 429);
     stack.stop().await.unwrap();
 }

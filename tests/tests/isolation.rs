@@ -91,6 +91,7 @@ async fn acting_as_tenant_a_no_service_sees_or_touches_tenant_b() {
         ServiceRole::Responder,
         ServiceRole::Sender,
         ServiceRole::Logger,
+        ServiceRole::Dashboard,
     ] {
         let pool = db::connect_as(&url, role, 1).await.unwrap();
         // Without a tenant set, nothing at all.
@@ -175,7 +176,7 @@ async fn acting_as_tenant_a_no_service_sees_or_touches_tenant_b() {
             ServiceRole::Ingress => Some("whatsapp_app_secret"),
             ServiceRole::Sender => Some("whatsapp_access_token"),
             ServiceRole::Responder => Some("ai_api_key"),
-            ServiceRole::Logger => None,
+            ServiceRole::Logger | ServiceRole::Dashboard => None,
         };
         for col in columns {
             let mut tx = db::scoped(&pool, a.id).await.unwrap();

@@ -325,26 +325,26 @@ async fn api_tokens_see_their_own_tenant_only_and_stop_when_revoked() {
             .map(|t| t["id"].as_str().unwrap().to_owned())
             .collect()
     };
-    let (status, all) = get("/admin/tenants".into(), root_token.clone()).await;
+    let (status, all) = get("/api/v1/tenants".into(), root_token.clone()).await;
     assert_eq!(status, 200);
     assert_eq!(ids(&all).len(), 2);
     for token in [&shop_token, &agent_token] {
-        let (status, mine) = get("/admin/tenants".into(), token.clone()).await;
+        let (status, mine) = get("/api/v1/tenants".into(), token.clone()).await;
         assert_eq!(status, 200);
         assert_eq!(ids(&mine), vec![a.id.to_string()]);
-        let (status, own) = get(format!("/admin/tenants/{}", a.id), token.clone()).await;
+        let (status, own) = get(format!("/api/v1/tenants/{}", a.id), token.clone()).await;
         assert_eq!(
             (status, own["client_name"].as_str()),
             (200, Some("Test Shop"))
         );
         // Another tenant's, by id or phone: as if it did not exist.
         for other in [b.id.to_string(), "254700000002".to_owned()] {
-            let (status, body) = get(format!("/admin/tenants/{other}"), token.clone()).await;
+            let (status, body) = get(format!("/api/v1/tenants/{other}"), token.clone()).await;
             assert_eq!(status, 404, "{other}");
             assert!(!body.to_string().contains("Other Shop"));
         }
     }
-    let (status, other) = get(format!("/admin/tenants/{}", b.id), root_token.clone()).await;
+    let (status, other) = get(format!("/api/v1/tenants/{}", b.id), root_token.clone()).await;
     assert_eq!(
         (status, other["client_name"].as_str()),
         (200, Some("Other Shop"))
@@ -353,9 +353,9 @@ async fn api_tokens_see_their_own_tenant_only_and_stop_when_revoked() {
     // Revoked: refused at once; the others still work.
     let (code, out, _) = cli(&["token", "revoke", "shop-bot"], &env);
     assert_eq!((code, out.trim()), (0, "token shop-bot is revoked"));
-    let (status, _) = get("/admin/tenants".into(), shop_token.clone()).await;
+    let (status, _) = get("/api/v1/tenants".into(), shop_token.clone()).await;
     assert_eq!(status, 401);
-    let (status, _) = get("/admin/tenants".into(), agent_token.clone()).await;
+    let (status, _) = get("/api/v1/tenants".into(), agent_token.clone()).await;
     assert_eq!(status, 200);
     let (code, out, _) = cli(&["token", "list", "--json"], &env);
     assert_eq!(code, 0);
@@ -376,7 +376,7 @@ async fn api_tokens_see_their_own_tenant_only_and_stop_when_revoked() {
     // The name is free again for a new token.
     let again = create("shop-bot", "tenant-admin", Some("254700000001"));
     assert_ne!(again, shop_token);
-    let (status, _) = get("/admin/tenants".into(), again).await;
+    let (status, _) = get("/api/v1/tenants".into(), again).await;
     assert_eq!(status, 200);
     stack.stop().await.unwrap();
 }

@@ -47,7 +47,7 @@ pub async fn tenant_snapshot(
 }
 
 /// A recorded change.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ChangeRecord {
     pub id: i64,
     pub at: DateTime<Utc>,
@@ -67,7 +67,19 @@ pub async fn list(
     since: Option<DateTime<Utc>>,
     limit: i64,
 ) -> Result<Vec<ChangeRecord>, sqlx::Error> {
-    store::changes(db, tenant, since, limit).await
+    let mut conn = db.acquire().await?;
+    store::changes(&mut conn, tenant, since, limit).await
+}
+
+/// [`list`] on the caller's connection: in a transaction acting for a
+/// tenant, only that tenant's records are visible.
+pub async fn list_in(
+    conn: &mut PgConnection,
+    tenant: Option<Uuid>,
+    since: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<ChangeRecord>, sqlx::Error> {
+    store::changes(conn, tenant, since, limit).await
 }
 
 /// The top-level keys of `before` and `after` whose values differ (what a

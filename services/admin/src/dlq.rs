@@ -13,7 +13,7 @@ use alphadome_core::Report;
 use serde::Serialize;
 
 /// One dead letter as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Letter {
     pub seq: u64,
     pub tenant_id: String,

@@ -2,10 +2,11 @@
 //! operations behind `alphadome tenant ...` ([`tenants`]: list, show with
 //! secrets masked, activate and deactivate, verify token rotation), tenant
 //! manifests ([`manifest`]), master key rotation ([`keys`]), dead letters
-//! ([`dlq`]), the read-only admin API ([`http`]) and the token expiry
+//! ([`dlq`]), the JSON API ([`api`], served by [`http`]) and the token expiry
 //! check ([`tokens`]), people and API tokens ([`people`]). [`store`] holds the SQL of the table it owns; the
 //! tenant tables are written through the tenant store in core.
 
+pub mod api;
 pub mod changes;
 pub mod dlq;
 pub mod http;

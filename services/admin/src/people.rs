@@ -309,6 +309,15 @@ pub async fn check_password(
     email: &str,
     password: &SecretString,
 ) -> Result<Option<Principal>, PeopleError> {
+    Ok(login(db, email, password).await?.map(|(_, p)| p))
+}
+
+/// [`check_password`], with the person's id.
+async fn login(
+    db: &PgPool,
+    email: &str,
+    password: &SecretString,
+) -> Result<Option<(Uuid, Principal)>, PeopleError> {
     let Ok(email) = normalize_email(email) else {
         let _ = password_matches(password, decoy_hash());
         return Ok(None);
@@ -321,11 +330,81 @@ pub async fn check_password(
         return Ok(None);
     }
     store::record_login(db, found.id).await?;
-    Ok(Some(Principal {
-        actor: format!("user:{email}"),
-        role: found.role.parse()?,
-        tenant: found.bot_tenant_id,
+    Ok(Some((
+        found.id,
+        Principal {
+            actor: format!("user:{email}"),
+            role: found.role.parse()?,
+            tenant: found.bot_tenant_id,
+        },
+    )))
+}
+
+/// A signed-in person's session: who they are, and the token their forms
+/// and the pages' API calls send back (CSRF).
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub principal: Principal,
+    pub csrf: String,
+}
+
+/// How long a session lasts without use, and at most.
+pub const SESSION_IDLE_HOURS: i32 = 12;
+pub const SESSION_MAX_DAYS: i32 = 7;
+
+/// Signs a person in: the session id for their cookie (stored only as its
+/// digest) and the session, or `None` as [`check_password`] answers.
+pub async fn sign_in(
+    db: &PgPool,
+    email: &str,
+    password: &SecretString,
+) -> Result<Option<(SecretString, Session)>, PeopleError> {
+    let Some((user, principal)) = login(db, email, password).await? else {
+        return Ok(None);
+    };
+    let id = generate_token();
+    let csrf = generate_password();
+    store::insert_session(
+        db,
+        &token_digest(id.expose_secret()),
+        user,
+        csrf.expose_secret(),
+        SESSION_IDLE_HOURS,
+    )
+    .await?;
+    Ok(Some((
+        id,
+        Session {
+            principal,
+            csrf: csrf.expose_secret().to_owned(),
+        },
+    )))
+}
+
+/// The live session with cookie value `id` (its person not disabled), or
+/// `None`. Use extends it, up to its maximum age.
+pub async fn session(db: &PgPool, id: &str) -> Result<Option<Session>, PeopleError> {
+    if !id.starts_with(TOKEN_PREFIX) {
+        return Ok(None);
+    }
+    let Some(row) =
+        store::live_session(db, &token_digest(id), SESSION_IDLE_HOURS, SESSION_MAX_DAYS).await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Session {
+        principal: Principal {
+            actor: format!("user:{}", row.email),
+            role: row.role.parse()?,
+            tenant: row.bot_tenant_id,
+        },
+        csrf: row.csrf_token,
     }))
+}
+
+/// Ends the session with cookie value `id` (signing out).
+pub async fn sign_out(db: &PgPool, id: &str) -> Result<(), PeopleError> {
+    Ok(store::delete_session(db, &token_digest(id)).await?)
 }
 
 /// An API token as listed (never the token or its digest).

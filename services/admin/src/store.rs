@@ -128,6 +128,95 @@ pub async fn record_login(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
         .map(|_| ())
 }
 
+/// Starts a session for `user` (and forgets expired ones).
+pub async fn insert_session(
+    db: &PgPool,
+    digest: &str,
+    user: Uuid,
+    csrf: &str,
+    idle_hours: i32,
+) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM alphadome.dashboard_sessions WHERE expires_at < now()")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO alphadome.dashboard_sessions (id_digest, user_id, csrf_token, expires_at) \
+         VALUES ($1, $2, $3, now() + make_interval(hours => $4))",
+    )
+    .bind(digest)
+    .bind(user)
+    .bind(csrf)
+    .bind(idle_hours)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// What a session gives a request.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SessionRow {
+    pub email: String,
+    pub role: String,
+    pub bot_tenant_id: Option<Uuid>,
+    pub csrf_token: String,
+}
+
+/// The live session with `digest` of a person not disabled, its expiry
+/// moved `idle_hours` on (at most `max_days` after it began; written at
+/// most once a minute).
+pub async fn live_session(
+    db: &PgPool,
+    digest: &str,
+    idle_hours: i32,
+    max_days: i32,
+) -> Result<Option<SessionRow>, sqlx::Error> {
+    let found: Option<(SessionRow, bool)> = sqlx::query_as::<_, (String, String, Option<Uuid>, String, bool)>(
+        "SELECT u.email, u.role, u.bot_tenant_id, s.csrf_token, s.last_seen_at < now() - interval '1 minute' \
+         FROM alphadome.dashboard_sessions s JOIN alphadome.dashboard_users u ON u.id = s.user_id \
+         WHERE s.id_digest = $1 AND s.expires_at > now() AND u.disabled_at IS NULL",
+    )
+    .bind(digest)
+    .fetch_optional(db)
+    .await?
+    .map(|(email, role, bot_tenant_id, csrf_token, stale)| {
+        (
+            SessionRow {
+                email,
+                role,
+                bot_tenant_id,
+                csrf_token,
+            },
+            stale,
+        )
+    });
+    let Some((row, stale)) = found else {
+        return Ok(None);
+    };
+    if stale {
+        sqlx::query(
+            "UPDATE alphadome.dashboard_sessions SET last_seen_at = now(), \
+               expires_at = least(created_at + make_interval(days => $3), now() + make_interval(hours => $2)) \
+             WHERE id_digest = $1",
+        )
+        .bind(digest)
+        .bind(idle_hours)
+        .bind(max_days)
+        .execute(db)
+        .await?;
+    }
+    Ok(Some(row))
+}
+
+/// Ends a session.
+pub async fn delete_session(db: &PgPool, digest: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM alphadome.dashboard_sessions WHERE id_digest = $1")
+        .bind(digest)
+        .execute(db)
+        .await
+        .map(|_| ())
+}
+
 /// Adds an API token by its digest; `false` when a live token has the name.
 pub async fn insert_token(
     conn: &mut sqlx::PgConnection,
@@ -237,7 +326,7 @@ pub async fn tenant_snapshot(
 
 /// Recorded changes, newest first.
 pub async fn changes(
-    db: &PgPool,
+    conn: &mut sqlx::PgConnection,
     tenant: Option<Uuid>,
     since: Option<DateTime<Utc>>,
     limit: i64,
@@ -251,6 +340,6 @@ pub async fn changes(
     .bind(tenant)
     .bind(since)
     .bind(limit)
-    .fetch_all(db)
+    .fetch_all(conn)
     .await
 }

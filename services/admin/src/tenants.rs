@@ -41,7 +41,7 @@ pub async fn list(
 }
 
 /// A tenant as shown to people: secrets masked.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TenantView {
     pub id: Uuid,
     pub client_name: String,

@@ -167,8 +167,14 @@ async fn start(
             alphadome_admin::tokens::TokenWatch::new(config, shared.pool.clone(), bus.clone())
                 .context("admin start-up")?
                 .spawn(config.token_check_every, shutdown.clone());
+            let tenant_db = shared.pool_as(db::ServiceRole::Dashboard, small).await?;
             Ok(Some(alphadome_admin::http::router(
-                shared.pool.clone(),
+                alphadome_admin::http::Connections {
+                    db: shared.pool.clone(),
+                    tenant_db,
+                    bus: bus.clone(),
+                    keyring: config.keyring.clone(),
+                },
                 alphadome_admin::http::ApiSettings {
                     token: config.admin_token.clone(),
                     country_code: config.country_code.clone(),

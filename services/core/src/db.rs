@@ -113,6 +113,8 @@ pub enum ServiceRole {
     Responder,
     Sender,
     Logger,
+    /// The dashboard and its JSON API, acting for one tenant per request.
+    Dashboard,
 }
 
 impl ServiceRole {
@@ -122,6 +124,7 @@ impl ServiceRole {
             ServiceRole::Responder => "alphadome_responder",
             ServiceRole::Sender => "alphadome_sender",
             ServiceRole::Logger => "alphadome_logger",
+            ServiceRole::Dashboard => "alphadome_dashboard",
         }
     }
 }

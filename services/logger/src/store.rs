@@ -218,7 +218,7 @@ pub async fn account_events(
 }
 
 /// One day of a tenant's traffic.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct UsageDay {
     pub day: String,
     pub incoming: i64,
@@ -234,6 +234,17 @@ pub async fn usage(
     tenant: Uuid,
     since: chrono::NaiveDate,
 ) -> Result<Vec<UsageDay>, sqlx::Error> {
+    let mut conn = db.acquire().await?;
+    usage_in(&mut conn, tenant, since).await
+}
+
+/// [`usage`] on the caller's connection (or transaction acting for
+/// `tenant`).
+pub async fn usage_in(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    since: chrono::NaiveDate,
+) -> Result<Vec<UsageDay>, sqlx::Error> {
     sqlx::query_as(
         "SELECT (created_at AT TIME ZONE 'UTC')::date::text AS day, \
            count(*) FILTER (WHERE direction = 'incoming') AS incoming, \
@@ -246,6 +257,125 @@ pub async fn usage(
     )
     .bind(tenant)
     .bind(since)
-    .fetch_all(db)
+    .fetch_all(conn)
     .await
+}
+
+/// The columns of a log row a person reads (the caller's row type has
+/// these fields).
+pub const MESSAGE_COLUMNS: &str = "id, user_phone, direction, message_text, whatsapp_message_id, \
+    ai_processed, ai_response, error_message, template_used, training_data_id, metadata, created_at, \
+    delivery_status, delivery_status_at";
+
+/// Which of a tenant's log rows to read.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter<'a> {
+    pub user: Option<&'a str>,
+    pub direction: Option<&'a str>,
+    /// Rows whose text contains this, ignoring case.
+    pub text: Option<&'a str>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Rows strictly before this (time, id): the previous page's last row.
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+/// `text` as a LIKE pattern matching it anywhere, its wildcards escaped.
+fn contains_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// A tenant's log rows, newest first, in the caller's transaction (acting
+/// for `tenant`).
+pub async fn messages<T>(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    f: &MessageFilter<'_>,
+) -> Result<Vec<T>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM alphadome.bot_message_logs \
+         WHERE bot_tenant_id = $1 AND ($2::text IS NULL OR user_phone = $2) \
+           AND ($3::text IS NULL OR direction = $3) \
+           AND ($4::text IS NULL OR message_text ILIKE $4 OR ai_response ILIKE $4) \
+           AND ($5::timestamptz IS NULL OR created_at >= $5) AND ($6::timestamptz IS NULL OR created_at < $6) \
+           AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8)) \
+         ORDER BY created_at DESC, id DESC LIMIT $9"
+    ))
+    .bind(tenant)
+    .bind(f.user)
+    .bind(f.direction)
+    .bind(f.text.map(contains_pattern))
+    .bind(f.since)
+    .bind(f.until)
+    .bind(f.before.map(|b| b.0))
+    .bind(f.before.map(|b| b.1))
+    .bind(f.limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// One customer's conversation with a tenant, as the inbox lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ConversationRow {
+    pub user_phone: String,
+    pub last_direction: String,
+    pub last_text: Option<String>,
+    pub last_at: DateTime<Utc>,
+    /// The customer's last message: Meta's 24-hour window runs from it.
+    pub last_incoming_at: Option<DateTime<Utc>>,
+    pub messages: i64,
+}
+
+/// A tenant's conversations, the most recent first (at most `limit`), or
+/// only `user`'s, in the caller's transaction (acting for `tenant`).
+pub async fn conversations(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    user: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ConversationRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT l.user_phone, l.direction AS last_direction, l.message_text AS last_text, \
+           l.created_at AS last_at, c.last_incoming_at, c.messages \
+         FROM (SELECT DISTINCT ON (user_phone) user_phone, direction, message_text, created_at \
+               FROM alphadome.bot_message_logs \
+               WHERE bot_tenant_id = $1 AND user_phone IS NOT NULL AND ($2::text IS NULL OR user_phone = $2) \
+               ORDER BY user_phone, created_at DESC) l \
+         JOIN (SELECT user_phone, count(*) AS messages, \
+                 max(created_at) FILTER (WHERE direction = 'incoming') AS last_incoming_at \
+               FROM alphadome.bot_message_logs \
+               WHERE bot_tenant_id = $1 AND user_phone IS NOT NULL AND ($2::text IS NULL OR user_phone = $2) \
+               GROUP BY user_phone) c USING (user_phone) \
+         ORDER BY l.created_at DESC LIMIT $3",
+    )
+    .bind(tenant)
+    .bind(user)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_pattern;
+
+    #[test]
+    fn search_text_is_matched_literally() {
+        assert_eq!(contains_pattern("50%_off"), "%50\\%\\_off%");
+        assert_eq!(contains_pattern("a\\b"), "%a\\\\b%");
+        assert_eq!(contains_pattern(""), "%%");
+    }
 }

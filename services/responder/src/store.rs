@@ -174,21 +174,31 @@ pub async fn record_handoff_email(
 /// was active.
 pub async fn resume_handoff(pool: &PgPool, tenant: Uuid, user: &str) -> Result<bool, sqlx::Error> {
     let mut tx = scoped(pool, tenant).await?;
+    let done = resume_handoff_in(&mut tx, tenant, user).await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// [`resume_handoff`] in the caller's transaction (acting for `tenant`).
+pub async fn resume_handoff_in(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    user: &str,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE alphadome.conversation_handoffs SET resumed_at = now() \
          WHERE bot_tenant_id = $1 AND user_phone = $2 AND resumed_at IS NULL AND paused_until > now()",
     )
     .bind(tenant)
     .bind(user)
-    .execute(&mut *tx)
+    .execute(conn)
     .await?
     .rows_affected();
-    tx.commit().await?;
     Ok(done > 0)
 }
 
 /// A conversation handed to a person.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Handoff {
     pub user_phone: String,
     pub reason: String,
@@ -199,16 +209,24 @@ pub struct Handoff {
 /// The tenant's conversations handed to a person now, oldest first.
 pub async fn active_handoffs(pool: &PgPool, tenant: Uuid) -> Result<Vec<Handoff>, sqlx::Error> {
     let mut tx = scoped(pool, tenant).await?;
-    let rows = sqlx::query_as(
+    let rows = active_handoffs_in(&mut tx, tenant).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// [`active_handoffs`] in the caller's transaction (acting for `tenant`).
+pub async fn active_handoffs_in(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+) -> Result<Vec<Handoff>, sqlx::Error> {
+    sqlx::query_as(
         "SELECT h.user_phone, h.reason, h.started_at::text AS started_at, h.paused_until::text AS paused_until \
          FROM alphadome.conversation_handoffs h \
          WHERE h.bot_tenant_id = $1 AND h.resumed_at IS NULL AND h.paused_until > now() ORDER BY h.started_at",
     )
     .bind(tenant)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(rows)
+    .fetch_all(conn)
+    .await
 }
 
 /// Removes limit records older than `days`; returns the rows removed.

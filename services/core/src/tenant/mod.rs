@@ -124,7 +124,7 @@ pub struct TenantSnapshot {
 }
 
 /// One line of the tenant list (`alphadome tenant list`, the admin API).
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TenantSummary {
     pub id: Uuid,
     pub client_name: String,

@@ -19,6 +19,8 @@ use super::{ControlSettings, Template, Tenant, TenantSnapshot, TenantSummary, Tr
 use crate::crypto::SecretColumn;
 use crate::db::scoped;
 
+pub mod edits;
+
 /// Columns of [`Tenant`].
 const TENANT_COLUMNS: &str = "id, client_name, client_phone, client_email, brand_id, \
     point_of_contact_name, point_of_contact_phone, whatsapp_phone_number_id, \

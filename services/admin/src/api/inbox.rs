@@ -1,0 +1,323 @@
+//! The inbox: a tenant's message log (search, cursor pages) and its
+//! conversations (one per customer: the last message, the handoff, Meta's
+//! 24-hour window).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use alphadome_logger::store::{self as log_store, ConversationRow, MessageFilter};
+use alphadome_responder::store::{self as responder_store, Handoff};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Api, Caller, Problem, Scope};
+
+/// How long after a customer's last message a business may write freely
+/// (Meta's customer service window).
+pub const WINDOW: Duration = Duration::hours(24);
+
+/// A logged message.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Message {
+    pub id: Uuid,
+    pub user_phone: Option<String>,
+    /// `incoming` or `outgoing`.
+    pub direction: String,
+    pub message_text: Option<String>,
+    pub whatsapp_message_id: Option<String>,
+    pub ai_processed: bool,
+    pub ai_response: Option<String>,
+    pub error_message: Option<String>,
+    pub template_used: Option<String>,
+    pub training_data_id: Option<Uuid>,
+    pub metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    /// `sent`, `delivered`, `read`, `played` or `failed` (outgoing rows).
+    pub delivery_status: Option<String>,
+    pub delivery_status_at: Option<DateTime<Utc>>,
+}
+
+/// A page of messages, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MessagePage {
+    pub messages: Vec<Message>,
+    /// Pass as `cursor` for the next (older) page; absent on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Which messages: all filters optional.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MessageQuery {
+    /// Only this customer's (phone, international digits).
+    pub user: Option<String>,
+    /// `incoming` or `outgoing`.
+    pub direction: Option<String>,
+    /// Text the message or reply contains (any case).
+    pub q: Option<String>,
+    /// From this time (RFC 3339) or day (YYYY-MM-DD).
+    pub since: Option<String>,
+    /// Before this time or day.
+    pub until: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Messages per page, 1 to 500 (default 50).
+    pub limit: Option<String>,
+}
+
+/// `value` as a time: RFC 3339, or a day (its start, UTC).
+fn parse_time(field: &str, value: &str) -> Result<DateTime<Utc>, Problem> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| {
+            Problem::invalid(
+                field,
+                format!("{value:?} is not a time (RFC 3339) or a day (YYYY-MM-DD)"),
+            )
+        })
+}
+
+/// The cursor after `m`: its time and id.
+fn cursor_of(m: &Message) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+        "{}|{}",
+        m.created_at.to_rfc3339(),
+        m.id
+    ))
+}
+
+fn parse_cursor(value: &str) -> Result<(DateTime<Utc>, Uuid), Problem> {
+    let bad = || Problem::invalid("cursor", "is not a cursor this API gave");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(value)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let (t, id) = text.split_once('|').ok_or_else(bad)?;
+    let t = DateTime::parse_from_rfc3339(t).map_err(|_| bad())?;
+    Ok((
+        t.with_timezone(&Utc),
+        Uuid::parse_str(id).map_err(|_| bad())?,
+    ))
+}
+
+impl MessageQuery {
+    fn filter(&self) -> Result<MessageFilter<'_>, Problem> {
+        let direction = match self.direction.as_deref() {
+            None | Some("") => None,
+            Some(d @ ("incoming" | "outgoing")) => Some(d),
+            Some(d) => {
+                return Err(Problem::invalid(
+                    "direction",
+                    format!("{d:?} is neither incoming nor outgoing"),
+                ))
+            }
+        };
+        let limit = match self.limit.as_deref() {
+            None | Some("") => 50,
+            Some(l) => l
+                .parse::<i64>()
+                .ok()
+                .filter(|l| (1..=500).contains(l))
+                .ok_or_else(|| Problem::invalid("limit", format!("{l:?} is not 1 to 500")))?,
+        };
+        let time = |field: &str, v: &Option<String>| {
+            v.as_deref()
+                .filter(|v| !v.is_empty())
+                .map(|v| parse_time(field, v))
+                .transpose()
+        };
+        Ok(MessageFilter {
+            user: self.user.as_deref().filter(|u| !u.is_empty()),
+            direction,
+            text: self.q.as_deref().filter(|q| !q.is_empty()),
+            since: time("since", &self.since)?,
+            until: time("until", &self.until)?,
+            before: self
+                .cursor
+                .as_deref()
+                .filter(|c| !c.is_empty())
+                .map(parse_cursor)
+                .transpose()?,
+            limit,
+        })
+    }
+}
+
+/// One page of `f`'s messages, read in `conn`.
+async fn page(
+    conn: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    f: &MessageFilter<'_>,
+) -> Result<MessagePage, Problem> {
+    let mut probe = f.clone();
+    probe.limit = f.limit + 1;
+    let mut messages: Vec<Message> = log_store::messages(conn, tenant, &probe).await?;
+    let more = messages.len() as i64 > f.limit;
+    messages.truncate(f.limit as usize);
+    let next_cursor = more.then(|| messages.last().map(cursor_of)).flatten();
+    Ok(MessagePage {
+        messages,
+        next_cursor,
+    })
+}
+
+/// A tenant's messages, newest first: filter by customer, direction,
+/// text and time; page with `cursor`.
+#[utoipa::path(get, path = "/tenants/{tenant}/messages", tag = "conversations",
+    params(("tenant" = String, Path, description = "The tenant's id or client phone"), MessageQuery),
+    responses((status = 200, body = MessagePage), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn messages(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    Query(q): Query<MessageQuery>,
+) -> Result<Response, Problem> {
+    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
+    let f = q.filter()?;
+    let p = page(&mut tx, tenant, &f).await?;
+    tx.commit().await?;
+    Ok(Json(p).into_response())
+}
+
+/// One customer's conversation as the inbox lists it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Conversation {
+    #[serde(flatten)]
+    pub last: ConversationRow,
+    /// Whether the business may write to the customer now (their last
+    /// message is less than 24 hours old).
+    pub in_window: bool,
+    /// When the window closes (or closed).
+    pub window_closes_at: Option<DateTime<Utc>>,
+    /// The handoff to a person, while the bot is paused for it.
+    pub handoff: Option<Handoff>,
+}
+
+fn conversation(row: ConversationRow, handoffs: &mut HashMap<String, Handoff>) -> Conversation {
+    let closes = row.last_incoming_at.map(|t| t + WINDOW);
+    Conversation {
+        in_window: closes.is_some_and(|c| c > Utc::now()),
+        window_closes_at: closes,
+        handoff: handoffs.remove(&row.user_phone),
+        last: row,
+    }
+}
+
+async fn handoffs(
+    conn: &mut sqlx::PgConnection,
+    tenant: Uuid,
+) -> Result<HashMap<String, Handoff>, Problem> {
+    Ok(responder_store::active_handoffs_in(conn, tenant)
+        .await?
+        .into_iter()
+        .map(|h| (h.user_phone.clone(), h))
+        .collect())
+}
+
+/// A tenant's conversations, the most recent first (at most 200).
+#[utoipa::path(get, path = "/tenants/{tenant}/conversations", tag = "conversations",
+    params(("tenant" = String, Path, description = "The tenant's id or client phone")),
+    responses((status = 200, body = [Conversation]), (status = 404, body = Problem)))]
+pub async fn conversations(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+) -> Result<Response, Problem> {
+    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
+    let rows = log_store::conversations(&mut tx, tenant, None, 200).await?;
+    let mut h = handoffs(&mut tx, tenant).await?;
+    tx.commit().await?;
+    let list: Vec<Conversation> = rows.into_iter().map(|r| conversation(r, &mut h)).collect();
+    Ok(Json(list).into_response())
+}
+
+/// A conversation with its newest messages.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConversationDetail {
+    pub conversation: Conversation,
+    #[serde(flatten)]
+    pub page: MessagePage,
+}
+
+/// One customer's conversation: its state and newest messages (page older
+/// ones with `cursor`).
+#[utoipa::path(get, path = "/tenants/{tenant}/conversations/{user}", tag = "conversations",
+    params(("tenant" = String, Path, description = "The tenant's id or client phone"),
+           ("user" = String, Path, description = "The customer's phone (international digits)"),
+           MessageQuery),
+    responses((status = 200, body = ConversationDetail), (status = 404, body = Problem)))]
+pub async fn conversation_detail(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path((tenant, user)): Path<(String, String)>,
+    Query(q): Query<MessageQuery>,
+) -> Result<Response, Problem> {
+    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
+    let found = log_store::conversations(&mut tx, tenant, Some(&user), 1).await?;
+    let row = found
+        .into_iter()
+        .next()
+        .ok_or_else(|| Problem::not_found(format!("no conversation with {user:?}")))?;
+    let mut h = handoffs(&mut tx, tenant).await?;
+    let mut f = q.filter()?;
+    f.user = Some(&user);
+    let page = page(&mut tx, tenant, &f).await?;
+    tx.commit().await?;
+    Ok(Json(ConversationDetail {
+        conversation: conversation(row, &mut h),
+        page,
+    })
+    .into_response())
+}
+
+/// Whether a handoff ended.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Resumed {
+    /// `false` when the bot was not paused for this customer.
+    pub resumed: bool,
+}
+
+/// Gives a conversation back to the bot: it answers the customer again.
+#[utoipa::path(post, path = "/tenants/{tenant}/conversations/{user}/resume", tag = "conversations",
+    params(("tenant" = String, Path, description = "The tenant's id or client phone"),
+           ("user" = String, Path, description = "The customer's phone")),
+    responses((status = 200, body = Resumed), (status = 404, body = Problem)))]
+pub async fn resume(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path((tenant, user)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
+    let resumed = responder_store::resume_handoff_in(&mut tx, tenant, &user).await?;
+    if !resumed
+        && log_store::conversations(&mut tx, tenant, Some(&user), 1)
+            .await?
+            .is_empty()
+    {
+        return Err(Problem::not_found(format!("no conversation with {user:?}")));
+    }
+    if resumed {
+        super::tenants::record_change(
+            &mut tx,
+            &caller,
+            tenant,
+            "conversation.resume",
+            &user,
+            Some(&serde_json::json!({"handoff": true})),
+            Some(&serde_json::json!({"handoff": false})),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Json(Resumed { resumed }).into_response())
+}

@@ -1,0 +1,387 @@
+//! Tenants, their activation and their control settings.
+
+use std::sync::Arc;
+
+use alphadome_core::tenant::store::{self as tenant_store, edits, SettingsWrite};
+use alphadome_core::tenant::TenantSummary;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::problem::{nullable, parse_json, present};
+use super::{require, Access, Api, Caller, Problem, Scope};
+use crate::changes::{self, Change};
+use crate::manifest::{Email, Limit, Manifest, ManifestError};
+use crate::phone;
+use crate::tenants::TenantView;
+
+/// The tenants the caller may see, by name.
+#[utoipa::path(get, path = "/tenants", tag = "tenants",
+    responses((status = 200, body = [TenantSummary]), (status = 401, body = Problem)))]
+pub async fn list(State(api): State<Arc<Api>>, caller: Caller) -> Result<Response, Problem> {
+    let who = &caller.principal;
+    let mut all = crate::tenants::list(&api.db, api.verify_token_max_age_days).await?;
+    all.retain(|t| who.sees(t.id));
+    Ok(Json(all).into_response())
+}
+
+/// Creates or updates a tenant from a manifest in its JSON form (as
+/// `alphadome tenant apply` takes it): 201 when it was created.
+#[utoipa::path(post, path = "/tenants", tag = "tenants",
+    request_body(content = serde_json::Value, description = "A tenant manifest (JSON)"),
+    responses((status = 201, body = TenantView), (status = 200, body = TenantView),
+              (status = 422, body = Problem), (status = 403, body = Problem)))]
+pub async fn create(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    require(&caller.principal, Access::Platform)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| Problem::bad_request("the body is not UTF-8 text"))?;
+    if serde_json::from_str::<serde_json::Value>(text).is_err() {
+        return Err(Problem::bad_request("the body is not valid JSON"));
+    }
+    let manifest = Manifest::parse(text, &api.country_code).map_err(manifest_problem)?;
+    let report =
+        crate::manifest::apply_as(&api.db, &api.keyring, &manifest, &caller.principal.actor)
+            .await
+            .map_err(manifest_problem)?;
+    api.announce(report.tenant_id).await;
+    let view =
+        crate::tenants::show(&api.db, &report.tenant_id.to_string(), &api.country_code).await?;
+    let status = if report.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)).into_response())
+}
+
+/// A manifest's error as a problem naming its field.
+fn manifest_problem(e: ManifestError) -> Problem {
+    match e {
+        ManifestError::Invalid { field, message, .. } => Problem::invalid(field, message),
+        ManifestError::Parse(msg) => match msg.split_once(": ") {
+            Some((path, rest)) if !path.contains(' ') => Problem::invalid(path, rest),
+            _ => Problem::invalid("tenant", msg),
+        },
+        ManifestError::Database(e) => e.into(),
+        ManifestError::Read { .. } => Problem::bad_request(e.to_string()),
+    }
+}
+
+/// One tenant, its secrets masked (never their values).
+#[utoipa::path(get, path = "/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "The tenant's id or client phone")),
+    responses((status = 200, body = TenantView), (status = 404, body = Problem)))]
+pub async fn show(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+) -> Result<Response, Problem> {
+    let scope = api.scope(&caller.principal, &tenant).await?;
+    let id = scope.tenant;
+    scope.tx.commit().await?;
+    let view = crate::tenants::show(&api.db, &id.to_string(), &api.country_code).await?;
+    Ok(Json(view).into_response())
+}
+
+/// Whether a tenant is live.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Activation {
+    pub id: uuid::Uuid,
+    pub is_active: bool,
+    /// Whether this request changed it.
+    pub changed: bool,
+}
+
+/// Puts a tenant live: its customers are answered.
+#[utoipa::path(post, path = "/tenants/{tenant}/activate", tag = "tenants",
+    params(("tenant" = String, Path, description = "The tenant's id or client phone")),
+    responses((status = 200, body = Activation), (status = 404, body = Problem), (status = 403, body = Problem)))]
+pub async fn activate(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+) -> Result<Response, Problem> {
+    set_active(&api, &caller, &tenant, true).await
+}
+
+/// Takes a tenant off the air: messages are logged, none answered.
+#[utoipa::path(post, path = "/tenants/{tenant}/deactivate", tag = "tenants",
+    params(("tenant" = String, Path, description = "The tenant's id or client phone")),
+    responses((status = 200, body = Activation), (status = 404, body = Problem), (status = 403, body = Problem)))]
+pub async fn deactivate(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+) -> Result<Response, Problem> {
+    set_active(&api, &caller, &tenant, false).await
+}
+
+async fn set_active(
+    api: &Api,
+    caller: &Caller,
+    tenant: &str,
+    active: bool,
+) -> Result<Response, Problem> {
+    let Scope { mut tx, tenant: id } = api.scope(&caller.principal, tenant).await?;
+    require(&caller.principal, Access::TenantAdmin)?;
+    let changed = tenant_store::set_active(&mut tx, id, active).await?;
+    if changed {
+        changes::record(
+            &mut tx,
+            &Change {
+                actor: &caller.principal.actor,
+                tenant: Some(id),
+                action: if active {
+                    "tenant.activate"
+                } else {
+                    "tenant.deactivate"
+                },
+                subject: &id.to_string(),
+                before: Some(serde_json::json!({"is_active": !active})),
+                after: Some(serde_json::json!({"is_active": active})),
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    if changed {
+        api.announce(id).await;
+    }
+    Ok(Json(Activation {
+        id,
+        is_active: active,
+        changed,
+    })
+    .into_response())
+}
+
+/// A tenant's control settings: every column of `bot_control_settings`.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Settings {
+    pub is_bot_enabled: bool,
+    /// Messages answered per hour across the tenant (none: no cap).
+    pub max_messages_per_hour: Option<i32>,
+    /// Messages answered per customer per day (none: no cap).
+    pub max_messages_per_user_per_day: Option<i32>,
+    pub enable_ai_responses: bool,
+    pub enable_payment_flow: bool,
+    pub enable_training_mode: bool,
+    pub enable_auto_reply: bool,
+    pub log_conversations: bool,
+    pub log_errors: bool,
+    pub escalation_phone: Option<String>,
+    pub escalation_email: Option<String>,
+    /// The reply when nothing matches and AI is off.
+    pub fallback_reply: Option<String>,
+    /// How long the bot stays quiet in a conversation handed to a person.
+    pub handoff_pause_minutes: i32,
+    pub metadata: serde_json::Value,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A change to the settings: fields left out stay as they are; `null`
+/// clears one that may be empty.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    #[serde(default, deserialize_with = "present")]
+    pub is_bot_enabled: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<i32>, nullable)]
+    pub max_messages_per_hour: Option<Option<Limit>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<i32>, nullable)]
+    pub max_messages_per_user_per_day: Option<Option<Limit>>,
+    #[serde(default, deserialize_with = "present")]
+    pub enable_ai_responses: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    pub enable_payment_flow: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    pub enable_training_mode: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    pub enable_auto_reply: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    pub log_conversations: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    pub log_errors: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub escalation_phone: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub escalation_email: Option<Option<Email>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub fallback_reply: Option<Option<String>>,
+    #[schema(value_type = Option<i32>)]
+    #[serde(default, deserialize_with = "present")]
+    pub handoff_pause_minutes: Option<Limit>,
+    #[serde(default, deserialize_with = "present")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl SettingsPatch {
+    /// `current` with this patch applied; phone numbers normalised with
+    /// `country_code`.
+    fn apply(self, mut s: Settings, country_code: &str) -> Result<Settings, Problem> {
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = self.$f { s.$f = v; })* };
+        }
+        set!(
+            is_bot_enabled,
+            enable_ai_responses,
+            enable_payment_flow,
+            enable_training_mode,
+            enable_auto_reply,
+            log_conversations,
+            log_errors
+        );
+        if let Some(v) = self.max_messages_per_hour {
+            s.max_messages_per_hour = v.map(|l| l.0);
+        }
+        if let Some(v) = self.max_messages_per_user_per_day {
+            s.max_messages_per_user_per_day = v.map(|l| l.0);
+        }
+        if let Some(v) = self.escalation_phone {
+            s.escalation_phone = match v.filter(|p| !p.trim().is_empty()) {
+                Some(p) => Some(
+                    phone::normalize(&p, country_code)
+                        .map_err(|e| Problem::invalid("escalation_phone", e.to_string()))?,
+                ),
+                None => None,
+            };
+        }
+        if let Some(v) = self.escalation_email {
+            s.escalation_email = v.map(|e| e.0);
+        }
+        if let Some(v) = self.fallback_reply {
+            s.fallback_reply = v.filter(|t| !t.trim().is_empty());
+        }
+        if let Some(v) = self.handoff_pause_minutes {
+            s.handoff_pause_minutes = v.0;
+        }
+        if let Some(v) = self.metadata {
+            s.metadata = serde_json::Value::Object(v);
+        }
+        Ok(s)
+    }
+}
+
+/// A tenant's control settings.
+#[utoipa::path(get, path = "/tenants/{tenant}/settings", tag = "settings",
+    params(("tenant" = String, Path, description = "The tenant's id or client phone")),
+    responses((status = 200, body = Settings), (status = 404, body = Problem)))]
+pub async fn settings(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+) -> Result<Response, Problem> {
+    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
+    let s: Settings = edits::settings(&mut tx, tenant).await?;
+    tx.commit().await?;
+    Ok(Json(s).into_response())
+}
+
+/// Changes some of a tenant's control settings; the running services
+/// follow within a second.
+#[utoipa::path(patch, path = "/tenants/{tenant}/settings", tag = "settings",
+    params(("tenant" = String, Path, description = "The tenant's id or client phone")),
+    request_body = SettingsPatch,
+    responses((status = 200, body = Settings), (status = 404, body = Problem),
+              (status = 422, body = Problem), (status = 403, body = Problem)))]
+pub async fn patch_settings(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
+    require(&caller.principal, Access::TenantAdmin)?;
+    let patch: SettingsPatch = parse_json(&body)?;
+    let before: Settings = edits::settings(&mut tx, tenant).await?;
+    let s = patch.apply(before.clone(), &api.country_code)?;
+    tenant_store::upsert_settings(
+        &mut tx,
+        tenant,
+        &SettingsWrite {
+            is_bot_enabled: s.is_bot_enabled,
+            max_messages_per_hour: s.max_messages_per_hour,
+            max_messages_per_user_per_day: s.max_messages_per_user_per_day,
+            enable_ai_responses: s.enable_ai_responses,
+            enable_payment_flow: s.enable_payment_flow,
+            enable_training_mode: s.enable_training_mode,
+            enable_auto_reply: s.enable_auto_reply,
+            log_conversations: s.log_conversations,
+            log_errors: s.log_errors,
+            escalation_phone: s.escalation_phone.as_deref(),
+            escalation_email: s.escalation_email.as_deref(),
+            fallback_reply: s.fallback_reply.as_deref(),
+            metadata: &s.metadata,
+            handoff_pause_minutes: s.handoff_pause_minutes,
+        },
+    )
+    .await?;
+    let after: Settings = edits::settings(&mut tx, tenant).await?;
+    let changed = record_change(
+        &mut tx,
+        &caller,
+        tenant,
+        "settings.update",
+        &tenant.to_string(),
+        Some(&before),
+        Some(&after),
+    )
+    .await?;
+    tx.commit().await?;
+    if changed {
+        api.announce(tenant).await;
+    }
+    Ok(Json(after).into_response())
+}
+
+/// Records a change of one row (`None`: created or removed) in the
+/// caller's transaction, unless nothing changed; whether it did.
+pub async fn record_change<T: Serialize>(
+    conn: &mut sqlx::PgConnection,
+    caller: &Caller,
+    tenant: uuid::Uuid,
+    action: &str,
+    subject: &str,
+    before: Option<&T>,
+    after: Option<&T>,
+) -> Result<bool, Problem> {
+    let json = |v: Option<&T>| {
+        v.map(|v| {
+            let mut j = serde_json::to_value(v).unwrap_or_default();
+            if let Some(o) = j.as_object_mut() {
+                o.remove("updated_at");
+            }
+            j
+        })
+    };
+    let (before, after) = (json(before), json(after));
+    if before == after {
+        return Ok(false);
+    }
+    changes::record(
+        conn,
+        &Change {
+            actor: &caller.principal.actor,
+            tenant: Some(tenant),
+            action,
+            subject,
+            before,
+            after,
+        },
+    )
+    .await?;
+    Ok(true)
+}
