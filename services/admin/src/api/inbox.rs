@@ -321,3 +321,104 @@ pub async fn resume(
     tx.commit().await?;
     Ok(Json(Resumed { resumed }).into_response())
 }
+
+/// An agent's reply.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyInput {
+    /// The text to send (1 to 4096 characters).
+    pub text: String,
+}
+
+/// A reply on its way to the customer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplyAccepted {
+    /// The reply's id: the sender's idempotency key; its log row carries
+    /// it in `metadata.outbound_id`.
+    pub outbound_id: String,
+    pub to: String,
+    /// Who wrote it (`user:<email>` or `token:<name>`), kept in the log
+    /// row's `metadata.author`.
+    pub author: String,
+}
+
+/// The longest text a WhatsApp message may carry.
+const MAX_TEXT: usize = 4096;
+
+/// Sends an agent's reply to the customer with the tenant's own WhatsApp
+/// number and token, and logs it with the agent as its author. Refused
+/// outside Meta's 24-hour customer service window.
+#[utoipa::path(post, path = "/tenants/{tenant}/conversations/{user}/messages", tag = "conversations",
+    params(("tenant" = String, Path, description = "The tenant's id or client phone"),
+           ("user" = String, Path, description = "The customer's phone")),
+    request_body = ReplyInput,
+    responses((status = 202, body = ReplyAccepted), (status = 404, body = Problem),
+              (status = 409, body = Problem, description = "Outside the 24-hour window"),
+              (status = 422, body = Problem)))]
+pub async fn reply(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path((tenant, user)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
+    let found = log_store::conversations(&mut tx, tenant, Some(&user), 1).await?;
+    tx.commit().await?;
+    let row = found
+        .into_iter()
+        .next()
+        .ok_or_else(|| Problem::not_found(format!("no conversation with {user:?}")))?;
+    let input: ReplyInput = super::problem::parse_json(&body)?;
+    let text = input.text.trim();
+    if text.is_empty() {
+        return Err(Problem::invalid("text", "must not be empty"));
+    }
+    if text.chars().count() > MAX_TEXT {
+        return Err(Problem::invalid(
+            "text",
+            format!("is longer than WhatsApp's {MAX_TEXT} characters"),
+        ));
+    }
+    let now = Utc::now();
+    match row.last_incoming_at {
+        Some(t) if t + WINDOW > now => {}
+        last => {
+            let since = last
+                .map(|t| format!("the customer last wrote at {}", t.to_rfc3339()))
+                .unwrap_or_else(|| "the customer has not written".to_owned());
+            return Err(Problem::outside_window(format!(
+                "outside WhatsApp's 24-hour window: {since}; only an approved template may be sent now"
+            )));
+        }
+    }
+    let author = caller.principal.actor.clone();
+    let outbound_id = format!("agent:{}", Uuid::new_v4());
+    let message = alphadome_core::events::v1::OutboundMessage {
+        outbound_id: outbound_id.clone(),
+        tenant_id: tenant.to_string(),
+        to: user.clone(),
+        text: text.to_owned(),
+        created_at_ms: now.timestamp_millis(),
+        metadata_json: serde_json::json!({"reason": "agent", "author": author}).to_string(),
+        ..Default::default()
+    };
+    let subject = api.bus.subject(
+        alphadome_core::bus::StreamKind::Outbound,
+        &message.tenant_id,
+    );
+    let bytes = alphadome_core::events::Message::encode_to_vec(&message);
+    api.bus
+        .publish(subject, &outbound_id, bytes.into())
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    tracing::info!(tenant_id = %tenant, %outbound_id, "agent reply queued");
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(ReplyAccepted {
+            outbound_id,
+            to: user,
+            author,
+        }),
+    )
+        .into_response())
+}

@@ -183,6 +183,7 @@ pub fn routes(api: Arc<Api>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(inbox::messages))
         .routes(routes!(inbox::conversations))
         .routes(routes!(inbox::conversation_detail))
+        .routes(routes!(inbox::reply))
         .routes(routes!(inbox::resume))
         .routes(routes!(ops::usage))
         .routes(routes!(ops::audit))

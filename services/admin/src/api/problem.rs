@@ -83,6 +83,15 @@ impl Problem {
         }
     }
 
+    /// A message the business may not send now: the customer's last
+    /// message is more than 24 hours old (Meta's customer service window).
+    pub fn outside_window(detail: impl Into<String>) -> Self {
+        Self {
+            field: Some("text".to_owned()),
+            ..Self::new(StatusCode::CONFLICT, "outside-window", detail)
+        }
+    }
+
     /// The body is not what the endpoint takes.
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad-request", detail)
