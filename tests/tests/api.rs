@@ -52,6 +52,34 @@ impl Api {
     }
 }
 
+impl Api {
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        kind: &str,
+        body: &str,
+    ) -> (u16, String, String) {
+        let r = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", kind)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let kind = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, kind, r.text().await.unwrap())
+    }
+}
+
 async fn token(env: &TestEnv, name: &str, role: Role, tenant: Option<&str>) -> String {
     people::create_token(&env.db.pool, name, role, tenant, "254", "test")
         .await
@@ -953,5 +981,160 @@ async fn an_agent_reply_goes_out_with_the_tenants_token_inside_the_window_only()
     assert_eq!(status, 404);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(env.graph.accepted(), before, "a refused reply was sent");
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn training_data_goes_out_and_comes_back_as_csv_and_yaml() {
+    let env = TestEnv::new().await;
+    let (a, _b) = two_tenants(&env).await;
+    let stack = RunningStack::start(env.config(), &[Service::Admin]).await;
+    let api = Api::new(&stack);
+    let admin = token(&env, "shop-admin", Role::TenantAdmin, Some(&a.phone)).await;
+    let d = format!("/tenants/{}/training-data", a.id);
+    let rows = || async {
+        let (_, v) = api.call(Method::GET, &d, &admin, None).await;
+        v.as_array().unwrap().len()
+    };
+    let start = rows().await;
+
+    // One bad row among good ones: every bad row named, nothing written.
+    let bad = "data_type,question,answer,priority\n\
+               faq,Do you repair guitars?,Yes,2\n\
+               faqq,Do you rent?,No,\n\
+               faq,Do you buy used?,,\n\
+               faq,Do you tune pianos?,Yes,high\n";
+    let (status, _, body) = api
+        .raw(
+            Method::POST,
+            &format!("{d}/import"),
+            &admin,
+            "text/csv",
+            bad,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let p: Value = serde_json::from_str(&body).unwrap();
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        vec!["rows[3].data_type", "rows[4].answer", "rows[5].priority"],
+        "{p}"
+    );
+    assert_eq!(rows().await, start);
+
+    // Good rows: created, then the same again changes nothing, then one
+    // answer changed is one update.
+    let good = "question,answer,category\nDo you repair guitars?,\"Yes, in two days\",repairs\nDo you rent?,No,\n";
+    let (status, _, body) = api
+        .raw(
+            Method::POST,
+            &format!("{d}/import"),
+            &admin,
+            "text/csv",
+            good,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (done["created"].as_u64(), done["updated"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let (_, _, body) = api
+        .raw(
+            Method::POST,
+            &format!("{d}/import"),
+            &admin,
+            "text/csv",
+            good,
+        )
+        .await;
+    let done: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(done["unchanged"], 2, "{done}");
+    let yaml = "- question: Do you rent?\n  answer: Yes, drums only\n";
+    let (_, _, body) = api
+        .raw(
+            Method::POST,
+            &format!("{d}/import"),
+            &admin,
+            "application/yaml",
+            yaml,
+        )
+        .await;
+    let done: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(done["updated"], 1, "{done}");
+    assert_eq!(rows().await, start + 2);
+
+    // Export, in both forms, and the export imports back unchanged.
+    let (status, kind, csv) = api
+        .raw(
+            Method::GET,
+            &format!("{d}/export"),
+            &admin,
+            "text/plain",
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(kind.starts_with("text/csv"), "{kind}");
+    assert!(
+        csv.starts_with("data_type,question,answer,category,priority,confidence_score,is_active\n"),
+        "{csv}"
+    );
+    assert!(csv.contains("\"Yes, in two days\""), "{csv}");
+    let (_, _, body) = api
+        .raw(
+            Method::POST,
+            &format!("{d}/import"),
+            &admin,
+            "text/csv",
+            &csv,
+        )
+        .await;
+    let done: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (done["created"].as_u64(), done["updated"].as_u64()),
+        (Some(0), Some(0)),
+        "{done}"
+    );
+    let (status, kind, yaml) = api
+        .raw(
+            Method::GET,
+            &format!("{d}/export?format=yaml"),
+            &admin,
+            "text/plain",
+            "",
+        )
+        .await;
+    assert_eq!((status, kind.as_str()), (200, "application/yaml"));
+    assert!(yaml.contains("answer: Yes, drums only"), "{yaml}");
+    let (_, _, body) = api
+        .raw(
+            Method::POST,
+            &format!("{d}/import?format=yaml"),
+            &admin,
+            "text/plain",
+            &yaml,
+        )
+        .await;
+    let done: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(done["unchanged"].as_u64(), Some(start as u64 + 2), "{done}");
+    let (status, _, body) = api
+        .raw(
+            Method::POST,
+            &format!("{d}/import"),
+            &admin,
+            "text/plain",
+            "a,b",
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("\"field\":\"format\""), "{body}");
     stack.stop().await.unwrap();
 }

@@ -15,6 +15,7 @@
 
 pub mod auth;
 mod content;
+mod import;
 mod inbox;
 mod ops;
 pub mod problem;
@@ -180,6 +181,8 @@ pub fn routes(api: Arc<Api>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(content::patch_template, content::delete_template))
         .routes(routes!(content::training, content::create_training))
         .routes(routes!(content::patch_training, content::delete_training))
+        .routes(routes!(import::import))
+        .routes(routes!(import::export))
         .routes(routes!(inbox::messages))
         .routes(routes!(inbox::conversations))
         .routes(routes!(inbox::conversation_detail))

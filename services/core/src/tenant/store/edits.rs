@@ -226,3 +226,34 @@ pub async fn delete_training(
             .await?;
     Ok(r.rows_affected() > 0)
 }
+
+/// Inserts a training row, or updates the tenant's row with the same type
+/// and question where anything differs: `Some(true)` when it was created,
+/// `Some(false)` updated, `None` unchanged.
+pub async fn upsert_training(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    r: &TrainingWrite<'_>,
+) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO alphadome.bot_training_data AS d (bot_tenant_id, data_type, question, answer, \
+           category, priority, confidence_score, is_active) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (bot_tenant_id, data_type, question) DO UPDATE SET answer = EXCLUDED.answer, \
+           category = EXCLUDED.category, priority = EXCLUDED.priority, \
+           confidence_score = EXCLUDED.confidence_score, is_active = EXCLUDED.is_active \
+         WHERE (d.answer, d.category, d.priority, d.confidence_score, d.is_active) IS DISTINCT FROM \
+               (EXCLUDED.answer, EXCLUDED.category, EXCLUDED.priority, EXCLUDED.confidence_score, EXCLUDED.is_active) \
+         RETURNING xmax = 0",
+    )
+    .bind(tenant)
+    .bind(r.data_type)
+    .bind(r.question)
+    .bind(r.answer)
+    .bind(r.category)
+    .bind(r.priority)
+    .bind(r.confidence_score)
+    .bind(r.is_active)
+    .fetch_optional(conn)
+    .await
+}
