@@ -141,6 +141,11 @@ fn tenant_endpoints(
 ) -> Vec<(Method, String, Option<Value>)> {
     vec![
         (Method::GET, format!("/tenants/{t}"), None),
+        (
+            Method::PATCH,
+            format!("/tenants/{t}"),
+            Some(json!({"client_name": "Renamed"})),
+        ),
         (Method::POST, format!("/tenants/{t}/activate"), None),
         (Method::POST, format!("/tenants/{t}/deactivate"), None),
         (Method::GET, format!("/tenants/{t}/settings"), None),
@@ -395,6 +400,65 @@ async fn configuration_changes_name_bad_fields_are_audited_and_reach_the_service
         .await;
     assert!(status == 400 || status == 422, "{p}");
     assert!(p["detail"].as_str().unwrap().contains("colour"), "{p}");
+
+    // The tenant's profile; credentials are write-only.
+    let tp = format!("/tenants/{}", a.id);
+    let (status, view) = api
+        .call(Method::PATCH, &tp, &admin, Some(json!({"client_name": " Kassangas Music Shop ", "ai_provider": "openai", "ai_api_key": "sk-new-secret-value", "webhook_url": null})))
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["client_name"], "Kassangas Music Shop");
+    assert_eq!(view["ai_provider"], "openai");
+    assert!(!view.to_string().contains("sk-new-secret-value"));
+    assert!(
+        view["ai_api_key"].as_str().unwrap().starts_with("****"),
+        "{view}"
+    );
+    let stored: String =
+        sqlx::query_scalar("SELECT ai_api_key FROM alphadome.bot_tenants WHERE id = $1")
+            .bind(a.id)
+            .fetch_one(&env.db.pool)
+            .await
+            .unwrap();
+    assert!(!stored.contains("sk-new-secret-value"));
+    let opened = env
+        .ring
+        .decrypt(
+            a.id,
+            alphadome_core::crypto::SecretColumn::AiApiKey,
+            &stored,
+        )
+        .unwrap();
+    assert_eq!(opened.expose_secret(), "sk-new-secret-value");
+    for (body, status, field) in [
+        (
+            json!({"webhook_url": "ftp://example.com"}),
+            422,
+            "webhook_url",
+        ),
+        (json!({"ai_provider": "skynet"}), 422, "ai_provider"),
+        (json!({"client_name": "  "}), 422, "client_name"),
+        (json!({"ai_api_key": ""}), 422, "ai_api_key"),
+        (
+            json!({"whatsapp_phone_number_id": "100000000000002"}),
+            409,
+            "whatsapp_phone_number_id",
+        ),
+    ] {
+        let (got, p) = api
+            .call(Method::PATCH, &tp, &admin, Some(body.clone()))
+            .await;
+        assert_eq!(
+            (got, p["field"].as_str()),
+            (status, Some(field)),
+            "{body}: {p}"
+        );
+    }
+    let leaked: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome.change_audit WHERE before::text || after::text LIKE '%sk-new-secret%'")
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(leaked, 0);
 
     // Templates: created, a taken name is a conflict naming the field,
     // the default moves.

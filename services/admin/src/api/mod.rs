@@ -173,7 +173,7 @@ impl utoipa::Modify for Security {
 pub fn routes(api: Arc<Api>) -> (Router, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(tenants::list, tenants::create))
-        .routes(routes!(tenants::show))
+        .routes(routes!(tenants::show, tenants::patch))
         .routes(routes!(tenants::activate))
         .routes(routes!(tenants::deactivate))
         .routes(routes!(tenants::settings, tenants::patch_settings))

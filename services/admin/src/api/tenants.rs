@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use alphadome_core::crypto::SecretColumn;
+use alphadome_core::db::is_constraint;
 use alphadome_core::tenant::store::{self as tenant_store, edits, SettingsWrite};
 use alphadome_core::tenant::TenantSummary;
 use axum::body::Bytes;
@@ -10,12 +12,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::problem::{nullable, parse_json, present};
 use super::{require, Access, Api, Caller, Problem, Scope};
 use crate::changes::{self, Change};
-use crate::manifest::{Email, Limit, Manifest, ManifestError};
+use crate::manifest::{AiProvider, Email, Limit, Manifest, ManifestError};
 use crate::phone;
 use crate::tenants::TenantView;
 
@@ -88,6 +91,268 @@ pub async fn show(
     let id = scope.tenant;
     scope.tx.commit().await?;
     let view = crate::tenants::show(&api.db, &id.to_string(), &api.country_code).await?;
+    Ok(Json(view).into_response())
+}
+
+/// A tenant's profile: what a person edits of it (the credentials aside).
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+struct Profile {
+    client_name: String,
+    client_email: Option<String>,
+    point_of_contact_name: Option<String>,
+    point_of_contact_phone: Option<String>,
+    whatsapp_phone_number_id: Option<String>,
+    whatsapp_business_account_id: Option<String>,
+    whatsapp_token_expires_at: Option<DateTime<Utc>>,
+    ai_provider: Option<String>,
+    ai_model: Option<String>,
+    ai_base_url: Option<String>,
+    webhook_url: Option<String>,
+    metadata: serde_json::Value,
+}
+
+/// A change to a tenant: fields left out stay, `null` clears one that may
+/// be empty. The credentials are write-only: set here, never shown.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPatch {
+    #[serde(default, deserialize_with = "present")]
+    pub client_name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub client_email: Option<Option<Email>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub point_of_contact_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub point_of_contact_phone: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub whatsapp_phone_number_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub whatsapp_business_account_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<DateTime<Utc>>, nullable)]
+    pub whatsapp_token_expires_at: Option<Option<DateTime<Utc>>>,
+    /// `openai`, `openrouter`, `huggingface` or `openai_compatible`.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub ai_provider: Option<Option<AiProvider>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub ai_model: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub ai_base_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub webhook_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Write-only.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, write_only)]
+    pub whatsapp_access_token: Option<Secret>,
+    /// Write-only.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, write_only)]
+    pub whatsapp_app_secret: Option<Secret>,
+    /// Write-only.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, write_only)]
+    pub ai_api_key: Option<Secret>,
+}
+
+/// A credential's new value: never printed.
+pub struct Secret(SecretString);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(********)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = String::deserialize(d)?;
+        if v.trim().is_empty() {
+            return Err(serde::de::Error::custom("must not be empty"));
+        }
+        Ok(Secret(SecretString::from(v.trim().to_owned())))
+    }
+}
+
+/// `v` trimmed, `None` when empty.
+fn text(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+/// An `http(s)://` address, or the problem naming `field`.
+fn url(field: &str, v: Option<String>) -> Result<Option<String>, Problem> {
+    match text(v) {
+        Some(u) if u.starts_with("https://") || u.starts_with("http://") => Ok(Some(u)),
+        Some(u) => Err(Problem::invalid(
+            field,
+            format!("{u:?} is not an http(s):// address"),
+        )),
+        None => Ok(None),
+    }
+}
+
+impl TenantPatch {
+    fn apply(&mut self, mut p: Profile, country_code: &str) -> Result<Profile, Problem> {
+        if let Some(n) = self.client_name.take() {
+            p.client_name = n.trim().to_owned();
+            if p.client_name.is_empty() {
+                return Err(Problem::invalid("client_name", "must not be empty"));
+            }
+        }
+        if let Some(v) = self.client_email.take() {
+            p.client_email = v.map(|e| e.0);
+        }
+        if let Some(v) = self.point_of_contact_name.take() {
+            p.point_of_contact_name = text(v);
+        }
+        if let Some(v) = self.point_of_contact_phone.take() {
+            p.point_of_contact_phone = match text(v) {
+                Some(n) => Some(
+                    phone::normalize(&n, country_code)
+                        .map_err(|e| Problem::invalid("point_of_contact_phone", e.to_string()))?,
+                ),
+                None => None,
+            };
+        }
+        if let Some(v) = self.whatsapp_phone_number_id.take() {
+            p.whatsapp_phone_number_id = text(v);
+            if let Some(id) = &p.whatsapp_phone_number_id {
+                if !id.chars().all(|c| c.is_ascii_digit()) {
+                    return Err(Problem::invalid(
+                        "whatsapp_phone_number_id",
+                        format!("{id:?} is not a phone number id (digits)"),
+                    ));
+                }
+            }
+        }
+        if let Some(v) = self.whatsapp_business_account_id.take() {
+            p.whatsapp_business_account_id = text(v);
+        }
+        if let Some(v) = self.whatsapp_token_expires_at.take() {
+            p.whatsapp_token_expires_at = v;
+        }
+        if let Some(v) = self.ai_provider.take() {
+            p.ai_provider = v.map(|a| a.as_str().to_owned());
+        }
+        if let Some(v) = self.ai_model.take() {
+            p.ai_model = text(v);
+        }
+        if let Some(v) = self.ai_base_url.take() {
+            p.ai_base_url = url("ai_base_url", v)?;
+        }
+        if let Some(v) = self.webhook_url.take() {
+            p.webhook_url = url("webhook_url", v)?;
+        }
+        if let Some(v) = self.metadata.take() {
+            p.metadata = serde_json::Value::Object(v);
+        }
+        Ok(p)
+    }
+}
+
+/// Changes a tenant's profile or credentials (write-only); the running
+/// services follow within a second.
+#[utoipa::path(patch, path = "/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "The tenant's id or client phone")),
+    request_body = TenantPatch,
+    responses((status = 200, body = TenantView), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem), (status = 403, body = Problem)))]
+pub async fn patch(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
+    require(&caller.principal, Access::TenantAdmin)?;
+    let mut patch: TenantPatch = parse_json(&body)?;
+    let before: Profile = edits::profile(&mut tx, tenant).await?;
+    let after = patch.apply(before.clone(), &api.country_code)?;
+    edits::save_profile(
+        &mut tx,
+        tenant,
+        &edits::ProfileWrite {
+            client_name: &after.client_name,
+            client_email: after.client_email.as_deref(),
+            point_of_contact_name: after.point_of_contact_name.as_deref(),
+            point_of_contact_phone: after.point_of_contact_phone.as_deref(),
+            whatsapp_phone_number_id: after.whatsapp_phone_number_id.as_deref(),
+            whatsapp_business_account_id: after.whatsapp_business_account_id.as_deref(),
+            whatsapp_token_expires_at: after.whatsapp_token_expires_at,
+            ai_provider: after.ai_provider.as_deref(),
+            ai_model: after.ai_model.as_deref(),
+            ai_base_url: after.ai_base_url.as_deref(),
+            webhook_url: after.webhook_url.as_deref(),
+            metadata: &after.metadata,
+        },
+    )
+    .await
+    .map_err(|e| {
+        if is_constraint(&e, "bot_tenants_whatsapp_phone_number_id_key") {
+            Problem::conflict(
+                "whatsapp_phone_number_id",
+                "is already used by another tenant",
+            )
+        } else {
+            e.into()
+        }
+    })?;
+    let mut set = Vec::new();
+    for (column, value) in [
+        (
+            SecretColumn::WhatsappAccessToken,
+            patch.whatsapp_access_token.take(),
+        ),
+        (
+            SecretColumn::WhatsappAppSecret,
+            patch.whatsapp_app_secret.take(),
+        ),
+        (SecretColumn::AiApiKey, patch.ai_api_key.take()),
+    ] {
+        let Some(Secret(value)) = value else { continue };
+        let sealed = api.keyring.encrypt(tenant, column, value.expose_secret());
+        edits::set_credential(&mut tx, tenant, column, &sealed).await?;
+        alphadome_core::audit::record(
+            &mut *tx,
+            tenant,
+            column,
+            &caller.principal.actor,
+            "API: credential set",
+        )
+        .await?;
+        set.push(column.column());
+    }
+    let mut before_json = serde_json::to_value(&before).unwrap_or_default();
+    let mut after_json = serde_json::to_value(&after).unwrap_or_default();
+    for column in &set {
+        before_json[*column] = serde_json::json!("********");
+        after_json[*column] = serde_json::json!("******** (new)");
+    }
+    let changed = record_change(
+        &mut tx,
+        &caller,
+        tenant,
+        "tenant.update",
+        &tenant.to_string(),
+        Some(&before_json),
+        Some(&after_json),
+    )
+    .await?;
+    tx.commit().await?;
+    if changed {
+        api.announce(tenant).await;
+    }
+    let view = crate::tenants::show(&api.db, &tenant.to_string(), &api.country_code).await?;
     Ok(Json(view).into_response())
 }
 

@@ -257,3 +257,92 @@ pub async fn upsert_training(
     .fetch_optional(conn)
     .await
 }
+
+/// The columns of a tenant's profile (everything a person edits but the
+/// credentials, which no service role reads).
+pub const PROFILE_COLUMNS: &str = "client_name, client_email, point_of_contact_name, \
+    point_of_contact_phone, whatsapp_phone_number_id, whatsapp_business_account_id, \
+    whatsapp_token_expires_at, ai_provider, ai_model, ai_base_url, webhook_url, metadata";
+
+/// A tenant's profile, locked for the caller's change.
+pub async fn profile<T: Row>(conn: &mut PgConnection, tenant: Uuid) -> Result<T, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {PROFILE_COLUMNS} FROM alphadome.bot_tenants WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(tenant)
+    .fetch_one(conn)
+    .await
+}
+
+/// A tenant's profile as a person edits it.
+#[derive(Debug, Clone)]
+pub struct ProfileWrite<'a> {
+    pub client_name: &'a str,
+    pub client_email: Option<&'a str>,
+    pub point_of_contact_name: Option<&'a str>,
+    pub point_of_contact_phone: Option<&'a str>,
+    pub whatsapp_phone_number_id: Option<&'a str>,
+    pub whatsapp_business_account_id: Option<&'a str>,
+    pub whatsapp_token_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub ai_provider: Option<&'a str>,
+    pub ai_model: Option<&'a str>,
+    pub ai_base_url: Option<&'a str>,
+    pub webhook_url: Option<&'a str>,
+    pub metadata: &'a serde_json::Value,
+}
+
+/// Writes a tenant's profile.
+pub async fn save_profile(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    p: &ProfileWrite<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE alphadome.bot_tenants SET client_name = $2, client_email = $3, point_of_contact_name = $4, \
+           point_of_contact_phone = $5, whatsapp_phone_number_id = $6, whatsapp_business_account_id = $7, \
+           whatsapp_token_expires_at = $8, ai_provider = $9, ai_model = $10, ai_base_url = $11, \
+           webhook_url = $12, metadata = $13 WHERE id = $1",
+    )
+    .bind(tenant)
+    .bind(p.client_name)
+    .bind(p.client_email)
+    .bind(p.point_of_contact_name)
+    .bind(p.point_of_contact_phone)
+    .bind(p.whatsapp_phone_number_id)
+    .bind(p.whatsapp_business_account_id)
+    .bind(p.whatsapp_token_expires_at)
+    .bind(p.ai_provider)
+    .bind(p.ai_model)
+    .bind(p.ai_base_url)
+    .bind(p.webhook_url)
+    .bind(p.metadata)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Stores a credential's new ciphertext (a new WhatsApp token clears the
+/// mark of Meta having rejected the old one).
+pub async fn set_credential(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    column: crate::crypto::SecretColumn,
+    ciphertext: &str,
+) -> Result<(), sqlx::Error> {
+    use crate::crypto::SecretColumn;
+    let sql = match column {
+        SecretColumn::WhatsappAccessToken => {
+            "UPDATE alphadome.bot_tenants SET whatsapp_access_token = $2, whatsapp_token_invalid_at = NULL WHERE id = $1"
+        }
+        SecretColumn::WhatsappAppSecret => {
+            "UPDATE alphadome.bot_tenants SET whatsapp_app_secret = $2 WHERE id = $1"
+        }
+        SecretColumn::AiApiKey => "UPDATE alphadome.bot_tenants SET ai_api_key = $2 WHERE id = $1",
+    };
+    sqlx::query(sql)
+        .bind(tenant)
+        .bind(ciphertext)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
