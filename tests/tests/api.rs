@@ -203,6 +203,8 @@ fn tenant_endpoints(
             None,
         ),
         (Method::GET, format!("/tenants/{t}/usage"), None),
+        (Method::GET, format!("/tenants/{t}/stats"), None),
+        (Method::GET, format!("/tenants/{t}/checklist"), None),
         (Method::GET, format!("/audit?tenant={t}"), None),
     ]
 }
@@ -736,6 +738,67 @@ async fn the_inbox_searches_pages_and_resumes_conversations() {
         .call(Method::GET, &format!("{base}/usage"), &agent, None)
         .await;
     assert_eq!(usage[0]["incoming"], 2, "{usage}");
+
+    // The go-live checklist, then stats: replies by reason, latency, and
+    // the questions that fell back.
+    let (_, list) = api
+        .call(Method::GET, &format!("{base}/checklist"), &agent, None)
+        .await;
+    let done = |l: &Value, key: &str| {
+        l["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["key"] == key)
+            .unwrap()["done"]
+            .clone()
+    };
+    assert_eq!(done(&list, "webhook"), true, "{list}");
+    assert_eq!(done(&list, "faq"), true, "{list}");
+    assert_eq!(done(&list, "token"), true, "{list}");
+    // The fixture's reply row carries no error, so it counts as answered.
+    assert_eq!(done(&list, "answered"), true, "{list}");
+    sqlx::query(
+        "INSERT INTO alphadome.bot_message_logs (bot_tenant_id, user_phone, direction, message_text, metadata, dedup_key) VALUES \
+           ($1, '254744000004', 'incoming', 'Do you sell violins?', '{\"reason\": \"fallback\"}', 'in:v1'), \
+           ($1, '254744000005', 'incoming', 'do you sell violins? ', '{\"reason\": \"fallback\"}', 'in:v2'), \
+           ($1, '254744000005', 'outgoing', 'Staff will reply here.', '{\"reason\": \"fallback\", \"latency_ms\": 300}', 'out:v2'), \
+           ($1, '254744000006', 'incoming', 'Hours?', '{\"reason\": \"faq_match\"}', 'in:h'), \
+           ($1, '254744000006', 'outgoing', 'We are open 9 to 5.', '{\"reason\": \"faq_match\", \"latency_ms\": 100}', 'out:h')",
+    )
+    .bind(a.id)
+    .execute(&env.db.pool)
+    .await
+    .unwrap();
+    let (status, stats) = api
+        .call(Method::GET, &format!("{base}/stats?hours=2"), &agent, None)
+        .await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["unanswered"][0]["times"], 2, "{stats}");
+    assert_eq!(stats["unanswered"].as_array().unwrap().len(), 1, "{stats}");
+    assert_eq!(stats["latency_p50_ms"], 200.0, "{stats}");
+    let reasons: Vec<(&str, i64)> = stats["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["reason"].as_str().unwrap(),
+                r["replies"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        reasons.contains(&("faq_match", 1)) && reasons.contains(&("fallback", 1)),
+        "{reasons:?}"
+    );
+    let hours = stats["hours"].as_array().unwrap();
+    let incoming: i64 = hours.iter().map(|h| h["incoming"].as_i64().unwrap()).sum();
+    assert_eq!(incoming, 5, "{stats}");
+    let (status, p) = api
+        .call(Method::GET, &format!("{base}/stats?hours=0"), &agent, None)
+        .await;
+    assert_eq!((status, p["field"].as_str()), (422, Some("hours")));
     stack.stop().await.unwrap();
 }
 
@@ -919,7 +982,7 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
             }
         }
     }
-    assert!(operations >= 23, "{operations}");
+    assert!(operations >= 29, "{operations}");
     // Every handler's parameters and bodies are described.
     let patch = &paths["/tenants/{tenant}/settings"]["patch"];
     assert!(patch["requestBody"].is_object());

@@ -368,6 +368,109 @@ pub async fn conversations(
     .await
 }
 
+/// One hour of a tenant's traffic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct HourRow {
+    pub hour: DateTime<Utc>,
+    pub incoming: i64,
+    pub outgoing: i64,
+    /// Rows that carry an error (a failed delivery, a failed AI call).
+    pub errors: i64,
+}
+
+/// How many replies were chosen for one reason (`faq_match`, `ai`,
+/// `fallback`, `agent`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ReasonCount {
+    pub reason: String,
+    pub replies: i64,
+}
+
+/// A question the bot could not answer (it fell back), how often it was
+/// asked and when last.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Unanswered {
+    pub question: String,
+    pub times: i64,
+    pub last_at: DateTime<Utc>,
+}
+
+/// A tenant's traffic since a time: per hour, replies by reason, reply
+/// latency, and the questions that fell back.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Stats {
+    pub since: DateTime<Utc>,
+    pub hours: Vec<HourRow>,
+    pub reasons: Vec<ReasonCount>,
+    /// Milliseconds from Meta's webhook to the reply sent, median and 95th
+    /// percentile (none without replies).
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p95_ms: Option<f64>,
+    pub unanswered: Vec<Unanswered>,
+}
+
+/// [`Stats`] of `tenant` since `since`, in the caller's transaction
+/// (acting for the tenant).
+pub async fn stats(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    since: DateTime<Utc>,
+) -> Result<Stats, sqlx::Error> {
+    let hours = sqlx::query_as(
+        "SELECT date_trunc('hour', created_at) AS hour, \
+           count(*) FILTER (WHERE direction = 'incoming') AS incoming, \
+           count(*) FILTER (WHERE direction = 'outgoing') AS outgoing, \
+           count(*) FILTER (WHERE error_message IS NOT NULL AND error_message <> '') AS errors \
+         FROM alphadome.bot_message_logs WHERE bot_tenant_id = $1 AND created_at >= $2 \
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind(tenant)
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await?;
+    let reasons = sqlx::query_as(
+        "SELECT COALESCE(metadata->>'reason', 'other') AS reason, count(*) AS replies \
+         FROM alphadome.bot_message_logs \
+         WHERE bot_tenant_id = $1 AND created_at >= $2 AND direction = 'outgoing' \
+         GROUP BY 1 ORDER BY 2 DESC, 1",
+    )
+    .bind(tenant)
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await?;
+    let (p50, p95): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY (metadata->>'latency_ms')::float8), \
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY (metadata->>'latency_ms')::float8) \
+         FROM alphadome.bot_message_logs \
+         WHERE bot_tenant_id = $1 AND created_at >= $2 AND direction = 'outgoing' \
+           AND jsonb_typeof(metadata->'latency_ms') = 'number'",
+    )
+    .bind(tenant)
+    .bind(since)
+    .fetch_one(&mut *conn)
+    .await?;
+    let unanswered = sqlx::query_as(
+        "SELECT min(message_text) AS question, count(*) AS times, max(created_at) AS last_at \
+         FROM alphadome.bot_message_logs \
+         WHERE bot_tenant_id = $1 AND created_at >= $2 AND direction = 'incoming' \
+           AND metadata->>'reason' IN ('fallback', 'ai_failed_fallback') \
+           AND message_text IS NOT NULL AND message_text <> '' \
+         GROUP BY lower(btrim(message_text)) ORDER BY 2 DESC, 3 DESC LIMIT 20",
+    )
+    .bind(tenant)
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Stats {
+        since,
+        hours,
+        reasons,
+        latency_p50_ms: p50,
+        latency_p95_ms: p95,
+        unanswered,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::contains_pattern;

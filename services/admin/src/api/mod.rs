@@ -14,12 +14,13 @@
 //! announced, so the running services follow within a second.
 
 pub mod auth;
-mod content;
+pub mod content;
+pub mod golive;
 mod import;
-mod inbox;
+pub mod inbox;
 mod ops;
 pub mod problem;
-mod tenants;
+pub mod tenants;
 
 use std::sync::Arc;
 
@@ -189,6 +190,8 @@ pub fn routes(api: Arc<Api>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(inbox::reply))
         .routes(routes!(inbox::resume))
         .routes(routes!(ops::usage))
+        .routes(routes!(golive::stats))
+        .routes(routes!(golive::checklist))
         .routes(routes!(ops::audit))
         .routes(routes!(ops::dead_letters))
         .routes(routes!(ops::replay))
