@@ -1,5 +1,6 @@
 //! The admin service's HTTP face: the JSON API under `/api/v1` ([`api`])
-//! and its OpenAPI document, on the service's address.
+//! with its OpenAPI document, and the dashboard's pages ([`web`]), on the
+//! service's address.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 
 use crate::api::{self, Api};
+use crate::web;
 
 /// What the admin's HTTP face needs besides its connections.
 #[derive(Clone)]
@@ -46,5 +48,7 @@ pub fn router(c: Connections, settings: ApiSettings) -> Router {
         verify_token_max_age_days: settings.verify_token_max_age_days,
         guard: SourceGuard::new(settings.trust_x_forwarded_for, usize::MAX),
     });
-    api::routes(api).0
+    api::routes(api.clone())
+        .0
+        .merge(web::routes(web::Web::new(api)))
 }

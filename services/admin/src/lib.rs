@@ -17,6 +17,7 @@ pub mod phone;
 pub mod store;
 pub mod tenants;
 pub mod tokens;
+pub mod web;
 
 pub use keys::{rotate_master_key, RotationReport};
 pub use tenants::{list, rotate_verify_token, set_active, show, TenantView};

@@ -18,6 +18,7 @@ use super::problem::{nullable, parse_json, present};
 use super::tenants::record_change;
 use super::{require, Access, Api, Caller, Problem, Scope};
 use crate::manifest::{Confidence, DataType, ResponseLength, Tone};
+use crate::people::Principal;
 
 /// A template.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -151,10 +152,19 @@ pub async fn templates(
     caller: Caller,
     Path(tenant): Path<String>,
 ) -> Result<Response, Problem> {
-    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
+    Ok(Json(load_templates(&api, &caller.principal, &tenant).await?).into_response())
+}
+
+/// A tenant's templates, as `who` may see them.
+pub async fn load_templates(
+    api: &Api,
+    who: &Principal,
+    tenant: &str,
+) -> Result<Vec<Template>, Problem> {
+    let Scope { mut tx, tenant } = api.scope(who, tenant).await?;
     let rows: Vec<Template> = edits::templates(&mut tx, tenant).await?;
     tx.commit().await?;
-    Ok(Json(rows).into_response())
+    Ok(rows)
 }
 
 /// Adds a template.
@@ -391,10 +401,19 @@ pub async fn training(
     caller: Caller,
     Path(tenant): Path<String>,
 ) -> Result<Response, Problem> {
-    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
+    Ok(Json(load_training(&api, &caller.principal, &tenant).await?).into_response())
+}
+
+/// A tenant's training data, as `who` may see it.
+pub async fn load_training(
+    api: &Api,
+    who: &Principal,
+    tenant: &str,
+) -> Result<Vec<Training>, Problem> {
+    let Scope { mut tx, tenant } = api.scope(who, tenant).await?;
     let rows: Vec<Training> = edits::training(&mut tx, tenant).await?;
     tx.commit().await?;
-    Ok(Json(rows).into_response())
+    Ok(rows)
 }
 
 /// Adds a training row.

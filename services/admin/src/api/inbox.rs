@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Api, Caller, Problem, Scope};
+use crate::people::Principal;
 
 /// How long after a customer's last message a business may write freely
 /// (Meta's customer service window).
@@ -182,11 +183,21 @@ pub async fn messages(
     Path(tenant): Path<String>,
     Query(q): Query<MessageQuery>,
 ) -> Result<Response, Problem> {
-    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
+    Ok(Json(load_messages(&api, &caller.principal, &tenant, &q).await?).into_response())
+}
+
+/// A page of a tenant's messages, as `who` may see them.
+pub async fn load_messages(
+    api: &Api,
+    who: &Principal,
+    tenant: &str,
+    q: &MessageQuery,
+) -> Result<MessagePage, Problem> {
+    let Scope { mut tx, tenant } = api.scope(who, tenant).await?;
     let f = q.filter()?;
     let p = page(&mut tx, tenant, &f).await?;
     tx.commit().await?;
-    Ok(Json(p).into_response())
+    Ok(p)
 }
 
 /// One customer's conversation as the inbox lists it.
@@ -233,12 +244,20 @@ pub async fn conversations(
     caller: Caller,
     Path(tenant): Path<String>,
 ) -> Result<Response, Problem> {
-    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
+    Ok(Json(load_conversations(&api, &caller.principal, &tenant).await?).into_response())
+}
+
+/// A tenant's conversations, as `who` may see them.
+pub async fn load_conversations(
+    api: &Api,
+    who: &Principal,
+    tenant: &str,
+) -> Result<Vec<Conversation>, Problem> {
+    let Scope { mut tx, tenant } = api.scope(who, tenant).await?;
     let rows = log_store::conversations(&mut tx, tenant, None, 200).await?;
     let mut h = handoffs(&mut tx, tenant).await?;
     tx.commit().await?;
-    let list: Vec<Conversation> = rows.into_iter().map(|r| conversation(r, &mut h)).collect();
-    Ok(Json(list).into_response())
+    Ok(rows.into_iter().map(|r| conversation(r, &mut h)).collect())
 }
 
 /// A conversation with its newest messages.
@@ -262,22 +281,33 @@ pub async fn conversation_detail(
     Path((tenant, user)): Path<(String, String)>,
     Query(q): Query<MessageQuery>,
 ) -> Result<Response, Problem> {
-    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
-    let found = log_store::conversations(&mut tx, tenant, Some(&user), 1).await?;
+    Ok(Json(load_conversation(&api, &caller.principal, &tenant, &user, &q).await?).into_response())
+}
+
+/// One customer's conversation and a page of its messages, as `who` may
+/// see them.
+pub async fn load_conversation(
+    api: &Api,
+    who: &Principal,
+    tenant: &str,
+    user: &str,
+    q: &MessageQuery,
+) -> Result<ConversationDetail, Problem> {
+    let Scope { mut tx, tenant } = api.scope(who, tenant).await?;
+    let found = log_store::conversations(&mut tx, tenant, Some(user), 1).await?;
     let row = found
         .into_iter()
         .next()
         .ok_or_else(|| Problem::not_found(format!("no conversation with {user:?}")))?;
     let mut h = handoffs(&mut tx, tenant).await?;
     let mut f = q.filter()?;
-    f.user = Some(&user);
+    f.user = Some(user);
     let page = page(&mut tx, tenant, &f).await?;
     tx.commit().await?;
-    Ok(Json(ConversationDetail {
+    Ok(ConversationDetail {
         conversation: conversation(row, &mut h),
         page,
     })
-    .into_response())
 }
 
 /// Whether a handoff ended.

@@ -16,9 +16,9 @@
 pub mod auth;
 pub mod content;
 pub mod golive;
-mod import;
+pub mod import;
 pub mod inbox;
-mod ops;
+pub mod ops;
 pub mod problem;
 pub mod tenants;
 

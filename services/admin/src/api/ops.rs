@@ -84,9 +84,21 @@ pub async fn audit(
             .filter(|l| (1..=1000).contains(l))
             .ok_or_else(|| Problem::invalid("limit", format!("{l:?} is not 1 to 1000")))?,
     };
-    let who = &caller.principal;
     let named = q.tenant.as_deref().filter(|t| !t.is_empty());
-    let records = match (who.tenant, named) {
+    let records = load_audit(&api, &caller.principal, named, since, limit).await?;
+    Ok(Json(records).into_response())
+}
+
+/// The change records `who` may see, newest first: of the tenant `named`
+/// (a tenant-bound caller's own whatever it says), or all.
+pub async fn load_audit(
+    api: &Api,
+    who: &crate::people::Principal,
+    named: Option<&str>,
+    since: Option<chrono::DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<ChangeRecord>, Problem> {
+    Ok(match (who.tenant, named) {
         // A platform admin reads every tenant's, and the platform's own.
         (None, None) => changes::list(&api.db, None, since, limit).await?,
         // Otherwise in a transaction acting for the tenant: row-level
@@ -99,8 +111,7 @@ pub async fn audit(
             tx.commit().await?;
             r
         }
-    };
-    Ok(Json(records).into_response())
+    })
 }
 
 /// Messages that failed every delivery attempt, oldest first (platform

@@ -19,6 +19,7 @@ use super::problem::{nullable, parse_json, present};
 use super::{require, Access, Api, Caller, Problem, Scope};
 use crate::changes::{self, Change};
 use crate::manifest::{AiProvider, Email, Limit, Manifest, ManifestError};
+use crate::people::Principal;
 use crate::phone;
 use crate::tenants::TenantView;
 
@@ -26,10 +27,7 @@ use crate::tenants::TenantView;
 #[utoipa::path(get, path = "/tenants", tag = "tenants",
     responses((status = 200, body = [TenantSummary]), (status = 401, body = Problem)))]
 pub async fn list(State(api): State<Arc<Api>>, caller: Caller) -> Result<Response, Problem> {
-    let who = &caller.principal;
-    let mut all = crate::tenants::list(&api.db, api.verify_token_max_age_days).await?;
-    all.retain(|t| who.sees(t.id));
-    Ok(Json(all).into_response())
+    Ok(Json(load_list(&api, &caller.principal).await?).into_response())
 }
 
 /// Creates or updates a tenant from a manifest in its JSON form (as
@@ -87,11 +85,22 @@ pub async fn show(
     caller: Caller,
     Path(tenant): Path<String>,
 ) -> Result<Response, Problem> {
-    let scope = api.scope(&caller.principal, &tenant).await?;
+    Ok(Json(load_view(&api, &caller.principal, &tenant).await?).into_response())
+}
+
+/// A tenant, its secrets masked, as `who` may see it.
+pub async fn load_view(api: &Api, who: &Principal, tenant: &str) -> Result<TenantView, Problem> {
+    let scope = api.scope(who, tenant).await?;
     let id = scope.tenant;
     scope.tx.commit().await?;
-    let view = crate::tenants::show(&api.db, &id.to_string(), &api.country_code).await?;
-    Ok(Json(view).into_response())
+    Ok(crate::tenants::show(&api.db, &id.to_string(), &api.country_code).await?)
+}
+
+/// The tenants `who` may see, by name.
+pub async fn load_list(api: &Api, who: &Principal) -> Result<Vec<TenantSummary>, Problem> {
+    let mut all = crate::tenants::list(&api.db, api.verify_token_max_age_days).await?;
+    all.retain(|t| who.sees(t.id));
+    Ok(all)
 }
 
 /// A tenant's profile: what a person edits of it (the credentials aside).
@@ -549,10 +558,15 @@ pub async fn settings(
     caller: Caller,
     Path(tenant): Path<String>,
 ) -> Result<Response, Problem> {
-    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
+    Ok(Json(load_settings(&api, &caller.principal, &tenant).await?).into_response())
+}
+
+/// A tenant's control settings, as `who` may see them.
+pub async fn load_settings(api: &Api, who: &Principal, tenant: &str) -> Result<Settings, Problem> {
+    let Scope { mut tx, tenant } = api.scope(who, tenant).await?;
     let s: Settings = edits::settings(&mut tx, tenant).await?;
     tx.commit().await?;
-    Ok(Json(s).into_response())
+    Ok(s)
 }
 
 /// Changes some of a tenant's control settings; the running services
