@@ -34,6 +34,15 @@ export KASSANGAS_VERIFY_TOKEN="${KASSANGAS_VERIFY_TOKEN:-demo-verify-token}"
 "$bin" tenant apply -f deploy/tenants/kassangas.yaml >/dev/null
 "$bin" tenant activate 254702245555
 
+# A dashboard login for the demo tenant: its password made once, kept
+# out of git like the master key.
+[ -s .alphadome/demo-password ] || "$bin" keys generate | head -c 20 > .alphadome/demo-password
+chmod 600 .alphadome/demo-password
+demo_user=owner@kassangas.example
+if ! "$bin" user list | grep -q "$demo_user"; then
+  "$bin" user add "$demo_user" --role tenant-admin --tenant 254702245555 < .alphadome/demo-password >/dev/null
+fi
+
 "$bin" up > .alphadome/alphadome.log 2>&1 &
 up=$!
 trap 'kill -TERM $up 2>/dev/null; wait $up 2>/dev/null || true' EXIT
@@ -42,5 +51,8 @@ for _ in $(seq 1 100); do
   kill -0 $up 2>/dev/null || { cat .alphadome/alphadome.log >&2; exit 1; }
   sleep 0.2
 done
-echo "Alphadome is running (logs: .alphadome/alphadome.log). Type a message; Ctrl-D ends." >&2
+port="${ALPHADOME_HTTP_ADDR##*:}"
+echo "Alphadome is running (logs: .alphadome/alphadome.log)." >&2
+echo "Dashboard: http://localhost:$port/  (sign in as $demo_user, password $(cat .alphadome/demo-password))" >&2
+echo "Type a message to the bot; Ctrl-D ends." >&2
 "$bin" simulate --tenant 254702245555 --ingress "http://$ALPHADOME_HTTP_ADDR/webhook" "$@"

@@ -11,6 +11,12 @@ command -v cc >/dev/null || need_apt+=(build-essential)
 command -v pg_ctlcluster >/dev/null || need_apt+=(postgresql)
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
+# The browser tests drive Debian's Chromium through its WebDriver
+# (test.sh asks for them; the demo does not need them).
+if [ "${ALPHADOME_BROWSER:-0}" = 1 ]; then
+  command -v chromium >/dev/null || need_apt+=(chromium)
+  command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}" >&2
   as_root apt-get update -qq

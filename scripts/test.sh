@@ -3,6 +3,7 @@
 # (installed and started by setup.sh when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ALPHADOME_BROWSER=1
 source scripts/setup.sh
 
 export ALPHADOME_TEST_DATABASE_URL="${ALPHADOME_TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"

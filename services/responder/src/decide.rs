@@ -152,6 +152,19 @@ fn reply_metadata(ctx: &TenantContext, d: &Decision) -> String {
     m.to_string()
 }
 
+/// When the customer wrote: Meta's timestamp (whole seconds), refined
+/// with the millisecond the platform received it when that fell within the
+/// same second, so a conversation's rows keep their order even when the
+/// customer writes again in the second of the bot's reply.
+fn occurred_at_ms(msg: &InboundMessage) -> i64 {
+    if msg.sent_at > 0 {
+        let sent = msg.sent_at * 1000;
+        sent + (msg.received_at_ms - sent).clamp(0, 999)
+    } else {
+        msg.received_at_ms
+    }
+}
+
 /// The incoming message's log row, when the tenant logs conversations.
 pub fn log_event(
     ctx: &TenantContext,
@@ -198,11 +211,7 @@ pub fn log_event(
             .map(|i| i.to_string())
             .unwrap_or_default(),
         metadata_json: metadata.to_string(),
-        occurred_at_ms: if msg.sent_at > 0 {
-            msg.sent_at * 1000
-        } else {
-            msg.received_at_ms
-        },
+        occurred_at_ms: occurred_at_ms(msg),
         raw_json: msg.raw_json.clone(),
         trace: Some(trace),
     })
@@ -331,6 +340,16 @@ mod tests {
         let log = log_event(&c, &msg, &d, TraceContext::default()).unwrap();
         assert_eq!(log.dedup_key, "in:wamid.1");
         assert_eq!(log.occurred_at_ms, 1_700_000_000_000);
+        let within = InboundMessage {
+            received_at_ms: 1_700_000_000_250,
+            ..msg.clone()
+        };
+        assert_eq!(occurred_at_ms(&within), 1_700_000_000_250);
+        let late = InboundMessage {
+            received_at_ms: 1_700_000_090_000,
+            ..msg.clone()
+        };
+        assert_eq!(occurred_at_ms(&late), 1_700_000_000_999);
         assert!(log.metadata_json.contains("faq_match"));
         let out = reply_event(&c, &msg, &d, 5, TraceContext::default()).unwrap();
         assert_eq!(out.outbound_id, "reply:wamid.1");
