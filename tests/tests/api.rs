@@ -1062,6 +1062,37 @@ async fn an_agent_reply_goes_out_with_the_tenants_token_inside_the_window_only()
     assert_eq!(logged["author"], "token:desk");
     assert_eq!(logged["reason"], "agent");
     assert_eq!(logged["outbound_id"], sent["outbound_id"]);
+    // The bot is paused in that conversation until it is given back.
+    let (_, c) = api
+        .call(Method::GET, &format!("{base}/254711000001"), &agent, None)
+        .await;
+    assert_eq!(
+        c["conversation"]["handoff"]["reason"], "asked for a person",
+        "{c}"
+    );
+    let (_, done) = api
+        .call(
+            Method::POST,
+            &format!("{base}/254711000001/resume"),
+            &agent,
+            None,
+        )
+        .await;
+    assert_eq!(done["resumed"], true);
+    api.call(
+        Method::POST,
+        &format!("{base}/254711000001/messages"),
+        &agent,
+        Some(json!({"text": "One more thing."})),
+    )
+    .await;
+    let (_, c) = api
+        .call(Method::GET, &format!("{base}/254711000001"), &agent, None)
+        .await;
+    assert_eq!(
+        c["conversation"]["handoff"]["reason"], "an agent replied",
+        "{c}"
+    );
 
     // Outside the 24-hour window: refused, nothing sent.
     let before = env.graph.accepted();

@@ -324,7 +324,27 @@ async fn a_business_runs_its_bot_from_the_browser() {
     assert_eq!(sent.to(), "254755000007");
     assert_eq!(sent.token, "EAAG-browser-token");
     see(&b, "user:ops@alphadome.example").await;
+    // The bot is paused while a person handles it; given back, it answers.
+    b.goto(&format!("{base}/t/{id}/inbox/254755000007"))
+        .await
+        .unwrap();
+    see(&b, "Give back to the bot").await;
     shoot(&b, "conversation").await;
+    click(&b, "#resume").await;
+    eventually(Duration::from_secs(10), "the handoff ends", || {
+        let pool = env.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT resumed_at IS NOT NULL FROM alphadome.conversation_handoffs WHERE bot_tenant_id = $1 AND user_phone = '254755000007'",
+            )
+            .bind(id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+            .filter(|done| *done)
+        }
+    })
+    .await;
 
     // The overview's charts and checklist, on a wide and a phone screen.
     b.goto(&format!("{base}/t/{id}")).await.unwrap();

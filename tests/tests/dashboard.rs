@@ -102,6 +102,14 @@ async fn pages_render_for_each_role_and_another_tenants_are_not_found() {
         .unwrap();
     }
 
+    // Every page forbids framing and foreign scripts.
+    let r = client().get(format!("{base}/login")).send().await.unwrap();
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
     // Pages need a session: the sign-in page, with where to come back.
     let r = client()
         .get(format!("{base}/t/{}", a.id))
@@ -186,8 +194,10 @@ async fn pages_render_for_each_role_and_another_tenants_are_not_found() {
             assert_eq!(status, 404, "{email} {path}");
             assert!(!html.contains("Other Shop"), "{email} {path}");
         }
-        let (status, _) = get("/tenants/new".into()).await;
-        assert_eq!(status, 403);
+        for path in ["/tenants/new", "/dead-letters"] {
+            let (status, _) = get(path.into()).await;
+            assert_eq!(status, 403, "{email} {path}");
+        }
         // Signing out ends the session.
         let (_, html) = get(format!("/t/{}", a.id)).await;
         let at = html.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();

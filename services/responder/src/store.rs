@@ -197,6 +197,34 @@ pub async fn resume_handoff_in(
     Ok(done > 0)
 }
 
+/// Pauses the bot in the customer's conversation because a person
+/// answered it: starts a handoff of `pause_minutes`, or extends the running
+/// one to at least that, in the caller's transaction (acting for
+/// `tenant`).
+pub async fn pause_for_agent_in(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    user: &str,
+    pause_minutes: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO alphadome.conversation_handoffs AS h (bot_tenant_id, user_phone, reason, paused_until) \
+         VALUES ($1, $2, 'an agent replied', now() + make_interval(mins => $3)) \
+         ON CONFLICT (bot_tenant_id, user_phone) DO UPDATE SET \
+           reason = CASE WHEN h.resumed_at IS NULL AND h.paused_until > now() THEN h.reason ELSE EXCLUDED.reason END, \
+           started_at = CASE WHEN h.resumed_at IS NULL AND h.paused_until > now() THEN h.started_at ELSE now() END, \
+           paused_until = CASE WHEN h.resumed_at IS NULL THEN GREATEST(h.paused_until, EXCLUDED.paused_until) \
+                               ELSE EXCLUDED.paused_until END, \
+           resumed_at = NULL",
+    )
+    .bind(tenant)
+    .bind(user)
+    .bind(pause_minutes)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
 /// A conversation handed to a person.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Handoff {

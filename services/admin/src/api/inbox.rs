@@ -376,8 +376,10 @@ pub struct ReplyAccepted {
 const MAX_TEXT: usize = 4096;
 
 /// Sends an agent's reply to the customer with the tenant's own WhatsApp
-/// number and token, and logs it with the agent as its author. Refused
-/// outside Meta's 24-hour customer service window.
+/// number and token, and logs it with the agent as its author; the bot
+/// pauses in the conversation (the tenant's `handoff_pause_minutes`) until
+/// it is given back. Refused outside Meta's 24-hour customer service
+/// window.
 #[utoipa::path(post, path = "/tenants/{tenant}/conversations/{user}/messages", tag = "conversations",
     params(("tenant" = String, Path, description = "The tenant's id or client phone"),
            ("user" = String, Path, description = "The customer's phone")),
@@ -393,7 +395,6 @@ pub async fn reply(
 ) -> Result<Response, Problem> {
     let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
     let found = log_store::conversations(&mut tx, tenant, Some(&user), 1).await?;
-    tx.commit().await?;
     let row = found
         .into_iter()
         .next()
@@ -421,6 +422,14 @@ pub async fn reply(
             )));
         }
     }
+    // The bot stays quiet while a person handles the conversation.
+    let settings: super::tenants::Settings =
+        alphadome_core::tenant::store::edits::settings(&mut tx, tenant).await?;
+    if settings.handoff_pause_minutes > 0 {
+        responder_store::pause_for_agent_in(&mut tx, tenant, &user, settings.handoff_pause_minutes)
+            .await?;
+    }
+    tx.commit().await?;
     let author = caller.principal.actor.clone();
     let outbound_id = format!("agent:{}", Uuid::new_v4());
     let message = alphadome_core::events::v1::OutboundMessage {

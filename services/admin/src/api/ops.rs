@@ -36,14 +36,24 @@ pub async fn usage(
     Path(tenant): Path<String>,
     Query(q): Query<UsageQuery>,
 ) -> Result<Response, Problem> {
-    let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
     let since = match q.since.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => parse_day("since", s)?,
         None => (Utc::now() - chrono::Duration::days(30)).date_naive(),
     };
+    Ok(Json(load_usage(&api, &caller.principal, &tenant, since).await?).into_response())
+}
+
+/// A tenant's usage per day since `since`, as `who` may see it.
+pub async fn load_usage(
+    api: &Api,
+    who: &crate::people::Principal,
+    tenant: &str,
+    since: NaiveDate,
+) -> Result<Vec<UsageDay>, Problem> {
+    let Scope { mut tx, tenant } = api.scope(who, tenant).await?;
     let days = log_store::usage_in(&mut tx, tenant, since).await?;
     tx.commit().await?;
-    Ok(Json(days).into_response())
+    Ok(days)
 }
 
 /// Which changes.

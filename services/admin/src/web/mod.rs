@@ -71,6 +71,34 @@ pub fn routes(web: Arc<Web>) -> Router {
         .route("/static/app.css", get(style))
         .merge(pages::routes())
         .with_state(web)
+        .layer(axum::middleware::map_response(protect))
+}
+
+/// What every dashboard response tells the browser: run only this site's
+/// script, never inside another site's frame, send no referrer elsewhere,
+/// keep no copy of a page.
+async fn protect(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+             connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    r
 }
 
 async fn script() -> Response {

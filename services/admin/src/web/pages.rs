@@ -27,6 +27,7 @@ pub fn routes() -> Router<Arc<Web>> {
         .route("/", get(home))
         .route("/tenants/new", get(new_tenant))
         .route("/audit", get(audit))
+        .route("/dead-letters", get(dead_letters))
         .route("/t/{tenant}", get(overview))
         .route("/t/{tenant}/inbox", get(inbox))
         .route("/t/{tenant}/inbox/{user}", get(conversation))
@@ -63,6 +64,7 @@ fn platform_nav(s: &Session) -> Markup {
             a href="/" { "Tenants" }
             a href="/tenants/new" { "New tenant" }
             a href="/audit" { "Audit" }
+            a href="/dead-letters" { "Dead letters" }
         }
     }
 }
@@ -237,6 +239,8 @@ async fn overview(
             let view = load_view(&web.api, who, &t).await?;
             let list = load_checklist(&web.api, who, &t).await?;
             let stats = load_stats(&web.api, who, &t, 24).await?;
+            let since = (Utc::now() - Duration::days(30)).date_naive();
+            let usage = crate::api::ops::load_usage(&web.api, who, &t, since).await?;
             let now = Utc::now();
             let hours = day_of_hours(&stats, now);
             let errors: i64 = hours.iter().map(|h| h.3).sum();
@@ -284,6 +288,23 @@ async fn overview(
                     h2 { "Messages per hour (24 h)" }
                     p.muted { span style="color:#2e90fa" { "■" } " in  " span style="color:#0b6e4f" { "■" } " out  " span style="color:#b42318" { "■" } " errors" }
                     (hours_chart(&hours))
+                }
+                div.card.scroll {
+                    h2 { "Usage (30 days)" }
+                    @if usage.is_empty() { p.muted { "No messages yet." } }
+                    @else {
+                        table {
+                            thead { tr { th { "Day" } th { "In" } th { "Out" } th { "AI replies" } th.wide { "AI tokens" } } }
+                            tbody {
+                                @for d in usage.iter().rev() {
+                                    tr {
+                                        td { (d.day) } td { (d.incoming) } td { (d.outgoing) } td { (d.ai_replies) }
+                                        td.wide { (d.prompt_tokens + d.completion_tokens) }
+                                    }
+                                }
+                            }
+                        }
+                    }
                 }
                 div.card {
                     h2 { "Questions the bot could not answer (24 h)" }
@@ -529,6 +550,17 @@ async fn faq(
                                             }
                                             " "
                                             button.danger data-api={"DELETE " (base) "/" (r.id)} data-confirm="Delete this entry?" { "Delete" }
+                                            details {
+                                                summary { "Edit" }
+                                                form data-api={"PATCH " (base) "/" (r.id)} {
+                                                    label { "Question" input type="text" name="question" value=(r.question.as_deref().unwrap_or("")); }
+                                                    label { "Answer" textarea name="answer" { (r.answer.as_deref().unwrap_or("")) } }
+                                                    label { "Category" input type="text" name="category" data-empty="null" value=[r.category.as_deref()]; }
+                                                    label { "Priority" input type="number" name="priority" data-type="int" value=(r.priority); }
+                                                    p.problem {}
+                                                    button type="submit" { "Save" }
+                                                }
+                                            }
                                         }
                                     }
                                 }
@@ -585,6 +617,24 @@ async fn templates(
                                     button.secondary data-api={"PATCH " (base) "/" (r.id)} data-body=r#"{"is_default": true, "is_active": true}"# { "Make default" }
                                 }
                                 button.danger data-api={"DELETE " (base) "/" (r.id)} data-confirm="Delete this template?" { "Delete" }
+                            }
+                            details {
+                                summary { "Edit" }
+                                form data-api={"PATCH " (base) "/" (r.id)} {
+                                    label { "Description" input type="text" name="description" data-empty="null" value=[r.description.as_deref()]; }
+                                    label { "Instructions for the AI" textarea name="system_prompt" data-empty="null" { (r.system_prompt.as_deref().unwrap_or("")) } }
+                                    label { "Tone"
+                                        select name="tone" {
+                                            @for t in ["friendly", "professional"] { option value=(t) selected[r.tone == t] { (t) } }
+                                        }
+                                    }
+                                    label { "Longest reply (characters; empty: no limit)"
+                                        input type="number" min="1" max="4096" name="max_response_length" data-type="int" value=[r.max_response_length];
+                                    }
+                                    label.check { input type="checkbox" name="is_active" checked[r.is_active]; "Active" }
+                                    p.problem {}
+                                    button type="submit" { "Save" }
+                                }
                             }
                         }
                     }
@@ -746,6 +796,45 @@ async fn audit(
                 }
             };
             Ok(page("Audit", Some(&s), nav, body).into_response())
+        }
+        .await,
+    )
+}
+
+async fn dead_letters(State(web): State<Arc<Web>>, Viewer(s): Viewer) -> Response {
+    if s.principal.role != Role::PlatformAdmin {
+        return error_page(&Problem::forbidden(
+            "only a platform admin handles dead letters",
+        ));
+    }
+    render(
+        async {
+            let letters = crate::dlq::list(&web.api.bus)
+                .await
+                .map_err(|e| Problem::unavailable(&e))?;
+            let body = html! {
+                h1 { "Dead letters" }
+                p.muted { "Messages that failed every attempt, with why. Replay one once its cause is fixed: a reply is still never sent twice." }
+                div.card.scroll {
+                    table {
+                        thead { tr { th { "#" } th { "Tenant" } th { "Message" } th { "Why" } th.wide { "From" } th {} } }
+                        tbody {
+                            @for l in &letters {
+                                tr {
+                                    td { (l.seq) }
+                                    td { a href={"/t/" (l.tenant_id)} { (l.tenant_id) } }
+                                    td { (l.id) }
+                                    td { (l.reason) }
+                                    td.wide { (l.source_subject) }
+                                    td { button data-api={"POST /api/v1/dead-letters/" (l.seq) "/replay"} { "Replay" } }
+                                }
+                            }
+                        }
+                    }
+                    @if letters.is_empty() { p.muted { "None: nothing has failed." } }
+                }
+            };
+            Ok(page("Dead letters", Some(&s), platform_nav(&s), body).into_response())
         }
         .await,
     )
