@@ -13,6 +13,7 @@
 
 mod ceilings;
 mod env;
+mod faq_eval;
 mod floor;
 mod report;
 mod runs;
@@ -117,6 +118,17 @@ enum Cmd {
         #[arg(long)]
         slow_llm_ms: Option<u64>,
     },
+    /// The FAQ matcher against the labelled set (bench/data/faq-eval.yaml):
+    /// paraphrases answered right, out-of-scope questions refused, time per
+    /// message. Needs no service.
+    FaqEval {
+        /// Another labelled set.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// Print every question answered wrongly or not at all.
+        #[arg(long)]
+        show_misses: bool,
+    },
     /// A bare axum handler answering 200 (the HTTP ceiling's server).
     #[command(hide = true)]
     BareHttp,
@@ -167,6 +179,7 @@ async fn all(smoke: bool) -> anyhow::Result<()> {
     )
     .await?;
     let logger_line = logger(smoke, s(200_000, 2_000)).await?;
+    let understanding = faq_eval::run(&faq_eval::default_path(), false)?;
     let mem = memory(
         smoke,
         s(1000, 20),
@@ -230,6 +243,9 @@ async fn all(smoke: bool) -> anyhow::Result<()> {
     row(&logger_line, Some(&copy));
     row(&logger_line, Some(&copy_logger));
     row(&mem, None);
+    for l in &understanding {
+        row(l, None);
+    }
     for l in &neighbours {
         row(l, None);
     }
@@ -240,11 +256,14 @@ async fn all(smoke: bool) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let smoke = cli.smoke;
-    if !matches!(cli.cmd, Cmd::BareHttp) {
+    if !matches!(cli.cmd, Cmd::BareHttp | Cmd::FaqEval { .. }) {
         println!("# against {}", services().await?);
     }
     match cli.cmd {
         Cmd::BareHttp => bare_http().await?,
+        Cmd::FaqEval { file, show_misses } => {
+            faq_eval::run(&file.unwrap_or_else(faq_eval::default_path), show_misses)?;
+        }
         Cmd::All => all(smoke).await?,
         Cmd::Floor { messages } => {
             println!("# on {}", machine());
