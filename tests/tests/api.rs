@@ -441,10 +441,29 @@ async fn configuration_changes_name_bad_fields_are_audited_and_reach_the_service
         (json!({"ai_provider": "skynet"}), 422, "ai_provider"),
         (json!({"client_name": "  "}), 422, "client_name"),
         (json!({"ai_api_key": ""}), 422, "ai_api_key"),
+        // The ids that route Meta's webhooks are the platform's to set.
         (
             json!({"whatsapp_phone_number_id": "100000000000002"}),
-            409,
+            403,
             "whatsapp_phone_number_id",
+        ),
+        (
+            json!({"whatsapp_business_account_id": "200000000000002"}),
+            403,
+            "whatsapp_business_account_id",
+        ),
+        // Where the AI key goes changes only with the key given again.
+        (
+            json!({"ai_base_url": "https://collector.example/v1"}),
+            422,
+            "ai_api_key",
+        ),
+        (json!({"ai_provider": "openrouter"}), 422, "ai_api_key"),
+        // A tenant can't point the responder at this machine's network.
+        (
+            json!({"ai_base_url": "http://169.254.169.254/latest", "ai_api_key": "k"}),
+            422,
+            "ai_base_url",
         ),
     ] {
         let (got, p) = api
@@ -919,6 +938,58 @@ async fn sessions_need_their_csrf_token_to_change_anything_and_revoked_tokens_ar
         .unwrap();
     let (status, p) = api.call(Method::GET, "/tenants", &t, None).await;
     assert_eq!((status, p["type"].as_str()), (401, Some("unauthorized")));
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tenant_created_over_the_api_reads_nothing_from_the_servers_environment() {
+    let env = TestEnv::new().await;
+    let mut cfg = env.config();
+    let root = "a-platform-admin-token-for-tests";
+    cfg.admin_token = Some(SecretString::from(root.to_owned()));
+    let stack = RunningStack::start(cfg, &[Service::Admin]).await;
+    let api = Api::new(&stack);
+    std::env::set_var("ALPHADOME_TEST_API_SECRET", "never-to-be-read");
+    for value in [
+        "${ALPHADOME_TEST_API_SECRET}",
+        r"$\u007bALPHADOME_TEST_API_SECRET}",
+    ] {
+        let body: Value = serde_json::from_str(&format!(
+            r#"{{"tenant": {{"client_name": "Probe", "client_phone": "+254700000009", "whatsapp_business_account_id": "{value}"}}}}"#
+        ))
+        .unwrap();
+        let (status, p) = api.call(Method::POST, "/tenants", root, Some(body)).await;
+        assert_eq!(
+            (status, p["field"].as_str()),
+            (422, Some("tenant.whatsapp_business_account_id")),
+            "{p}"
+        );
+        assert!(!p.to_string().contains("never-to-be-read"));
+    }
+    // A platform admin may set the routing ids; one taken is a conflict.
+    let a = tenant(&env.db.pool, &env.ring, TenantSpec::default()).await;
+    let (status, created) = api
+        .call(Method::POST, "/tenants", root, Some(json!({"tenant": {"client_name": "Probe", "client_phone": "0700000009", "whatsapp_phone_number_id": "100000000000009"}})))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, p) = api
+        .call(
+            Method::PATCH,
+            &format!("/tenants/{}", created["id"].as_str().unwrap()),
+            root,
+            Some(json!({"whatsapp_phone_number_id": a.phone_number_id})),
+        )
+        .await;
+    assert_eq!(
+        (status, p["field"].as_str()),
+        (409, Some("whatsapp_phone_number_id")),
+        "{p}"
+    );
+    let found: i64 = sqlx::query_scalar("SELECT count(*) FROM alphadome.bot_tenants WHERE whatsapp_business_account_id LIKE '%never%'")
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(found, 0);
     stack.stop().await.unwrap();
 }
 

@@ -245,6 +245,23 @@ async fn a_business_runs_its_bot_from_the_browser() {
         .unwrap();
     assert_eq!(checked.as_deref(), Some("true"));
     shoot(&b, "settings").await;
+    // The business's own details, from the same page.
+    fill(&b, "#profile #client_name", "Kassangas Music Shop Ltd").await;
+    click(&b, "#profile button[type=submit]").await;
+    eventually(Duration::from_secs(10), "the new name stored", || {
+        let pool = env.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT client_name FROM alphadome.bot_tenants WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .ok()
+            .filter(|n| n == "Kassangas Music Shop Ltd")
+        }
+    })
+    .await;
 
     // Put it live (the checklist is not done: the browser asks first).
     b.goto(&format!("{base}/t/{id}")).await.unwrap();

@@ -85,8 +85,21 @@ impl std::fmt::Debug for SecretInput {
     }
 }
 
+thread_local! {
+    /// Whether `${VAR}` references are read from the environment: only for
+    /// manifests an operator applies, never for one sent over the API.
+    static ENV_REFERENCES: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
 fn interpolate(raw: &str) -> Result<String, String> {
     let t = raw.trim();
+    if !ENV_REFERENCES.with(|e| e.get()) {
+        return if t.contains("${") {
+            Err("`${...}` references are read only by `alphadome tenant apply`; give the value itself".to_owned())
+        } else {
+            Ok(raw.to_owned())
+        };
+    }
     if let Some(name) = t.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("`{t}` is not a valid ${{VARIABLE}} reference"));
@@ -440,6 +453,21 @@ impl Manifest {
         m.normalise_phones(country_code)?;
         m.validate()?;
         Ok(m)
+    }
+
+    /// [`Manifest::parse`] for a manifest from a client (the API): a
+    /// `${VAR}` reference is refused, never read from the server's
+    /// environment.
+    pub fn parse_untrusted(source: &str, country_code: &str) -> Result<Self, ManifestError> {
+        struct Restore;
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                ENV_REFERENCES.with(|e| e.set(true));
+            }
+        }
+        ENV_REFERENCES.with(|e| e.set(false));
+        let _restore = Restore;
+        Self::parse(source, country_code)
     }
 
     /// Reads and parses the manifest at `path`.
@@ -1025,6 +1053,26 @@ mod tests {
         let src = format!("{MIN}  ai_api_key: sk-inline-secret\n");
         let m = Manifest::parse(&src, CC).unwrap();
         assert!(!format!("{m:?}").contains("sk-inline-secret"));
+    }
+
+    #[test]
+    fn a_manifest_from_a_client_reads_no_environment_variable() {
+        std::env::set_var("ALPHADOME_TEST_SECRET_IN_ENV", "s3cr3t-value");
+        let src =
+            format!("{MIN}  whatsapp_business_account_id: ${{ALPHADOME_TEST_SECRET_IN_ENV}}\n");
+        let e = Manifest::parse_untrusted(&src, CC).unwrap_err().to_string();
+        assert!(
+            e.contains("whatsapp_business_account_id")
+                && e.contains("only by `alphadome tenant apply`"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cr3t"), "{e}");
+        // The operator's own parse still reads it.
+        let m = Manifest::parse(&src, CC).unwrap();
+        assert_eq!(
+            m.tenant.whatsapp_business_account_id.unwrap().0,
+            "s3cr3t-value"
+        );
     }
 
     #[test]

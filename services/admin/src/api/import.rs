@@ -75,8 +75,9 @@ fn format_of(q: &FormatQuery, headers: Option<&HeaderMap>) -> Result<Format, Pro
 }
 
 /// The rows of a CSV text as JSON objects (empty cells left out; numbers
-/// and booleans typed when they read as such), each with its line.
-fn csv_rows(text: &str) -> Result<Vec<Row>, Problem> {
+/// and booleans typed when they read as such), each with its line, and the
+/// records that could not be read at all.
+fn csv_rows(text: &str) -> Result<(Vec<Row>, Vec<FieldError>), Problem> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(false)
@@ -97,11 +98,19 @@ fn csv_rows(text: &str) -> Result<Vec<Row>, Problem> {
         }
     }
     let mut rows = Vec::new();
+    let mut unreadable = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|e| {
-            let line = e.position().map(|p| p.line()).unwrap_or_default();
-            Problem::invalid(format!("rows[{line}]"), e.to_string())
-        })?;
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or_default();
+                unreadable.push(FieldError {
+                    field: format!("rows[{line}]"),
+                    detail: e.to_string(),
+                });
+                continue;
+            }
+        };
         let line = record.position().map(|p| p.line() as usize).unwrap_or(0);
         let mut row = Map::new();
         for (h, cell) in headers.iter().zip(record.iter()) {
@@ -122,7 +131,7 @@ fn csv_rows(text: &str) -> Result<Vec<Row>, Problem> {
         }
         rows.push((line, row));
     }
-    Ok(rows)
+    Ok((rows, unreadable))
 }
 
 /// The rows of a YAML (or JSON) text: a list of mappings, or a manifest's
@@ -155,9 +164,10 @@ fn yaml_rows(text: &str) -> Result<Vec<Row>, Problem> {
         .collect()
 }
 
-/// Every row as a training row, or every bad field of every row.
-fn check(rows: Vec<Row>) -> Result<Vec<Training>, Problem> {
-    if rows.is_empty() {
+/// Every row as a training row, or every bad field of every row (after
+/// `errors`, the rows that could not be read).
+fn check(rows: Vec<Row>, mut errors: Vec<FieldError>) -> Result<Vec<Training>, Problem> {
+    if rows.is_empty() && errors.is_empty() {
         return Err(Problem::invalid("rows", "there are no rows"));
     }
     if rows.len() > MAX_ROWS {
@@ -167,7 +177,6 @@ fn check(rows: Vec<Row>) -> Result<Vec<Training>, Problem> {
         ));
     }
     let mut good = Vec::with_capacity(rows.len());
-    let mut errors = Vec::new();
     let mut seen = std::collections::HashMap::new();
     for (n, row) in rows {
         let parsed: Result<TrainingInput, _> = serde_path_to_error::deserialize(Value::Object(row));
@@ -241,11 +250,11 @@ pub async fn import(
     require(&caller.principal, Access::TenantAdmin)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| Problem::bad_request("the body is not UTF-8 text"))?;
-    let rows = match format_of(&q, Some(&headers))? {
+    let (rows, unreadable) = match format_of(&q, Some(&headers))? {
         Format::Csv => csv_rows(text)?,
-        Format::Yaml => yaml_rows(text)?,
+        Format::Yaml => (yaml_rows(text)?, Vec::new()),
     };
-    let rows = check(rows)?;
+    let rows = check(rows, unreadable)?;
     let mut done = Imported {
         created: 0,
         updated: 0,
@@ -372,10 +381,10 @@ mod tests {
                     faqq,Where?,Nairobi,,\n\
                     faq,,No question,x,\n\
                     faq,Hours?,Again,,\n";
-        let rows = csv_rows(text).unwrap();
+        let (rows, unreadable) = csv_rows(text).unwrap();
         assert_eq!(rows[0].1["priority"], 3);
         assert_eq!(rows[0].1["is_active"], true);
-        let p = check(rows).unwrap_err();
+        let p = check(rows, unreadable).unwrap_err();
         let fields: Vec<&str> = p.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
@@ -384,20 +393,31 @@ mod tests {
         );
         let e = csv_rows("question,answer,colour\nq,a,red\n").unwrap_err();
         assert!(e.detail.contains("unknown column \"colour\""), "{e:?}");
+        // Records of the wrong length are named too, every one of them.
+        let (rows, unreadable) = csv_rows("question,answer\nq,a,extra\nq2,a2\nq3\n").unwrap();
+        let p = check(rows, unreadable).unwrap_err();
+        let fields: Vec<&str> = p.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, vec!["rows[2]", "rows[4]"], "{p:?}");
     }
 
     #[test]
     fn yaml_takes_a_list_or_a_manifests_training_data() {
         let rows = yaml_rows("- question: Hours?\n  answer: 9 to 5\n").unwrap();
-        assert_eq!(check(rows).unwrap()[0].data_type, "faq");
+        assert_eq!(check(rows, Vec::new()).unwrap()[0].data_type, "faq");
         let rows = yaml_rows(
             "training_data:\n  - data_type: canned_reply\n    question: hi\n    answer: Hello!\n",
         )
         .unwrap();
-        assert_eq!(check(rows).unwrap()[0].data_type, "canned_reply");
+        assert_eq!(
+            check(rows, Vec::new()).unwrap()[0].data_type,
+            "canned_reply"
+        );
         assert!(yaml_rows("just text").is_err());
-        let p = check(yaml_rows("- question: q\n  answer: a\n  confidence_score: 3\n").unwrap())
-            .unwrap_err();
+        let p = check(
+            yaml_rows("- question: q\n  answer: a\n  confidence_score: 3\n").unwrap(),
+            Vec::new(),
+        )
+        .unwrap_err();
         assert_eq!(p.field.as_deref(), Some("rows[1].confidence_score"));
     }
 }

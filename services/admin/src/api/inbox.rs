@@ -429,7 +429,6 @@ pub async fn reply(
         responder_store::pause_for_agent_in(&mut tx, tenant, &user, settings.handoff_pause_minutes)
             .await?;
     }
-    tx.commit().await?;
     let author = caller.principal.actor.clone();
     let outbound_id = format!("agent:{}", Uuid::new_v4());
     let message = alphadome_core::events::v1::OutboundMessage {
@@ -446,10 +445,13 @@ pub async fn reply(
         &message.tenant_id,
     );
     let bytes = alphadome_core::events::Message::encode_to_vec(&message);
+    // Published before the pause commits: a reply that could not be queued
+    // leaves the bot answering as before.
     api.bus
         .publish(subject, &outbound_id, bytes.into())
         .await
         .map_err(|e| Problem::unavailable(&e))?;
+    tx.commit().await?;
     tracing::info!(tenant_id = %tenant, %outbound_id, "agent reply queued");
     Ok((
         axum::http::StatusCode::ACCEPTED,

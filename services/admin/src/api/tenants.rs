@@ -47,7 +47,7 @@ pub async fn create(
     if serde_json::from_str::<serde_json::Value>(text).is_err() {
         return Err(Problem::bad_request("the body is not valid JSON"));
     }
-    let manifest = Manifest::parse(text, &api.country_code).map_err(manifest_problem)?;
+    let manifest = Manifest::parse_untrusted(text, &api.country_code).map_err(manifest_problem)?;
     let report =
         crate::manifest::apply_as(&api.db, &api.keyring, &manifest, &caller.principal.actor)
             .await
@@ -193,6 +193,80 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// Whether `url`'s host is this machine or a private network: an address
+/// a tenant must not make the responder call (a platform admin may, for a
+/// model served next to the platform).
+fn private_host(url: &str) -> bool {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    }
+    .to_ascii_lowercase();
+    if host == "localhost"
+        || host.ends_with(".localhost")
+        || host.ends_with(".internal")
+        || host.ends_with(".local")
+    {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => {
+            a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.octets()[0] == 100 && (64..128).contains(&a.octets()[1])
+        }
+        Ok(std::net::IpAddr::V6(a)) => {
+            let s = a.segments()[0];
+            a.is_loopback()
+                || a.is_unspecified()
+                || (s & 0xfe00) == 0xfc00
+                || (s & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_private())
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::private_host;
+
+    #[test]
+    fn private_and_local_hosts_are_told_from_public_ones() {
+        for u in [
+            "http://localhost:11434/v1",
+            "http://127.0.0.1/v1",
+            "https://10.0.0.5/v1",
+            "http://[::1]:8000",
+            "http://192.168.1.10",
+            "http://user@172.16.0.1/x",
+            "http://169.254.169.254/latest",
+            "http://llm.internal/v1",
+            "http://[fd00::1]/v1",
+            "http://100.64.0.1",
+        ] {
+            assert!(private_host(u), "{u}");
+        }
+        for u in [
+            "https://api.openai.com/v1",
+            "https://llm.example.com:8443/v1",
+            "http://203.0.113.9/v1",
+        ] {
+            assert!(!private_host(u), "{u}");
+        }
+    }
+}
+
 /// `v` trimmed, `None` when empty.
 fn text(v: Option<String>) -> Option<String> {
     v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
@@ -286,7 +360,46 @@ pub async fn patch(
     require(&caller.principal, Access::TenantAdmin)?;
     let mut patch: TenantPatch = parse_json(&body)?;
     let before: Profile = edits::profile(&mut tx, tenant).await?;
+    let platform = caller.principal.role == crate::people::Role::PlatformAdmin;
+    if !platform {
+        // The ids that route Meta's webhooks to a tenant are the
+        // platform's to set: a tenant could otherwise claim another's.
+        for (field, given) in [
+            (
+                "whatsapp_phone_number_id",
+                patch.whatsapp_phone_number_id.is_some(),
+            ),
+            (
+                "whatsapp_business_account_id",
+                patch.whatsapp_business_account_id.is_some(),
+            ),
+        ] {
+            if given {
+                return Err(Problem {
+                    field: Some(field.to_owned()),
+                    ..Problem::forbidden(format!("only a platform admin sets {field}"))
+                });
+            }
+        }
+    }
     let after = patch.apply(before.clone(), &api.country_code)?;
+    // Where the AI key is sent changes only with the key given again, so
+    // nobody can send a stored key to an address of their choosing.
+    let moved = after.ai_base_url != before.ai_base_url || after.ai_provider != before.ai_provider;
+    if moved && patch.ai_api_key.is_none() {
+        return Err(Problem::invalid(
+            "ai_api_key",
+            "give the AI key again when changing ai_base_url or ai_provider",
+        ));
+    }
+    if !platform {
+        if let Some(u) = after.ai_base_url.as_deref().filter(|u| private_host(u)) {
+            return Err(Problem::invalid(
+                "ai_base_url",
+                format!("{u:?} is a private or local address; only a platform admin may set one"),
+            ));
+        }
+    }
     edits::save_profile(
         &mut tx,
         tenant,
@@ -585,7 +698,7 @@ pub async fn patch_settings(
     let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
     require(&caller.principal, Access::TenantAdmin)?;
     let patch: SettingsPatch = parse_json(&body)?;
-    let before: Settings = edits::settings(&mut tx, tenant).await?;
+    let before: Settings = edits::settings_for_update(&mut tx, tenant).await?;
     let s = patch.apply(before.clone(), &api.country_code)?;
     tenant_store::upsert_settings(
         &mut tx,

@@ -209,11 +209,38 @@ struct Next {
     next: Option<String>,
 }
 
-/// Where to go after signing in: a path of this site only.
+/// Where to go after signing in: a path of this site only (a path of
+/// plain URL characters, so no browser reads it as another host).
 fn safe_next(next: Option<&str>) -> String {
+    let plain = |n: &str| {
+        n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_.~?=&%-".contains(&b))
+    };
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && plain(n) => n.to_owned(),
         _ => "/".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn sign_in_returns_only_to_this_site() {
+        assert_eq!(safe_next(Some("/t/abc/inbox?x=1")), "/t/abc/inbox?x=1");
+        for bad in [
+            "//evil.example",
+            "/\t/evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "/a\r\nSet-Cookie: x",
+            "/%09/x\t",
+            "evil",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/");
     }
 }
 

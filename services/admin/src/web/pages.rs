@@ -441,10 +441,12 @@ async fn messages(
             };
             let more = found.next_cursor.as_ref().map(|c| {
                 format!(
-                    "/t/{id}/messages?cursor={c}{}{}{}",
+                    "/t/{id}/messages?cursor={c}{}{}{}{}{}",
                     keep("q", &q.q),
                     keep("user", &q.user),
-                    keep("direction", &q.direction)
+                    keep("direction", &q.direction),
+                    keep("since", &q.since),
+                    keep("until", &q.until)
                 )
             });
             let body = html! {
@@ -523,7 +525,7 @@ async fn faq(
                             label for="category" { "Category" }
                             input #category type="text" name="category" data-empty="null";
                             label for="priority" { "Priority" }
-                            input #priority type="number" name="priority" value="0" data-type="int";
+                            input #priority type="number" name="priority" value="0" data-type="int" data-empty="omit";
                             p.problem {}
                             button type="submit" { "Add" }
                         }
@@ -556,7 +558,7 @@ async fn faq(
                                                     label { "Question" input type="text" name="question" value=(r.question.as_deref().unwrap_or("")); }
                                                     label { "Answer" textarea name="answer" { (r.answer.as_deref().unwrap_or("")) } }
                                                     label { "Category" input type="text" name="category" data-empty="null" value=[r.category.as_deref()]; }
-                                                    label { "Priority" input type="number" name="priority" data-type="int" value=(r.priority); }
+                                                    label { "Priority" input type="number" name="priority" data-type="int" data-empty="omit" value=(r.priority); }
                                                     p.problem {}
                                                     button type="submit" { "Save" }
                                                 }
@@ -699,7 +701,7 @@ async fn settings(
                         label for="max_messages_per_user_per_day" { "Replies per customer per day (empty: no cap)" }
                         input #max_messages_per_user_per_day type="number" min="0" name="max_messages_per_user_per_day" data-type="int" value=[c.max_messages_per_user_per_day] disabled[!can];
                         label for="handoff_pause_minutes" { "Minutes the bot stays quiet after a handoff" }
-                        input #handoff_pause_minutes type="number" min="0" name="handoff_pause_minutes" data-type="int" value=(c.handoff_pause_minutes) disabled[!can];
+                        input #handoff_pause_minutes type="number" min="0" name="handoff_pause_minutes" data-type="int" data-empty="omit" value=(c.handoff_pause_minutes) disabled[!can];
                         label for="escalation_phone" { "Escalation phone" }
                         input #escalation_phone type="text" name="escalation_phone" data-empty="null" value=[c.escalation_phone.as_deref()] disabled[!can];
                         label for="escalation_email" { "Escalation e-mail" }
@@ -719,7 +721,9 @@ async fn settings(
                             label for="client_email" { "E-mail" }
                             input #client_email type="email" name="client_email" data-empty="null" value=[view.client_email.as_deref()];
                             label for="whatsapp_phone_number_id" { "WhatsApp phone number id" }
-                            input #whatsapp_phone_number_id type="text" name="whatsapp_phone_number_id" data-empty="null" value=[view.whatsapp_phone_number_id.as_deref()];
+                            // The platform's to set: it routes Meta's webhooks.
+                            input #whatsapp_phone_number_id type="text" name="whatsapp_phone_number_id" data-empty="null"
+                                value=[view.whatsapp_phone_number_id.as_deref()] disabled[s.principal.role != Role::PlatformAdmin];
                             label for="ai_provider" { "AI provider" }
                             select #ai_provider name="ai_provider" data-empty="null" {
                                 option value="" { "none" }
@@ -731,7 +735,7 @@ async fn settings(
                             input #ai_model type="text" name="ai_model" data-empty="null" value=[view.ai_model.as_deref()];
                             label for="ai_base_url" { "AI base URL (self-hosted)" }
                             input #ai_base_url type="text" name="ai_base_url" data-empty="null" value=[view.ai_base_url.as_deref()];
-                            p.muted { "Credentials are write-only: leave a field empty to keep what is stored." }
+                            p.muted { "Credentials are write-only: leave a field empty to keep what is stored. Changing the AI provider or address needs the AI key again." }
                             label for="whatsapp_access_token" { "WhatsApp access token · " span.muted { (view.whatsapp_access_token) } }
                             input #whatsapp_access_token type="password" name="whatsapp_access_token" data-empty="omit" autocomplete="off";
                             label for="whatsapp_app_secret" { "Meta app secret · " span.muted { (view.whatsapp_app_secret) } }

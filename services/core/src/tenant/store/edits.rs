@@ -47,9 +47,27 @@ pub async fn tenant_id(
     .await
 }
 
-/// A tenant's settings row, made with the column defaults first when it
-/// has none (every tenant has settings, shown or not).
+/// A tenant's settings row (made with the column defaults when it has
+/// none: every tenant applied from a manifest has one).
 pub async fn settings<T: Row>(conn: &mut PgConnection, tenant: Uuid) -> Result<T, sqlx::Error> {
+    let found = sqlx::query_as(&format!(
+        "SELECT {SETTINGS_COLUMNS} FROM alphadome.bot_control_settings WHERE bot_tenant_id = $1"
+    ))
+    .bind(tenant)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match found {
+        Some(s) => Ok(s),
+        None => settings_for_update(conn, tenant).await,
+    }
+}
+
+/// A tenant's settings row, made with the column defaults first when it
+/// has none, locked for the caller's change.
+pub async fn settings_for_update<T: Row>(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+) -> Result<T, sqlx::Error> {
     sqlx::query(
         "INSERT INTO alphadome.bot_control_settings (bot_tenant_id) VALUES ($1) \
          ON CONFLICT (bot_tenant_id) DO NOTHING",
