@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
+use alphadome_responder::embed::{cosine, Embedder};
 use alphadome_responder::matcher::{FaqEntry, FaqIndex};
 use anyhow::Context;
 use serde::Deserialize;
@@ -250,6 +251,185 @@ pub(crate) fn run(path: &Path, show: bool) -> anyhow::Result<Vec<Line>> {
             all.rejection(),
             "%",
             format!("{} of {}", all.refused, all.out_of_scope),
+        ),
+    ])
+}
+
+/// One business's questions and entries embedded by the full model: the
+/// entries' vectors, then each paraphrase's (with its expected entry) and
+/// each out-of-scope question's.
+struct Embedded {
+    entries: Vec<Vec<f32>>,
+    paraphrases: Vec<(Vec<f32>, usize)>,
+    out_of_scope: Vec<Vec<f32>>,
+    /// The lexical matcher's pick for each paraphrase and out-of-scope
+    /// question (entry index), for the combination.
+    lexical: (Vec<Option<usize>>, Vec<Option<usize>>),
+}
+
+/// The entry most similar to `q`, and its cosine.
+fn nearest(entries: &[Vec<f32>], q: &[f32]) -> (usize, f32) {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i, cosine(e, q)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((0, 0.0))
+}
+
+fn embed_business(
+    b: &Business,
+    model: &Embedder,
+    times: &mut Vec<f64>,
+) -> anyhow::Result<Embedded> {
+    let key_index: HashMap<&str, usize> = b
+        .faq
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.key.as_str(), i))
+        .collect();
+    let questions: Vec<&str> = b.faq.iter().map(|e| e.question.as_str()).collect();
+    let entries = model.embed(&questions)?;
+    let mut one = |text: &str| -> anyhow::Result<Vec<f32>> {
+        let start = Instant::now();
+        let v = model.embed(&[text])?.pop().unwrap_or_default();
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+        Ok(v)
+    };
+    let mut paraphrases = Vec::new();
+    for p in &b.paraphrases {
+        paraphrases.push((one(&p.text)?, key_index[p.expect.as_str()]));
+    }
+    let mut out_of_scope = Vec::new();
+    for q in &b.out_of_scope {
+        out_of_scope.push(one(q)?);
+    }
+    let index = FaqIndex::build(b.faq.iter().enumerate().map(|(i, e)| FaqEntry {
+        id: Uuid::from_u128(i as u128 + 1),
+        question: e.question.clone(),
+        answer: e.answer.clone(),
+        category: None,
+        priority: 0,
+        confidence: 1.0,
+    }));
+    let pick = |t: &str| index.best(t).map(|m| m.entry.id.as_u128() as usize - 1);
+    let lexical = (
+        b.paraphrases.iter().map(|p| pick(&p.text)).collect(),
+        b.out_of_scope.iter().map(|q| pick(q)).collect(),
+    );
+    Ok(Embedded {
+        entries,
+        paraphrases,
+        out_of_scope,
+        lexical,
+    })
+}
+
+/// Right answers and refusals over every business at cosine threshold
+/// `t`: semantic alone, and lexical first (its match taken as it is) with
+/// the model for what it did not answer.
+fn at_threshold(all: &[Embedded], t: f32) -> (Tally, Tally) {
+    let mut sem = Tally::default();
+    let mut hyb = Tally::default();
+    for e in all {
+        for (n, (q, expect)) in e.paraphrases.iter().enumerate() {
+            let (best, cos) = nearest(&e.entries, q);
+            let semantic = (cos >= t).then_some(best);
+            for (tally, pick) in [
+                (&mut sem, semantic),
+                (&mut hyb, e.lexical.0[n].or(semantic)),
+            ] {
+                tally.paraphrases += 1;
+                match pick {
+                    Some(p) if p == *expect => tally.right += 1,
+                    Some(_) => tally.wrong += 1,
+                    None => tally.fell_back += 1,
+                }
+            }
+        }
+        for (n, q) in e.out_of_scope.iter().enumerate() {
+            let (_, cos) = nearest(&e.entries, q);
+            let semantic = cos >= t;
+            for (tally, answered) in [
+                (&mut sem, semantic),
+                (&mut hyb, e.lexical.1[n].is_some() || semantic),
+            ] {
+                tally.out_of_scope += 1;
+                if !answered {
+                    tally.refused += 1;
+                }
+            }
+        }
+    }
+    (sem, hyb)
+}
+
+/// The full model's tier and the combination with the lexical matcher, at
+/// a sweep of cosine thresholds.
+pub(crate) fn run_semantic(path: &Path, model_dir: &Path) -> anyhow::Result<Vec<Line>> {
+    let set = load(path)?;
+    let start = Instant::now();
+    let model = Embedder::load(model_dir)
+        .with_context(|| format!("loading the model in {}", model_dir.display()))?;
+    let loaded = start.elapsed();
+    let mut times = Vec::new();
+    let embedded = set
+        .businesses
+        .iter()
+        .map(|b| embed_business(b, &model, &mut times))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    times.sort_by(f64::total_cmp);
+    let median = times.get(times.len() / 2).copied().unwrap_or_default();
+    println!(
+        "\n## faq-eval: the full model (all-MiniLM-L6-v2, entries embedded by their question; loaded in {:.1} s; {:.0} µs median per message embedded alone)\n",
+        loaded.as_secs_f64(),
+        median
+    );
+    println!("| cosine threshold | model alone: right | wrong | refused out of scope | lexical, then the model: right | wrong | refused |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut best: Option<(f32, Tally, Tally)> = None;
+    for step in 0..=8 {
+        let t = 0.30 + 0.05 * step as f32;
+        let (sem, hyb) = at_threshold(&embedded, t);
+        println!(
+            "| {t:.2} | {:.1} % | {} | {:.1} % | {:.1} % | {} | {:.1} % |",
+            sem.top1(),
+            sem.wrong,
+            sem.rejection(),
+            hyb.top1(),
+            hyb.wrong,
+            hyb.rejection()
+        );
+        // The threshold with the best worse-of-the-two for the combination.
+        let score = hyb.top1().min(hyb.rejection());
+        if best
+            .as_ref()
+            .is_none_or(|(_, _, h)| score > h.top1().min(h.rejection()))
+        {
+            best = Some((t, sem, hyb));
+        }
+    }
+    let Some((t, sem, hyb)) = best else {
+        return Ok(Vec::new());
+    };
+    Ok(vec![
+        Line::new(
+            format!("FAQ paraphrases answered right (model alone, cosine {t:.2})"),
+            sem.top1(),
+            "%",
+            format!("out of scope refused {:.1} %", sem.rejection()),
+        ),
+        Line::new(
+            format!("FAQ paraphrases answered right (lexical, then model at {t:.2})"),
+            hyb.top1(),
+            "%",
+            format!("out of scope refused {:.1} %", hyb.rejection()),
+        ),
+        Line::new(
+            "embedding one message (full model)",
+            median,
+            "µs",
+            String::new(),
         ),
     ])
 }

@@ -262,7 +262,14 @@ async fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::BareHttp => bare_http().await?,
         Cmd::FaqEval { file, show_misses } => {
-            faq_eval::run(&file.unwrap_or_else(faq_eval::default_path), show_misses)?;
+            let file = file.unwrap_or_else(faq_eval::default_path);
+            faq_eval::run(&file, show_misses)?;
+            match std::env::var_os("ALPHADOME_EMBEDDING_MODEL") {
+                Some(dir) => {
+                    faq_eval::run_semantic(&file, std::path::Path::new(&dir))?;
+                }
+                None => println!("\n(ALPHADOME_EMBEDDING_MODEL is not set: no semantic tier measured; scripts/setup.sh installs the model)"),
+            }
         }
         Cmd::All => all(smoke).await?,
         Cmd::Floor { messages } => {

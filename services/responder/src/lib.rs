@@ -17,6 +17,7 @@
 pub mod consumer;
 pub mod context;
 pub mod decide;
+pub mod embed;
 pub mod escalation;
 pub mod limits;
 pub mod llm;
