@@ -267,13 +267,13 @@ async fn conversation_command(s: &Settings, cmd: ConversationCommand) -> anyhow:
     match cmd {
         ConversationCommand::List { tenant } => {
             let t = alphadome_admin::tenants::find(&pool, &tenant, cc).await?;
-            let handoffs = alphadome_responder::store::active_handoffs(&pool, t.id).await?;
+            let handoffs = alphadome_core::handoff::active_handoffs(&pool, t.id).await?;
             print!("{}", crate::output::handoff_table(&handoffs));
         }
         ConversationCommand::Resume { tenant, user } => {
             let t = alphadome_admin::tenants::find(&pool, &tenant, cc).await?;
             let user = alphadome_admin::phone::normalize(&user, cc).context("--user")?;
-            if alphadome_responder::store::resume_handoff(&pool, t.id, &user).await? {
+            if alphadome_core::handoff::resume_handoff(&pool, t.id, &user).await? {
                 println!("the bot answers {user} again");
             } else {
                 println!("no conversation with {user} is handed to a person");

@@ -4,9 +4,9 @@
 use std::fmt::Write as _;
 
 use alphadome_admin::dlq::Letter;
+use alphadome_core::handoff::Handoff;
 use alphadome_core::tenant::TenantSummary;
 use alphadome_logger::store::UsageDay;
-use alphadome_responder::store::Handoff;
 
 /// `s` cut to `n` characters, with an ellipsis when cut.
 pub fn truncate(s: &str, n: usize) -> String {

@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod gate;
 pub mod guard;
+pub mod handoff;
 pub mod limiter;
 pub mod meta;
 pub mod notify;

@@ -3,10 +3,11 @@
 //! failing. The tenant's `escalation_phone` is told over WhatsApp through
 //! the tenant's own number, `escalation_email` by SMTP, and the bot stays
 //! quiet in that conversation for `handoff_pause_minutes`, or until
-//! `alphadome conversation resume` ([`store::resume_handoff`]).
+//! `alphadome conversation resume` ([`alphadome_core::handoff::resume_handoff`]).
 
 use alphadome_core::bus::Bus;
 use alphadome_core::events::v1::InboundMessage;
+use alphadome_core::handoff;
 use alphadome_core::notify::{self, Mailer};
 use alphadome_core::Report;
 use secrecy::SecretString;
@@ -14,7 +15,6 @@ use sqlx::PgPool;
 
 use crate::context::TenantContext;
 use crate::decide::customer;
-use crate::store;
 
 /// What the customer is told when the conversation goes to a human.
 pub const HANDOFF_REPLY: &str =
@@ -89,7 +89,7 @@ impl Escalator {
         let user = customer(msg);
         let pause = ctx.settings.handoff_pause_minutes.max(0);
         let Some(started) =
-            store::start_handoff(&self.db, tenant, user, reason, &msg.wamid, pause).await?
+            handoff::start_handoff(&self.db, tenant, user, reason, &msg.wamid, pause).await?
         else {
             return Ok(()); // a handoff started by another message is running
         };
@@ -127,8 +127,14 @@ impl Escalator {
                     Some(Report(&e).to_string())
                 }
             };
-            store::record_handoff_email(&self.db, tenant, user, error.is_none(), error.as_deref())
-                .await?;
+            handoff::record_handoff_email(
+                &self.db,
+                tenant,
+                user,
+                error.is_none(),
+                error.as_deref(),
+            )
+            .await?;
         }
         Ok(())
     }

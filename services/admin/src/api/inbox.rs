@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use alphadome_core::handoff::{self as handoff_store, Handoff};
 use alphadome_logger::store::{self as log_store, ConversationRow, MessageFilter};
-use alphadome_responder::store::{self as responder_store, Handoff};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -228,7 +228,7 @@ async fn handoffs(
     conn: &mut sqlx::PgConnection,
     tenant: Uuid,
 ) -> Result<HashMap<String, Handoff>, Problem> {
-    Ok(responder_store::active_handoffs_in(conn, tenant)
+    Ok(handoff_store::active_handoffs_in(conn, tenant)
         .await?
         .into_iter()
         .map(|h| (h.user_phone.clone(), h))
@@ -328,7 +328,7 @@ pub async fn resume(
     Path((tenant, user)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
-    let resumed = responder_store::resume_handoff_in(&mut tx, tenant, &user).await?;
+    let resumed = handoff_store::resume_handoff_in(&mut tx, tenant, &user).await?;
     if !resumed
         && log_store::conversations(&mut tx, tenant, Some(&user), 1)
             .await?
@@ -426,7 +426,7 @@ pub async fn reply(
     let settings: super::tenants::Settings =
         alphadome_core::tenant::store::edits::settings(&mut tx, tenant).await?;
     if settings.handoff_pause_minutes > 0 {
-        responder_store::pause_for_agent_in(&mut tx, tenant, &user, settings.handoff_pause_minutes)
+        handoff_store::pause_for_agent_in(&mut tx, tenant, &user, settings.handoff_pause_minutes)
             .await?;
     }
     let author = caller.principal.actor.clone();
