@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use alphadome_responder::embed::{cosine, Embedder};
+use alphadome_responder::embed::Embedder;
 use alphadome_responder::matcher::{FaqEntry, FaqIndex};
+use alphadome_responder::semantic::{self, Calibration, SemanticIndex, CALIBRATION};
 use anyhow::Context;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -255,56 +256,47 @@ pub(crate) fn run(path: &Path, show: bool) -> anyhow::Result<Vec<Line>> {
     ])
 }
 
-/// One business's questions and entries embedded by the full model: the
-/// entries' vectors, then each paraphrase's (with its expected entry) and
-/// each out-of-scope question's.
-struct Embedded {
-    entries: Vec<Vec<f32>>,
-    paraphrases: Vec<(Vec<f32>, usize)>,
-    out_of_scope: Vec<Vec<f32>>,
-    /// The lexical matcher's pick for each paraphrase and out-of-scope
-    /// question (entry index), for the combination.
-    lexical: (Vec<Option<usize>>, Vec<Option<usize>>),
+/// One business's questions scored against its entries: for each
+/// paraphrase (with its expected entry) and each out-of-scope question,
+/// the lexical scores of every entry and the semantic ones.
+struct Scored {
+    paraphrases: Vec<(Query, usize)>,
+    out_of_scope: Vec<Query>,
 }
 
-/// The entry most similar to `q`, and its cosine.
-fn nearest(entries: &[Vec<f32>], q: &[f32]) -> (usize, f32) {
-    entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (i, cosine(e, q)))
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .unwrap_or((0, 0.0))
+struct Query {
+    lexical: Vec<f32>,
+    /// The semantic scores per entry, for each answer weight of the grid.
+    semantic: Vec<Vec<f32>>,
 }
 
-fn embed_business(
+/// Answer weights tried by the calibration.
+const ANSWER_WEIGHTS: [f32; 4] = [0.0, 0.8, 0.9, 1.0];
+
+fn score_business(
     b: &Business,
     model: &Embedder,
     times: &mut Vec<f64>,
-) -> anyhow::Result<Embedded> {
+    weights: &[f32],
+) -> anyhow::Result<Scored> {
     let key_index: HashMap<&str, usize> = b
         .faq
         .iter()
         .enumerate()
         .map(|(i, e)| (e.key.as_str(), i))
         .collect();
-    let questions: Vec<&str> = b.faq.iter().map(|e| e.question.as_str()).collect();
-    let entries = model.embed(&questions)?;
-    let mut one = |text: &str| -> anyhow::Result<Vec<f32>> {
-        let start = Instant::now();
-        let v = model.embed(&[text])?.pop().unwrap_or_default();
-        times.push(start.elapsed().as_secs_f64() * 1e6);
-        Ok(v)
-    };
-    let mut paraphrases = Vec::new();
-    for p in &b.paraphrases {
-        paraphrases.push((one(&p.text)?, key_index[p.expect.as_str()]));
-    }
-    let mut out_of_scope = Vec::new();
-    for q in &b.out_of_scope {
-        out_of_scope.push(one(q)?);
-    }
-    let index = FaqIndex::build(b.faq.iter().enumerate().map(|(i, e)| FaqEntry {
+    let (q, a): (Vec<String>, Vec<String>) = b
+        .faq
+        .iter()
+        .map(|e| {
+            let [q, a] = semantic::entry_texts(&e.question, &e.answer);
+            (q, a)
+        })
+        .unzip();
+    let qv = model.embed(&q.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let av = model.embed(&a.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let index = SemanticIndex::new(&qv, &av);
+    let lexical = FaqIndex::build(b.faq.iter().enumerate().map(|(i, e)| FaqEntry {
         id: Uuid::from_u128(i as u128 + 1),
         question: e.question.clone(),
         answer: e.answer.clone(),
@@ -312,60 +304,133 @@ fn embed_business(
         priority: 0,
         confidence: 1.0,
     }));
-    let pick = |t: &str| index.best(t).map(|m| m.entry.id.as_u128() as usize - 1);
-    let lexical = (
-        b.paraphrases.iter().map(|p| pick(&p.text)).collect(),
-        b.out_of_scope.iter().map(|q| pick(q)).collect(),
-    );
-    Ok(Embedded {
-        entries,
+    let mut query = |text: &str| -> anyhow::Result<Query> {
+        let start = Instant::now();
+        let v = model.embed(&[text])?.pop().unwrap_or_default();
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+        let semantic = weights
+            .iter()
+            .map(|&answer_weight| {
+                index.scores(
+                    &v,
+                    &Calibration {
+                        answer_weight,
+                        ..CALIBRATION
+                    },
+                )
+            })
+            .collect();
+        Ok(Query {
+            lexical: lexical.scores(text),
+            semantic,
+        })
+    };
+    let mut paraphrases = Vec::new();
+    for p in &b.paraphrases {
+        paraphrases.push((query(&p.text)?, key_index[p.expect.as_str()]));
+    }
+    let mut out_of_scope = Vec::new();
+    for q in &b.out_of_scope {
+        out_of_scope.push(query(q)?);
+    }
+    Ok(Scored {
         paraphrases,
         out_of_scope,
-        lexical,
     })
 }
 
-/// Right answers and refusals over every business at cosine threshold
-/// `t`: semantic alone, and lexical first (its match taken as it is) with
-/// the model for what it did not answer.
-fn at_threshold(all: &[Embedded], t: f32) -> (Tally, Tally) {
-    let mut sem = Tally::default();
-    let mut hyb = Tally::default();
-    for e in all {
-        for (n, (q, expect)) in e.paraphrases.iter().enumerate() {
-            let (best, cos) = nearest(&e.entries, q);
-            let semantic = (cos >= t).then_some(best);
-            for (tally, pick) in [
-                (&mut sem, semantic),
-                (&mut hyb, e.lexical.0[n].or(semantic)),
-            ] {
-                tally.paraphrases += 1;
-                match pick {
-                    Some(p) if p == *expect => tally.right += 1,
-                    Some(_) => tally.wrong += 1,
-                    None => tally.fell_back += 1,
-                }
+/// The responder's choice for one question (as `TenantContext::answer`
+/// makes it): a sure lexical match alone, else the combined scores; and
+/// whether the model was needed.
+fn pick(q: &Query, weight: usize, cal: &Calibration) -> (Option<usize>, bool) {
+    let lexical_best = q
+        .lexical
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, &s)| (i, s));
+    if let Some((i, s)) = lexical_best.filter(|&(_, s)| s >= semantic::LEXICAL_SURE) {
+        let _ = s;
+        return (Some(i), false);
+    }
+    let combined = semantic::combine(&q.lexical, &q.semantic[weight], cal);
+    (semantic::choose(&combined, cal).map(|(i, _)| i), true)
+}
+
+/// The tally of `businesses` under `cal` (answer weight `weight` of the
+/// grid), and how many questions reached the model.
+fn tally(businesses: &[&Scored], weight: usize, cal: &Calibration) -> (Tally, usize) {
+    let mut t = Tally::default();
+    let mut model = 0;
+    for b in businesses {
+        for (q, expect) in &b.paraphrases {
+            let (p, m) = pick(q, weight, cal);
+            model += m as usize;
+            t.paraphrases += 1;
+            match p {
+                Some(p) if p == *expect => t.right += 1,
+                Some(_) => t.wrong += 1,
+                None => t.fell_back += 1,
             }
         }
-        for (n, q) in e.out_of_scope.iter().enumerate() {
-            let (_, cos) = nearest(&e.entries, q);
-            let semantic = cos >= t;
-            for (tally, answered) in [
-                (&mut sem, semantic),
-                (&mut hyb, e.lexical.1[n].is_some() || semantic),
-            ] {
-                tally.out_of_scope += 1;
-                if !answered {
-                    tally.refused += 1;
+        for q in &b.out_of_scope {
+            let (p, m) = pick(q, weight, cal);
+            model += m as usize;
+            t.out_of_scope += 1;
+            if p.is_none() {
+                t.refused += 1;
+            }
+        }
+    }
+    (t, model)
+}
+
+/// Every calibration of the grid: (answer weight index, calibration).
+fn grid() -> Vec<(usize, Calibration)> {
+    let mut out = Vec::new();
+    for (w, &answer_weight) in ANSWER_WEIGHTS.iter().enumerate() {
+        for lw in [0.0f32, 0.1, 0.2, 0.3, 0.4, 0.5] {
+            for t in 0..=16 {
+                for margin in [0.0f32, 0.01, 0.02, 0.03, 0.05, 0.08] {
+                    out.push((
+                        w,
+                        Calibration {
+                            lexical_weight: lw,
+                            answer_weight,
+                            threshold: 0.30 + 0.025 * t as f32,
+                            margin,
+                        },
+                    ));
                 }
             }
         }
     }
-    (sem, hyb)
+    out
 }
 
-/// The full model's tier and the combination with the lexical matcher, at
-/// a sweep of cosine thresholds.
+/// The calibration of the grid with the best worse-of-the-two (right
+/// answers, refusals) on `businesses`; with `refusal_floor`, the most
+/// right answers among those refusing at least that share.
+fn calibrate(businesses: &[&Scored], refusal_floor: Option<f64>) -> (usize, Calibration, Tally) {
+    let mut best: Option<(usize, Calibration, Tally)> = None;
+    let value = |t: &Tally| match refusal_floor {
+        Some(f) if t.rejection() >= f => t.top1(),
+        Some(_) => -1.0,
+        None => t.top1().min(t.rejection()),
+    };
+    for (w, cal) in grid() {
+        let (t, _) = tally(businesses, w, &cal);
+        let score = value(&t);
+        if best.as_ref().is_none_or(|(_, _, b)| score > value(b)) {
+            best = Some((w, cal, t));
+        }
+    }
+    best.unwrap_or((0, CALIBRATION, Tally::default()))
+}
+
+/// The responder's matching with the model (the calibration in use), the
+/// best calibration of a grid over the whole set, and the same calibrated
+/// on all businesses but one and measured on that one (held out).
 pub(crate) fn run_semantic(path: &Path, model_dir: &Path) -> anyhow::Result<Vec<Line>> {
     let set = load(path)?;
     let start = Instant::now();
@@ -373,57 +438,81 @@ pub(crate) fn run_semantic(path: &Path, model_dir: &Path) -> anyhow::Result<Vec<
         .with_context(|| format!("loading the model in {}", model_dir.display()))?;
     let loaded = start.elapsed();
     let mut times = Vec::new();
-    let embedded = set
+    let mut weights = ANSWER_WEIGHTS.to_vec();
+    weights.push(CALIBRATION.answer_weight);
+    let scored = set
         .businesses
         .iter()
-        .map(|b| embed_business(b, &model, &mut times))
+        .map(|b| score_business(b, &model, &mut times, &weights))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let all: Vec<&Scored> = scored.iter().collect();
     times.sort_by(f64::total_cmp);
     let median = times.get(times.len() / 2).copied().unwrap_or_default();
+    let (used, model_share) = tally(&all, weights.len() - 1, &CALIBRATION);
+    let questions = used.paraphrases + used.out_of_scope;
     println!(
-        "\n## faq-eval: the full model (all-MiniLM-L6-v2, entries embedded by their question; loaded in {:.1} s; {:.0} µs median per message embedded alone)\n",
+        "\n## faq-eval: lexical and the full model combined (all-MiniLM-L6-v2; loaded in {:.1} s; {:.0} µs median per message embedded alone)\n",
         loaded.as_secs_f64(),
         median
     );
-    println!("| cosine threshold | model alone: right | wrong | refused out of scope | lexical, then the model: right | wrong | refused |");
-    println!("|---|---|---|---|---|---|---|");
-    let mut best: Option<(f32, Tally, Tally)> = None;
-    for step in 0..=8 {
-        let t = 0.30 + 0.05 * step as f32;
-        let (sem, hyb) = at_threshold(&embedded, t);
+    println!("| calibration | lexical weight | answer weight | threshold | margin | right | wrong | fell back | refused out of scope | reached the model |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let row = |name: &str, c: &Calibration, t: &Tally, m: Option<usize>| {
         println!(
-            "| {t:.2} | {:.1} % | {} | {:.1} % | {:.1} % | {} | {:.1} % |",
-            sem.top1(),
-            sem.wrong,
-            sem.rejection(),
-            hyb.top1(),
-            hyb.wrong,
-            hyb.rejection()
-        );
-        // The threshold with the best worse-of-the-two for the combination.
-        let score = hyb.top1().min(hyb.rejection());
-        if best
-            .as_ref()
-            .is_none_or(|(_, _, h)| score > h.top1().min(h.rejection()))
-        {
-            best = Some((t, sem, hyb));
-        }
-    }
-    let Some((t, sem, hyb)) = best else {
-        return Ok(Vec::new());
+            "| {name} | {:.1} | {:.1} | {:.3} | {:.2} | {:.1} % | {} | {} | {:.1} % | {} |",
+            c.lexical_weight,
+            c.answer_weight,
+            c.threshold,
+            c.margin,
+            t.top1(),
+            t.wrong,
+            t.fell_back,
+            t.rejection(),
+            m.map(|m| format!("{:.1} %", pct(m, questions)))
+                .unwrap_or_default()
+        )
     };
+    row("in use (responder)", &CALIBRATION, &used, Some(model_share));
+    let (_, best_cal, best_t) = calibrate(&all, None);
+    row("best of the grid, whole set", &best_cal, &best_t, None);
+    let (_, safe_cal, safe_t) = calibrate(&all, Some(85.0));
+    row("most right with ≥ 85 % refused", &safe_cal, &safe_t, None);
+    let mut held = Tally::default();
+    for (n, b) in set.businesses.iter().enumerate() {
+        let others: Vec<&Scored> = scored
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != n)
+            .map(|(_, s)| s)
+            .collect();
+        let (w, cal, _) = calibrate(&others, Some(85.0));
+        let (t, _) = tally(&[&scored[n]], w, &cal);
+        row(&format!("held out: {}", b.name), &cal, &t, None);
+        held.add(&t);
+    }
+    println!(
+        "| held out, all | | | | | {:.1} % | {} | {} | {:.1} % | |",
+        held.top1(),
+        held.wrong,
+        held.fell_back,
+        held.rejection()
+    );
     Ok(vec![
         Line::new(
-            format!("FAQ paraphrases answered right (model alone, cosine {t:.2})"),
-            sem.top1(),
+            "FAQ paraphrases answered right (lexical + model, as the responder)",
+            used.top1(),
             "%",
-            format!("out of scope refused {:.1} %", sem.rejection()),
+            format!(
+                "out of scope refused {:.1} %; {:.1} % of questions reached the model",
+                used.rejection(),
+                pct(model_share, questions)
+            ),
         ),
         Line::new(
-            format!("FAQ paraphrases answered right (lexical, then model at {t:.2})"),
-            hyb.top1(),
+            "FAQ paraphrases answered right (calibrated on the other businesses)",
+            held.top1(),
             "%",
-            format!("out of scope refused {:.1} %", hyb.rejection()),
+            format!("out of scope refused {:.1} %", held.rejection()),
         ),
         Line::new(
             "embedding one message (full model)",

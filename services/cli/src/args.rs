@@ -41,6 +41,9 @@ pub enum Command {
     /// Conversations handed to a person.
     #[command(subcommand)]
     Conversation(ConversationCommand),
+    /// Training mode: questions the bot could not answer, and teaching it.
+    #[command(subcommand)]
+    Training(TrainingCommand),
     /// People who run tenants' bots (platform admins, tenant admins, agents).
     #[command(subcommand)]
     User(UserCommand),
@@ -160,6 +163,36 @@ pub enum ConversationCommand {
         /// The customer's WhatsApp number.
         #[arg(long)]
         user: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TrainingCommand {
+    /// Questions customers asked that the bot could not answer, grouped by
+    /// meaning, most asked first.
+    Candidates {
+        /// Tenant id or client phone.
+        #[arg(long)]
+        tenant: String,
+        /// open, taught, dismissed or all.
+        #[arg(long, default_value = "open")]
+        status: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Teach a candidate its answer: its question becomes an active FAQ
+    /// entry.
+    Teach {
+        /// Tenant id or client phone.
+        #[arg(long)]
+        tenant: String,
+        /// The candidate's id (from `training candidates`).
+        #[arg(long)]
+        id: uuid::Uuid,
+        /// The answer customers asking this will get.
+        #[arg(long)]
+        answer: String,
     },
 }
 

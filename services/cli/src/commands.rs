@@ -13,7 +13,7 @@ use anyhow::Context as _;
 
 use crate::args::{
     AuditCommand, Cli, Command, ConversationCommand, DlqCommand, KeysCommand, TenantCommand,
-    TokenCommand, UserCommand,
+    TokenCommand, TrainingCommand, UserCommand,
 };
 use crate::simulate::{self, SimulateOptions};
 use crate::stack::{self, RunOptions, Service};
@@ -50,6 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Conversation(cmd) => conversation_command(s, cmd).await?,
+        Command::Training(cmd) => training_command(s, cmd).await?,
         Command::User(cmd) => user_command(s, cmd).await?,
         Command::Token(cmd) => token_command(s, cmd).await?,
         Command::Usage {
@@ -278,6 +279,69 @@ async fn conversation_command(s: &Settings, cmd: ConversationCommand) -> anyhow:
             } else {
                 println!("no conversation with {user} is handed to a person");
             }
+        }
+    }
+    Ok(())
+}
+
+async fn training_command(s: &Settings, cmd: TrainingCommand) -> anyhow::Result<()> {
+    use alphadome_core::training;
+    let pool = pool(s).await?;
+    let cc = s.default_country_code.as_str();
+    match cmd {
+        TrainingCommand::Candidates {
+            tenant,
+            status,
+            json,
+        } => {
+            let t = alphadome_admin::tenants::find(&pool, &tenant, cc).await?;
+            let status = match status.as_str() {
+                "all" => None,
+                "open" | "taught" | "dismissed" => Some(status.as_str()),
+                other => anyhow::bail!("--status: {other:?} is not open, taught, dismissed or all"),
+            };
+            let mut tx = alphadome_core::db::scoped(&pool, t.id).await?;
+            let found = training::candidates(&mut tx, t.id, status, 500).await?;
+            tx.commit().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            } else {
+                print!("{}", crate::output::candidate_table(&found));
+            }
+        }
+        TrainingCommand::Teach { tenant, id, answer } => {
+            let t = alphadome_admin::tenants::find(&pool, &tenant, cc).await?;
+            let actor = alphadome_admin::changes::cli_actor();
+            let mut tx = alphadome_core::db::scoped(&pool, t.id).await?;
+            let before = training::candidate(&mut tx, t.id, id)
+                .await?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--id: tenant {} has no training candidate {id}", t.id)
+                })?;
+            let entry = training::teach(&mut tx, t.id, id, &answer, &actor)
+                .await
+                .map_err(|e| anyhow::anyhow!("--answer: {e}"))?;
+            let after = training::candidate(&mut tx, t.id, id).await?;
+            alphadome_admin::changes::record(
+                &mut tx,
+                &alphadome_admin::changes::Change {
+                    actor: &actor,
+                    tenant: Some(t.id),
+                    action: "training_candidate.teach",
+                    subject: &id.to_string(),
+                    before: serde_json::to_value(&before).ok(),
+                    after: after.and_then(|a| serde_json::to_value(a).ok()),
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            if let Some(bus) = bus_if_reachable(s).await {
+                tenant::announce_change(&bus, t.id).await;
+            }
+            println!(
+                "taught: customers asking {:?} now get this answer (FAQ entry {entry})",
+                before.question
+            );
         }
     }
     Ok(())

@@ -13,6 +13,9 @@ use sqlx::PgPool;
 pub struct Readiness {
     pub db: PgPool,
     pub nats: async_nats::Client,
+    /// Lines the services add about how they run (for example whether the
+    /// embedding model is loaded); shown, never failing the check.
+    pub details: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Router with `/healthz` and `/readyz`.
@@ -26,7 +29,13 @@ pub fn router(ready: Readiness) -> Router {
 async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, String) {
     let db = sqlx::query("SELECT 1").execute(&r.db).await.is_ok();
     let nats = r.nats.connection_state() == async_nats::connection::State::Connected;
-    let body = format!("database: {}\nnats: {}\n", ok(db), ok(nats));
+    let mut body = format!("database: {}\nnats: {}\n", ok(db), ok(nats));
+    if let Ok(details) = r.details.lock() {
+        for d in details.iter() {
+            body.push_str(d);
+            body.push('\n');
+        }
+    }
     if db && nats {
         (StatusCode::OK, body)
     } else {

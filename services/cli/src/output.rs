@@ -96,6 +96,27 @@ pub fn handoff_table(handoffs: &[Handoff]) -> String {
     out
 }
 
+/// `training candidates`.
+pub fn candidate_table(candidates: &[alphadome_core::training::Candidate]) -> String {
+    let mut out = format!(
+        "{:<36}  {:>5}  {:<9}  {:<20}  QUESTION\n",
+        "ID", "ASKED", "STATUS", "LAST ASKED"
+    );
+    for c in candidates {
+        let question: String = c.question.chars().take(60).collect();
+        let _ = writeln!(
+            out,
+            "{:<36}  {:>5}  {:<9}  {:<20}  {}",
+            c.id,
+            c.ask_count,
+            c.status,
+            c.last_asked_at.format("%Y-%m-%d %H:%M:%S"),
+            question
+        );
+    }
+    out
+}
+
 /// `usage`.
 pub fn usage_table(days: &[UsageDay]) -> String {
     let mut out = format!(

@@ -87,6 +87,8 @@ struct Shared {
     pool: sqlx::PgPool,
     bus: Bus,
     shutdown: CancellationToken,
+    /// What `/readyz` reports beyond its checks.
+    details: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Shared {
@@ -125,10 +127,12 @@ pub async fn run(
         pool,
         bus,
         shutdown,
+        details: Default::default(),
     };
     let mut router = health::router(health::Readiness {
         db: shared.pool.clone(),
         nats: shared.bus.client.clone(),
+        details: shared.details.clone(),
     });
     let mut tasks = tokio::task::JoinSet::new();
     for service in &opts.services {
@@ -189,6 +193,9 @@ async fn start(
                 alphadome_responder::Responder::start(config, db, bus.clone(), shutdown.clone())
                     .await
                     .context("responder start-up")?;
+            if let Ok(mut d) = shared.details.lock() {
+                d.push(format!("embedding model: {}", r.model_status()));
+            }
             let (s, settings) = (shutdown.clone(), in_hand(config.responder_in_hand));
             tasks.spawn(async move { r.run(settings, s).await.context("responder") });
             Ok(None)

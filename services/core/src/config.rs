@@ -287,6 +287,18 @@ pub struct Settings {
     #[arg(long, env = "ALPHADOME_SMTP_FROM", value_name = "ALPHADOME_SMTP_FROM",
           default_value = DEFAULT_SMTP_FROM, global = true, help_heading = "Answering")]
     pub smtp_from: String,
+    /// Directory of the local sentence-embedding model (all-MiniLM-L6-v2:
+    /// config.json, tokenizer.json, model.safetensors; scripts/setup.sh
+    /// installs it). Without it the responder matches FAQs by their words
+    /// only.
+    #[arg(
+        long,
+        env = "ALPHADOME_EMBEDDING_MODEL",
+        value_name = "ALPHADOME_EMBEDDING_MODEL",
+        global = true,
+        help_heading = "Answering"
+    )]
+    pub embedding_model: Option<std::path::PathBuf>,
 
     /// How often the admin service checks tokens and sends expiry alerts,
     /// in seconds.
@@ -430,6 +442,10 @@ impl Settings {
             },
             smtp_url: self.smtp_url.clone(),
             smtp_from: self.smtp_from.clone(),
+            embedding_model: self
+                .embedding_model
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
             country_code: self.default_country_code.clone(),
             db_pool_size: self.db_pool_size,
             responder_in_hand: self.responder_in_hand as usize,
@@ -489,6 +505,7 @@ pub struct Config {
     pub ai: AiSettings,
     pub smtp_url: Option<SecretString>,
     pub smtp_from: String,
+    pub embedding_model: Option<std::path::PathBuf>,
     pub country_code: String,
     pub db_pool_size: u32,
     pub responder_in_hand: usize,
@@ -525,6 +542,7 @@ impl Config {
             ai: AiSettings::default(),
             smtp_url: None,
             smtp_from: DEFAULT_SMTP_FROM.into(),
+            embedding_model: None,
             country_code: DEFAULT_COUNTRY_CODE.into(),
             db_pool_size: 8,
             responder_in_hand: 512,

@@ -22,6 +22,7 @@ pub mod meta;
 pub mod notify;
 pub mod telemetry;
 pub mod tenant;
+pub mod training;
 
 pub use error::Report;
 pub use tokio_util::sync::CancellationToken;

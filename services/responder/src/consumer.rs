@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::context::{self, TenantContext};
 use crate::decide::{self, customer, Decision};
 use crate::limits::LimitDecision;
-use crate::{escalation, llm, prompt, store, Responder, AI_KEY_CACHE_AGE};
+use crate::{escalation, llm, prompt, store, teach, Responder, AI_KEY_CACHE_AGE};
 
 /// Messages that may wait for one tenant's LLM calls in one responder
 /// before more are put back on the stream.
@@ -69,7 +69,9 @@ impl Responder {
         if let Some(c) = self.contexts.get(id) {
             return Ok(Some(c));
         }
-        Ok(context::load(&self.db, id).await?.map(Arc::new))
+        Ok(context::load(&self.db, self.model.as_deref(), id)
+            .await?
+            .map(Arc::new))
     }
 
     pub(crate) async fn handle(&self, payload: Bytes, meta: MessageMeta) -> Outcome {
@@ -130,9 +132,19 @@ impl Responder {
         msg: &InboundMessage,
         delivered: i64,
     ) -> Result<Decision, Hold> {
-        let mut d = decide::decide(ctx, msg, &self.default_fallback);
+        let query = self.meaning(ctx, msg).await;
+        let mut d = decide::decide(ctx, msg, &self.default_fallback, query.as_deref());
         if d.reply.is_none() {
             return Ok(d);
+        }
+        // The point of contact teaching the bot is not a customer.
+        if teach::from_contact(ctx, msg) {
+            if let Some(t) = teach::handle_contact(&self.db, &self.bus, ctx, msg).await? {
+                return Ok(t);
+            }
+        }
+        if d.is_fallback() && ctx.settings.enable_training_mode && decide::answers_text(msg) {
+            teach::record(&self.db, &self.bus, ctx, msg, query.as_deref()).await?;
         }
         let tenant = ctx.tenant.id;
         let user = customer(msg);
@@ -155,7 +167,9 @@ impl Responder {
             // (Past a limit the customer gets the notice or silence: no AI
             // call is spent on a reply that will not be sent.)
             if ctx.settings.enable_ai_responses {
-                d = self.ai_or_fallback(ctx, msg, d, delivered).await?;
+                d = self
+                    .ai_or_fallback(ctx, msg, d, delivered, query.as_deref())
+                    .await?;
             }
             if d.ai.is_none() && has_contacts && self.previous_reply_was_fallback(ctx, msg).await? {
                 self.escalator
@@ -174,8 +188,12 @@ impl Responder {
         msg: &InboundMessage,
         mut d: Decision,
         delivered: i64,
+        query: Option<&[f32]>,
     ) -> Result<Decision, Hold> {
-        match self.ai_answer(ctx, msg, delivered <= AI_REQUEUES).await {
+        match self
+            .ai_answer(ctx, msg, delivered <= AI_REQUEUES, query)
+            .await
+        {
             Ok(ai) => Ok(ai),
             Err(AiFailure::Busy) => Err(Hold::AiBusy),
             Err(AiFailure::Failed(e)) => {
@@ -189,6 +207,23 @@ impl Responder {
                         .await?;
                 }
                 Ok(d)
+            }
+        }
+    }
+
+    /// The message's vector, when the tenant's entries have vectors, the
+    /// message is text and the lexical matcher is not sure (`None` when
+    /// the model is busy or failed: the message is then matched by words).
+    async fn meaning(&self, ctx: &TenantContext, msg: &InboundMessage) -> Option<Vec<f32>> {
+        let model = self.model.as_ref()?;
+        if !decide::answers_text(msg) || !ctx.wants_meaning(&msg.text) {
+            return None;
+        }
+        match model.query(&msg.text).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "matching by words only for this message");
+                None
             }
         }
     }
@@ -209,6 +244,7 @@ impl Responder {
         ctx: &TenantContext,
         msg: &InboundMessage,
         may_requeue: bool,
+        query: Option<&[f32]>,
     ) -> Result<Decision, AiFailure> {
         let t = &ctx.tenant;
         let endpoint = llm::endpoint(
@@ -228,12 +264,7 @@ impl Responder {
             .as_deref()
             .filter(|m| !m.is_empty())
             .ok_or_else(|| llm::LlmError::NotConfigured("the tenant has no ai_model".into()))?;
-        let retrieved: Vec<_> = ctx
-            .index
-            .ranked_above(&msg.text, 0.2)
-            .into_iter()
-            .take(3)
-            .collect();
+        let retrieved = ctx.retrieve(&msg.text, query, prompt::RETRIEVED);
         let template = prompt::choose_template(
             ctx,
             retrieved.first().and_then(|m| m.entry.category.as_deref()),

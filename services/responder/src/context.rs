@@ -9,7 +9,8 @@ use alphadome_core::tenant::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::matcher::{FaqEntry, FaqIndex};
+use crate::matcher::{self, FaqEntry, FaqIndex, Match};
+use crate::semantic::{self, Model, SemanticIndex, CALIBRATION};
 
 /// Example conversations given to the LLM with each prompt.
 pub const PROMPT_EXAMPLES: usize = 3;
@@ -25,6 +26,27 @@ pub struct TenantContext {
     /// second copy of every row would be a quarter of the process's memory).
     pub examples: Vec<TrainingRow>,
     pub index: FaqIndex,
+    /// The entries' vectors, in the index's order, when the model runs.
+    pub semantic: Option<SemanticIndex>,
+}
+
+/// How a message was matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// By its words (the model was not needed, or is not loaded).
+    Lexical,
+    /// By its words and meaning combined.
+    Semantic,
+}
+
+impl Tier {
+    /// Its name in the log's metadata (`match_tier`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Lexical => "lexical",
+            Tier::Semantic => "semantic",
+        }
+    }
 }
 
 impl TenantContext {
@@ -59,7 +81,77 @@ impl TenantContext {
             templates: s.templates,
             examples,
             index: FaqIndex::build(answerable),
+            semantic: None,
         }
+    }
+
+    /// Whether `text` needs the model: it runs for this tenant and the
+    /// lexical matcher is not sure of an answer.
+    pub fn wants_meaning(&self, text: &str) -> bool {
+        self.semantic.as_ref().is_some_and(|s| !s.is_empty())
+            && !text.trim().is_empty()
+            && self
+                .index
+                .best(text)
+                .is_none_or(|m| (m.score as f32) < semantic::LEXICAL_SURE)
+    }
+
+    /// The entry that answers `text` (`query`: its vector, when the model
+    /// was asked), and how it was found. A sure lexical match answers
+    /// alone; otherwise the combined score decides ([`semantic::choose`]),
+    /// `priority` then `confidence_score` ordering entries within
+    /// [`matcher::TIE_BAND`] of the best.
+    pub fn answer(&self, text: &str, query: Option<&[f32]>) -> Option<(Match<'_>, Tier)> {
+        let lexical = self.index.best(text);
+        let (Some(sem), Some(q)) = (&self.semantic, query) else {
+            return lexical.map(|m| (m, Tier::Lexical));
+        };
+        if lexical.is_some_and(|m| m.score as f32 >= semantic::LEXICAL_SURE) {
+            return lexical.map(|m| (m, Tier::Lexical));
+        }
+        let combined = self.combined(text, sem, q);
+        let (_, best) = semantic::choose(&combined, &CALIBRATION)?;
+        let mut band: Vec<Match<'_>> = combined
+            .iter()
+            .enumerate()
+            .filter(|&(_, &s)| best - s <= matcher::TIE_BAND as f32)
+            .map(|(i, &s)| Match {
+                entry: &self.index.entries()[i],
+                score: s as f64,
+            })
+            .collect();
+        matcher::rank(&mut band);
+        band.first().map(|m| (*m, Tier::Semantic))
+    }
+
+    /// The entries most related to `text`, for the AI's prompt: at most
+    /// `k`, by combined score (lexical alone without the model) times the
+    /// entry's `confidence_score`, above a floor.
+    pub fn retrieve(&self, text: &str, query: Option<&[f32]>, k: usize) -> Vec<Match<'_>> {
+        let (scores, floor) = match (&self.semantic, query) {
+            (Some(sem), Some(q)) => (self.combined(text, sem, q), RETRIEVAL_FLOOR_SEMANTIC),
+            _ => (self.index.scores(text), RETRIEVAL_FLOOR_LEXICAL),
+        };
+        let mut found: Vec<Match<'_>> = scores
+            .iter()
+            .zip(self.index.entries())
+            .filter(|&(&s, _)| s >= floor)
+            .map(|(&s, entry)| Match {
+                entry,
+                score: s as f64 * entry.confidence.clamp(0.0, 1.0),
+            })
+            .collect();
+        found.sort_by(|a, b| b.score.total_cmp(&a.score));
+        found.truncate(k);
+        found
+    }
+
+    fn combined(&self, text: &str, sem: &SemanticIndex, q: &[f32]) -> Vec<f32> {
+        semantic::combine(
+            &self.index.scores(text),
+            &sem.scores(q, &CALIBRATION),
+            &CALIBRATION,
+        )
     }
 
     /// The active default template, if any.
@@ -82,11 +174,47 @@ impl TenantContext {
     }
 }
 
-/// Loads a tenant's context.
-pub async fn load(pool: &PgPool, id: Uuid) -> Result<Option<TenantContext>, sqlx::Error> {
-    Ok(tenant::store::load_snapshot(pool, id)
+/// Lowest lexical score of an entry given to the AI.
+const RETRIEVAL_FLOOR_LEXICAL: f32 = 0.2;
+/// Lowest combined score of an entry given to the AI.
+const RETRIEVAL_FLOOR_SEMANTIC: f32 = 0.3;
+
+/// Loads a tenant's context; with the model, its entries' vectors too
+/// (stored ones read, the rest computed). Without the vectors (the model
+/// failed) the tenant is matched by words until its next change.
+pub async fn load(
+    pool: &PgPool,
+    model: Option<&Model>,
+    id: Uuid,
+) -> Result<Option<TenantContext>, sqlx::Error> {
+    let Some(mut ctx) = tenant::store::load_snapshot(pool, id)
         .await?
-        .map(TenantContext::from_snapshot))
+        .map(TenantContext::from_snapshot)
+    else {
+        return Ok(None);
+    };
+    if let Some(model) = model {
+        let texts: Vec<String> = ctx
+            .index
+            .entries()
+            .iter()
+            .flat_map(|e| semantic::entry_texts(&e.question, &e.answer))
+            .collect();
+        match semantic::vectors_of(pool, model, id, &texts).await {
+            Ok(v) => {
+                let (q, a): (Vec<Vec<f32>>, Vec<Vec<f32>>) = v
+                    .chunks(2)
+                    .map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default()))
+                    .unzip();
+                ctx.semantic = Some(SemanticIndex::new(&q, &a));
+            }
+            Err(semantic::VectorsError::Db(e)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(tenant_id = %id, error = %alphadome_core::Report(&e), "entry vectors unavailable; matching this tenant by words");
+            }
+        }
+    }
+    Ok(Some(ctx))
 }
 
 /// What the responder's unit tests build contexts from.

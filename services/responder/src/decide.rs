@@ -8,7 +8,7 @@ use alphadome_core::events::v1::{
 };
 use uuid::Uuid;
 
-use crate::context::TenantContext;
+use crate::context::{TenantContext, Tier};
 use crate::limits::{self, LimitDecision};
 use crate::llm;
 
@@ -30,6 +30,8 @@ pub struct Decision {
     pub training_data_id: Option<Uuid>,
     pub template_used: Option<String>,
     pub score: Option<f64>,
+    /// How the FAQ entry was found, when one answered.
+    pub tier: Option<Tier>,
     /// Set when the reply came from the tenant's LLM.
     pub ai: Option<llm::ChatAnswer>,
     /// Why the AI could not answer, when it could not.
@@ -45,6 +47,7 @@ impl Decision {
             training_data_id: None,
             template_used: None,
             score: None,
+            tier: None,
             ai: None,
             error: None,
         }
@@ -79,9 +82,22 @@ pub fn customer(msg: &InboundMessage) -> &str {
     }
 }
 
+/// Whether `msg` is a kind the bot answers from its text (the model and
+/// training mode look only at these).
+pub fn answers_text(msg: &InboundMessage) -> bool {
+    let kind = MessageKind::try_from(msg.kind).unwrap_or(MessageKind::Other);
+    !matches!(kind, MessageKind::Reaction | MessageKind::System) && !msg.text.trim().is_empty()
+}
+
 /// Decides how to answer `msg` from the tenant's own FAQ (the AI, limits
-/// and handoff come after, in the consumer).
-pub fn decide(ctx: &TenantContext, msg: &InboundMessage, default_fallback: &str) -> Decision {
+/// and handoff come after, in the consumer); `query` is the message's
+/// vector when the model was asked ([`TenantContext::answer`]).
+pub fn decide(
+    ctx: &TenantContext,
+    msg: &InboundMessage,
+    default_fallback: &str,
+    query: Option<&[f32]>,
+) -> Decision {
     if !ctx.tenant.is_active {
         return Decision::silent("tenant_inactive");
     }
@@ -103,10 +119,11 @@ pub fn decide(ctx: &TenantContext, msg: &InboundMessage, default_fallback: &str)
         _ if !msg.text.trim().is_empty() => {} // media with a caption: answer the caption
         _ => return Decision::reply(MEDIA_REPLY.to_owned(), "media"),
     }
-    if let Some(m) = ctx.index.best(&msg.text) {
+    if let Some((m, tier)) = ctx.answer(&msg.text, query) {
         return Decision {
             training_data_id: Some(m.entry.id),
             score: Some(m.score),
+            tier: Some(tier),
             ..Decision::reply(m.entry.answer.clone(), "faq_match")
         };
     }
@@ -140,6 +157,9 @@ pub fn apply_limit(ctx: &TenantContext, d: Decision, limit: LimitDecision) -> De
 /// Metadata of the reply's log row: how it was chosen, and the AI's usage.
 fn reply_metadata(ctx: &TenantContext, d: &Decision) -> String {
     let mut m = serde_json::json!({"reason": d.reason, "match_score": d.score});
+    if let Some(tier) = d.tier {
+        m["match_tier"] = serde_json::json!(tier.name());
+    }
     if let Some(ai) = &d.ai {
         m["usage"] = serde_json::json!({
             "prompt_tokens": ai.prompt_tokens,
@@ -190,6 +210,9 @@ pub fn log_event(
     }
     if let Some(score) = d.score {
         metadata["match_score"] = serde_json::json!(score);
+    }
+    if let Some(tier) = d.tier {
+        metadata["match_tier"] = serde_json::json!(tier.name());
     }
     Some(LogEvent {
         tenant_id: msg.tenant_id.clone(),
@@ -272,6 +295,7 @@ mod tests {
                 priority: 0,
                 confidence: 1.0,
             }]),
+            semantic: None,
         }
     }
 
@@ -290,20 +314,25 @@ mod tests {
     #[test]
     fn toggles_kinds_faq_and_fallback() {
         let c = ctx(ControlSettings::default());
-        let d = decide(&c, &text("opening hours?", MessageKind::Text), "fb");
+        let d = decide(&c, &text("opening hours?", MessageKind::Text), "fb", None);
         assert_eq!(
             (d.reply.as_deref(), d.reason),
             (Some("9 to 5"), "faq_match")
         );
-        let d = decide(&c, &text("do you sell drums", MessageKind::Text), "fb");
+        let d = decide(
+            &c,
+            &text("do you sell drums", MessageKind::Text),
+            "fb",
+            None,
+        );
         assert_eq!((d.reply.as_deref(), d.reason), (Some("fb"), "fallback"));
         assert!(d.is_fallback());
-        let d = decide(&c, &text("", MessageKind::Image), "fb");
+        let d = decide(&c, &text("", MessageKind::Image), "fb", None);
         assert_eq!((d.reply.as_deref(), d.reason), (Some(MEDIA_REPLY), "media"));
-        let d = decide(&c, &text("opening hours", MessageKind::Image), "fb");
+        let d = decide(&c, &text("opening hours", MessageKind::Image), "fb", None);
         assert_eq!(d.reason, "faq_match", "a caption is answered");
         assert_eq!(
-            decide(&c, &text("👍", MessageKind::Reaction), "fb").reply,
+            decide(&c, &text("👍", MessageKind::Reaction), "fb", None).reply,
             None
         );
         let off = ctx(ControlSettings {
@@ -311,7 +340,7 @@ mod tests {
             ..ControlSettings::default()
         });
         assert_eq!(
-            decide(&off, &text("opening hours", MessageKind::Text), "fb").reason,
+            decide(&off, &text("opening hours", MessageKind::Text), "fb", None).reason,
             "auto_reply_disabled"
         );
     }
@@ -336,7 +365,7 @@ mod tests {
     fn events_carry_the_decision() {
         let c = ctx(ControlSettings::default());
         let msg = text("opening hours", MessageKind::Text);
-        let d = decide(&c, &msg, "fb");
+        let d = decide(&c, &msg, "fb", None);
         let log = log_event(&c, &msg, &d, TraceContext::default()).unwrap();
         assert_eq!(log.dedup_key, "in:wamid.1");
         assert_eq!(log.occurred_at_ms, 1_700_000_000_000);

@@ -23,7 +23,9 @@ pub mod limits;
 pub mod llm;
 pub mod matcher;
 pub mod prompt;
+pub mod semantic;
 pub mod store;
+pub mod teach;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +79,10 @@ pub struct Responder {
     ai_keys: std::sync::Mutex<
         std::collections::HashMap<Uuid, (String, secrecy::SecretString, std::time::Instant)>,
     >,
+    /// The embedding model, when it loaded.
+    model: Option<Arc<semantic::Model>>,
+    /// What `/readyz` says of the model.
+    model_status: String,
     /// Messages this instance handled (for tests).
     pub handled: std::sync::atomic::AtomicU64,
 }
@@ -90,8 +96,13 @@ impl Responder {
         bus: Bus,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, ResponderError> {
+        let (model, model_status) = load_model(config.embedding_model.as_deref());
         let contexts = TenantCache::new(|_: &TenantContext| Vec::new(), None);
-        let load = |db: PgPool, id: Uuid| async move { context::load(&db, id).await };
+        let m = model.clone();
+        let load = move |db: PgPool, id: Uuid| {
+            let m = m.clone();
+            async move { context::load(&db, m.as_deref(), id).await }
+        };
         contexts.refresh(&db, &load).await?;
         contexts.spawn_refresher(
             db.clone(),
@@ -117,8 +128,20 @@ impl Responder {
             admission: limits::Admission::new(db.clone()),
             ai_keys: Default::default(),
             ai_gates: alphadome_core::gate::KeyedGates::new(config.ai.calls_per_tenant),
+            model,
+            model_status,
             handled: Default::default(),
         }))
+    }
+
+    /// What `/readyz` says of the embedding model.
+    pub fn model_status(&self) -> &str {
+        &self.model_status
+    }
+
+    /// The embedding model, when it runs.
+    pub fn model(&self) -> Option<&Arc<semantic::Model>> {
+        self.model.as_ref()
     }
 
     /// Consumes the inbound stream until `shutdown`.
@@ -141,6 +164,37 @@ impl Responder {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// Loads the embedding model in `dir`, saying clearly at start-up what
+/// happens without it; returns it and the line `/readyz` shows.
+fn load_model(dir: Option<&std::path::Path>) -> (Option<Arc<semantic::Model>>, String) {
+    let Some(dir) = dir else {
+        tracing::warn!("ALPHADOME_EMBEDDING_MODEL is not set: FAQs are matched by their words only (bash scripts/setup.sh installs the model)");
+        return (
+            None,
+            "not loaded (ALPHADOME_EMBEDDING_MODEL is not set); FAQs matched by their words only"
+                .into(),
+        );
+    };
+    let started = std::time::Instant::now();
+    match semantic::Model::start(dir) {
+        Ok(m) => {
+            tracing::info!(model = semantic::MODEL_NAME, dir = %dir.display(), secs = started.elapsed().as_secs_f32(), "embedding model loaded: FAQs are matched by meaning");
+            (Some(m), format!("{} loaded", semantic::MODEL_NAME))
+        }
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %Report(&e), "the embedding model could not be loaded: FAQs are matched by their words only");
+            (
+                None,
+                format!(
+                    "not loaded ({}: {}); FAQs matched by their words only",
+                    dir.display(),
+                    Report(&e)
+                ),
+            )
+        }
     }
 }
 

@@ -269,14 +269,27 @@ impl FaqIndex {
     /// Entries scoring at least `threshold`, best first (a lower threshold
     /// than [`THRESHOLD`] finds context for an LLM rather than an answer).
     pub fn ranked_above(&self, message: &str, threshold: f64) -> Vec<Match<'_>> {
-        if self.entries.is_empty() {
-            return Vec::new();
-        }
-        // Scores accumulate in one slot per entry (a hash map of them was
-        // most of the time per message); `touched` lists the entries that
-        // share a term with the message, in the order they were reached.
+        let mut out: Vec<Match<'_>> = self
+            .scores(message)
+            .into_iter()
+            .enumerate()
+            .filter(|&(_, score)| score > 0.0 && score as f64 >= threshold)
+            .map(|(doc, score)| Match {
+                entry: &self.entries[doc],
+                score: (score as f64).min(1.0),
+            })
+            .collect();
+        rank(&mut out);
+        out
+    }
+
+    /// Every entry's lexical score for `message`, in the order of
+    /// [`FaqIndex::entries`] (0 for an entry sharing no term).
+    pub fn scores(&self, message: &str) -> Vec<f32> {
         let mut scores = vec![0.0f32; self.entries.len()];
-        let mut touched: Vec<u32> = Vec::new();
+        if self.entries.is_empty() {
+            return scores;
+        }
         let mut query_sq = 0.0f32;
         for term in terms(message) {
             let (ids, weight): (Vec<u32>, f32) = match self.vocab.get(&term) {
@@ -284,7 +297,6 @@ impl FaqIndex {
                 None => (self.fuzzy(&term), FUZZY_WEIGHT as f32),
             };
             if ids.is_empty() {
-                // Unknown term: counts against the match with an average weight.
                 query_sq += self.mean_idf * self.mean_idf;
                 continue;
             }
@@ -295,44 +307,31 @@ impl FaqIndex {
             query_sq += q * q;
             for &t in &ids {
                 for &(doc, w) in &self.postings[t as usize] {
-                    let s = &mut scores[doc as usize];
-                    // Weights are positive: a slot at zero was not reached yet.
-                    if *s == 0.0 {
-                        touched.push(doc);
-                    }
-                    *s += weight * w * w;
+                    scores[doc as usize] += weight * w * w;
                 }
             }
         }
         let qn = query_sq.sqrt();
-        let mut out: Vec<Match<'_>> = touched
-            .into_iter()
-            .map(|doc| (doc, scores[doc as usize]))
-            .filter_map(|(doc, dot)| {
-                let norm = self.norms[doc as usize] * qn;
-                let score = if norm > 0.0 { (dot / norm) as f64 } else { 0.0 };
-                (score >= threshold).then(|| Match {
-                    entry: &self.entries[doc as usize],
-                    score: score.min(1.0),
-                })
-            })
-            .collect();
-        rank(&mut out);
-        out
+        for (doc, s) in scores.iter_mut().enumerate() {
+            let norm = self.norms[doc] * qn;
+            *s = if norm > 0.0 {
+                (*s / norm).min(1.0)
+            } else {
+                0.0
+            };
+        }
+        scores
+    }
+
+    /// The entries, in index order.
+    pub fn entries(&self) -> &[FaqEntry] {
+        &self.entries
     }
 }
 
-/// Orders matches best first. Scores within [`TIE_BAND`] of the best
-/// score of their band count as equally relevant and are ordered by
-/// `priority`, then `confidence`, then score; bands are formed from the
-/// top down (the first holds every match within the band of the best, the
-/// next every remaining match within the band of the best remaining, ...).
-///
-/// The order is a total order of (band, priority, confidence, score), so
-/// it does not depend on the order the matches came in, and the sort can
-/// never see an inconsistent comparison (comparing "within the band" pair
-/// by pair is not transitive: a ~ b and b ~ c while a and c are apart).
-fn rank(matches: &mut [Match<'_>]) {
+/// Orders matches by score; scores within [`TIE_BAND`] of the band's top
+/// are ordered by `priority`, then `confidence`.
+pub fn rank(matches: &mut [Match<'_>]) {
     matches.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut band = 0u32;
     let mut band_top = f64::INFINITY;

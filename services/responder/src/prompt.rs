@@ -15,6 +15,8 @@ use crate::matcher::Match;
 pub const DEFAULT_MAX_CHARS: usize = 1000;
 /// Recent turns of the conversation included, at most.
 pub const HISTORY_TURNS: usize = 10;
+/// FAQ entries given to the LLM as knowledge, the most related first.
+pub const RETRIEVED: usize = 3;
 /// Characters of history included, at most.
 pub const HISTORY_CHARS: usize = 4000;
 

@@ -21,6 +21,7 @@ pub mod inbox;
 pub mod ops;
 pub mod problem;
 pub mod tenants;
+pub mod training;
 
 use std::sync::Arc;
 
@@ -149,6 +150,7 @@ impl Api {
     security(("bearer" = []), ("session" = [])),
     tags(
         (name = "tenants"), (name = "settings"), (name = "templates"), (name = "training-data"),
+        (name = "training-candidates"),
         (name = "conversations"), (name = "operations")
     )
 )]
@@ -182,6 +184,9 @@ pub fn routes(api: Arc<Api>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(content::patch_template, content::delete_template))
         .routes(routes!(content::training, content::create_training))
         .routes(routes!(content::patch_training, content::delete_training))
+        .routes(routes!(training::candidates))
+        .routes(routes!(training::teach))
+        .routes(routes!(training::dismiss))
         .routes(routes!(import::import))
         .routes(routes!(import::export))
         .routes(routes!(inbox::messages))

@@ -1,0 +1,491 @@
+//! The bot understands its customers: FAQ entries matched by meaning with
+//! the local embedding model (installed by scripts/setup.sh), and training
+//! mode: unanswered questions grouped into candidates, taught from
+//! WhatsApp by the tenant's point of contact (with confirmation), from the
+//! API and from the CLI, and answered the next time in other words.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::time::Duration;
+
+use alphadome_admin::people::{self, Role};
+use alphadome_cli::stack::Service;
+use alphadome_core::training::{self, Candidate};
+use alphadome_tests::*;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const CONTACT: &str = "254700999888";
+
+fn model_dir() -> std::path::PathBuf {
+    std::env::var_os("ALPHADOME_EMBEDDING_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/alphadome/all-MiniLM-L6-v2")
+        })
+}
+
+const FAQ: &[(&str, &str)] = &[
+    (
+        "What are your opening hours?",
+        "We are open 9am to 6pm, Monday to Saturday.",
+    ),
+    (
+        "Where is your shop located?",
+        "Moi Avenue, next to the Hilton, Nairobi.",
+    ),
+    (
+        "Do you offer guitar lessons?",
+        "Yes, group guitar lessons on Saturdays.",
+    ),
+    ("Can I pay with M-Pesa?", "Yes, Lipa na M-Pesa till 123456."),
+];
+
+async fn ask(stack: &RunningStack, t: &TestTenant, from: &str, wamid: &str, text: &str) {
+    let body = text_webhook(&t.phone_number_id, from, wamid, text);
+    assert_eq!(
+        post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body)
+            .await
+            .status(),
+        200
+    );
+}
+
+async fn reply_to(e: &TestEnv, wamid: &str) -> String {
+    eventually(Duration::from_secs(20), "a reply", || async {
+        e.graph
+            .received()
+            .into_iter()
+            .find(|r| r.in_reply_to() == wamid)
+            .map(|r| r.text())
+    })
+    .await
+}
+
+async fn candidates(e: &TestEnv, tenant: Uuid, status: Option<&str>) -> Vec<Candidate> {
+    let mut tx = alphadome_core::db::scoped(&e.db.pool, tenant)
+        .await
+        .unwrap();
+    let c = training::candidates(&mut tx, tenant, status, 100)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    c
+}
+
+async fn match_tier(e: &TestEnv, wamid: &str) -> Option<String> {
+    eventually(Duration::from_secs(10), "the incoming log row", || async {
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT metadata->>'match_tier' FROM alphadome.bot_message_logs WHERE dedup_key = 'in:' || $1",
+        )
+        .bind(wamid)
+        .fetch_optional(&e.db.pool)
+        .await
+        .unwrap()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn meaning_answers_paraphrases_and_the_contact_teaches_from_whatsapp() {
+    let e = TestEnv::new().await;
+    let t = tenant(
+        &e.db.pool,
+        &e.ring,
+        TenantSpec {
+            faq: FAQ,
+            control: "enable_training_mode: true",
+            tenant_extra: "point_of_contact_phone: \"254700999888\"",
+            ..TenantSpec::default()
+        },
+    )
+    .await;
+    let mut config = e.config();
+    config.embedding_model = Some(model_dir());
+    let stack = RunningStack::start(config, &Service::ALL).await;
+    let ready = reqwest::get(format!("http://{}/readyz", stack.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        ready.contains("embedding model: all-MiniLM-L6-v2 loaded"),
+        "{ready}"
+    );
+
+    // Words the FAQ does not use, the same meaning.
+    ask(
+        &stack,
+        &t,
+        "254711000001",
+        "wamid.u.1",
+        "until what time are you open today?",
+    )
+    .await;
+    assert_eq!(reply_to(&e, "wamid.u.1").await, FAQ[0].1);
+    assert_eq!(
+        match_tier(&e, "wamid.u.1").await.as_deref(),
+        Some("semantic")
+    );
+    ask(
+        &stack,
+        &t,
+        "254711000001",
+        "wamid.u.2",
+        "how do I find your store",
+    )
+    .await;
+    assert_eq!(reply_to(&e, "wamid.u.2").await, FAQ[1].1);
+    // The entry's own words skip the model.
+    ask(
+        &stack,
+        &t,
+        "254711000001",
+        "wamid.u.3",
+        "do you offer guitar lessons",
+    )
+    .await;
+    assert_eq!(reply_to(&e, "wamid.u.3").await, FAQ[2].1);
+    assert_eq!(
+        match_tier(&e, "wamid.u.3").await.as_deref(),
+        Some("lexical")
+    );
+
+    // Out of scope: the fallback, and a candidate; the same question in
+    // other words joins it; the contact is offered it once.
+    ask(
+        &stack,
+        &t,
+        "254711000002",
+        "wamid.u.4",
+        "Can I book a table for dinner tonight?",
+    )
+    .await;
+    let fallback = reply_to(&e, "wamid.u.4").await;
+    assert!(!FAQ.iter().any(|(_, a)| *a == fallback), "{fallback}");
+    ask(
+        &stack,
+        &t,
+        "254711000003",
+        "wamid.u.5",
+        "can i book a table for tonight's dinner",
+    )
+    .await;
+    reply_to(&e, "wamid.u.5").await;
+    let open = eventually(
+        Duration::from_secs(10),
+        "one candidate asked twice",
+        || async {
+            let c = candidates(&e, t.id, Some("open")).await;
+            (c.len() == 1 && c[0].ask_count == 2).then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(open[0].question, "Can I book a table for dinner tonight?");
+    assert_eq!(open[0].examples.len(), 2);
+    let offer = eventually(
+        Duration::from_secs(10),
+        "the offer to the contact",
+        || async { e.graph.received().into_iter().find(|r| r.to() == CONTACT) },
+    )
+    .await;
+    assert!(
+        offer
+            .text()
+            .contains("Can I book a table for dinner tonight?")
+            && offer.text().contains("SKIP"),
+        "{}",
+        offer.text()
+    );
+    assert_eq!(
+        offer.token, "EAAG-test-token-1",
+        "sent with the tenant's token"
+    );
+
+    // The contact answers; nothing is saved until they confirm.
+    let answer = "Sorry, we are a music shop: we do not serve meals.";
+    ask(&stack, &t, CONTACT, "wamid.c.1", answer).await;
+    let shown = reply_to(&e, "wamid.c.1").await;
+    assert!(shown.contains(answer) && shown.contains("YES"), "{shown}");
+    assert_eq!(candidates(&e, t.id, Some("taught")).await.len(), 0);
+    ask(&stack, &t, CONTACT, "wamid.c.2", "yes").await;
+    assert!(reply_to(&e, "wamid.c.2").await.starts_with("Saved."));
+    let taught = candidates(&e, t.id, Some("taught")).await;
+    assert_eq!(taught.len(), 1);
+    assert_eq!(
+        taught[0].taught_by.as_deref(),
+        Some("whatsapp:254700999888")
+    );
+    let entry = taught[0].training_data_id.unwrap();
+    let (active, stored): (bool, String) =
+        sqlx::query_as("SELECT is_active, answer FROM alphadome.bot_training_data WHERE id = $1")
+            .bind(entry)
+            .fetch_one(&e.db.pool)
+            .await
+            .unwrap();
+    assert!(active);
+    assert_eq!(stored, answer);
+
+    // The next customer, in other words, gets the taught answer.
+    let got = eventually(Duration::from_secs(20), "the taught answer", || async {
+        let n = e.graph.received().len();
+        let wamid = format!("wamid.u.next.{n}");
+        ask(
+            &stack,
+            &t,
+            "254711000004",
+            &wamid,
+            "could I reserve a dinner table for this evening?",
+        )
+        .await;
+        let r = reply_to(&e, &wamid).await;
+        (r == answer).then_some(r)
+    })
+    .await;
+    assert_eq!(got, answer);
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn candidates_are_taught_through_the_api_and_the_cli() {
+    let e = TestEnv::new().await;
+    let t = tenant(
+        &e.db.pool,
+        &e.ring,
+        TenantSpec {
+            faq: FAQ,
+            control: "enable_training_mode: true",
+            ..TenantSpec::default()
+        },
+    )
+    .await;
+    let other = tenant(
+        &e.db.pool,
+        &e.ring,
+        TenantSpec {
+            name: "Other Shop",
+            phone: "254700000002",
+            phone_number_id: "100000000000002",
+            token: "EAAG-test-token-2",
+            ..TenantSpec::default()
+        },
+    )
+    .await;
+    // Without the model: the same words make one candidate.
+    let stack = RunningStack::start(e.config(), &Service::ALL).await;
+    ask(
+        &stack,
+        &t,
+        "254711000010",
+        "wamid.a.1",
+        "Do you sell vinyl records?",
+    )
+    .await;
+    ask(
+        &stack,
+        &t,
+        "254711000011",
+        "wamid.a.2",
+        "do you sell vinyl records",
+    )
+    .await;
+    ask(
+        &stack,
+        &t,
+        "254711000012",
+        "wamid.a.3",
+        "Do you tune pianos at home?",
+    )
+    .await;
+    for w in ["wamid.a.1", "wamid.a.2", "wamid.a.3"] {
+        reply_to(&e, w).await;
+    }
+    let admin = people::create_token(
+        &e.db.pool,
+        "t-admin",
+        Role::TenantAdmin,
+        Some(&t.id.to_string()),
+        "254",
+        "test",
+    )
+    .await
+    .unwrap();
+    let other_admin = people::create_token(
+        &e.db.pool,
+        "o-admin",
+        Role::TenantAdmin,
+        Some(&other.id.to_string()),
+        "254",
+        "test",
+    )
+    .await
+    .unwrap();
+    let agent = people::create_token(
+        &e.db.pool,
+        "t-agent",
+        Role::Agent,
+        Some(&t.id.to_string()),
+        "254",
+        "test",
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://{}/api/v1/tenants/{}", stack.addr, t.id);
+    let call = |method: reqwest::Method, url: String, token: String, body: Option<Value>| {
+        let client = client.clone();
+        async move {
+            let mut r = client.request(method, url).bearer_auth(token);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let list = eventually(Duration::from_secs(10), "two candidates", || async {
+        let (s, v) = call(
+            reqwest::Method::GET,
+            format!("{base}/training-candidates"),
+            admin.expose_secret().to_owned(),
+            None,
+        )
+        .await;
+        (s == 200 && v["candidates"].as_array().is_some_and(|c| c.len() == 2)).then_some(v)
+    })
+    .await;
+    let top = &list["candidates"][0];
+    assert_eq!(top["question"], "Do you sell vinyl records?");
+    assert_eq!(top["ask_count"], 2);
+    let id = top["id"].as_str().unwrap().to_owned();
+    let teach = format!("{base}/training-candidates/{id}/teach");
+
+    // Another tenant's admin sees nothing of it; an agent may not teach;
+    // bad input is named.
+    let (s, _) = call(
+        reqwest::Method::GET,
+        format!("{base}/training-candidates"),
+        other_admin.expose_secret().to_owned(),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _) = call(
+        reqwest::Method::POST,
+        teach.clone(),
+        other_admin.expose_secret().to_owned(),
+        Some(json!({"answer": "x"})),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _) = call(
+        reqwest::Method::POST,
+        teach.clone(),
+        agent.expose_secret().to_owned(),
+        Some(json!({"answer": "x"})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, v) = call(
+        reqwest::Method::POST,
+        teach.clone(),
+        admin.expose_secret().to_owned(),
+        Some(json!({"answer": "  "})),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("answer"), "{v}");
+    let (s, v) = call(
+        reqwest::Method::GET,
+        format!("{base}/training-candidates?status=bogus"),
+        admin.expose_secret().to_owned(),
+        None,
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("status"), "{v}");
+
+    // Taught: an active FAQ entry the bot uses at once; teaching twice is
+    // a conflict; the change is audited.
+    let (s, v) = call(
+        reqwest::Method::POST,
+        teach.clone(),
+        admin.expose_secret().to_owned(),
+        Some(json!({"answer": "Yes, new and used vinyl."})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["candidate"]["status"], "taught");
+    let (s, _) = call(
+        reqwest::Method::POST,
+        teach.clone(),
+        admin.expose_secret().to_owned(),
+        Some(json!({"answer": "again"})),
+    )
+    .await;
+    assert_eq!(s, 409);
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM alphadome.change_audit WHERE action = 'training_candidate.teach' AND bot_tenant_id = $1",
+    )
+    .bind(t.id)
+    .fetch_one(&e.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(audited, 1);
+    let answered = eventually(Duration::from_secs(10), "the taught answer", || async {
+        let n = e.graph.received().len();
+        let wamid = format!("wamid.a.next.{n}");
+        ask(
+            &stack,
+            &t,
+            "254711000013",
+            &wamid,
+            "Do you sell vinyl records??",
+        )
+        .await;
+        let r = reply_to(&e, &wamid).await;
+        (r == "Yes, new and used vinyl.").then_some(r)
+    })
+    .await;
+    assert_eq!(answered, "Yes, new and used vinyl.");
+
+    // The CLI lists the other and teaches it.
+    let env = [("DATABASE_URL", e.db.url.as_str())];
+    let tid = t.id.to_string();
+    let (code, out, err) = cli(&["training", "candidates", "--tenant", &tid], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Do you tune pianos at home?") && !out.contains("vinyl"),
+        "{out}"
+    );
+    let piano = candidates(&e, t.id, Some("open")).await[0].id.to_string();
+    let (code, out, err) = cli(
+        &[
+            "training",
+            "teach",
+            "--tenant",
+            &tid,
+            "--id",
+            &piano,
+            "--answer",
+            "Yes, within Nairobi.",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("taught"), "{out}");
+    let (code, _, err) = cli(
+        &[
+            "training", "teach", "--tenant", &tid, "--id", &piano, "--answer", "again",
+        ],
+        &env,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("already taught"), "{err}");
+    assert!(candidates(&e, t.id, Some("open")).await.is_empty());
+    stack.stop().await.unwrap();
+}
