@@ -102,6 +102,22 @@ async fn pages_render_for_each_role_and_another_tenants_are_not_found() {
         .unwrap();
     }
 
+    // A question the bot could not answer, waiting to be taught.
+    let mut tx = alphadome_core::db::scoped(&env.db.pool, a.id)
+        .await
+        .unwrap();
+    alphadome_core::training::record_ask(
+        &mut tx,
+        a.id,
+        "wamid.teach.1",
+        "Do you rent out amplifiers?",
+        None,
+        0.75,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
     // Every page forbids framing and foreign scripts.
     let r = client().get(format!("{base}/login")).send().await.unwrap();
     let csp = r.headers()["content-security-policy"].to_str().unwrap();
@@ -167,6 +183,7 @@ async fn pages_render_for_each_role_and_another_tenants_are_not_found() {
             ),
             (format!("/t/{}/faq", a.id), "What are your opening hours?"),
             (format!("/t/{}/templates", a.id), "Templates"),
+            (format!("/t/{}/teach", a.id), "Do you rent out amplifiers?"),
             (format!("/t/{}/settings", a.id), "Bot answers customers"),
             (format!("/audit?tenant={}", a.id), "Changes"),
         ] {
@@ -188,6 +205,7 @@ async fn pages_render_for_each_role_and_another_tenants_are_not_found() {
             format!("/t/{}/inbox", b.phone),
             format!("/t/{}/settings", b.id),
             format!("/t/{}/faq", b.id),
+            format!("/t/{}/teach", b.id),
             format!("/audit?tenant={}", b.id),
         ] {
             let (status, html) = get(path.clone()).await;

@@ -104,6 +104,8 @@ async fn meaning_answers_paraphrases_and_the_contact_teaches_from_whatsapp() {
     .await;
     let mut config = e.config();
     config.embedding_model = Some(model_dir());
+    // (debug builds run the model slower than the release default allows)
+    config.embedding_budget = Duration::from_secs(10);
     let stack = RunningStack::start(config, &Service::ALL).await;
     let ready = reqwest::get(format!("http://{}/readyz", stack.addr))
         .await
@@ -487,5 +489,108 @@ async fn candidates_are_taught_through_the_api_and_the_cli() {
     assert_ne!(code, 0);
     assert!(err.contains("already taught"), "{err}");
     assert!(candidates(&e, t.id, Some("open")).await.is_empty());
+    stack.stop().await.unwrap();
+}
+
+/// Many entries: their vectors are computed in the background, the tenant
+/// answered by words meanwhile and by meaning once they are stored.
+#[tokio::test]
+async fn a_large_faq_gets_its_vectors_in_the_background() {
+    let e = TestEnv::new().await;
+    let extra: Vec<(String, String)> = (0..40)
+        .map(|k| {
+            (
+                format!("Do you stock spare part number {k} for amplifiers?"),
+                format!("Yes, part {k} is in stock."),
+            )
+        })
+        .collect();
+    let mut faq: Vec<(&str, &str)> = FAQ.to_vec();
+    faq.extend(extra.iter().map(|(q, a)| (q.as_str(), a.as_str())));
+    let t = tenant(
+        &e.db.pool,
+        &e.ring,
+        TenantSpec {
+            faq: &faq,
+            ..TenantSpec::default()
+        },
+    )
+    .await;
+    let mut config = e.config();
+    config.embedding_model = Some(model_dir());
+    config.embedding_budget = Duration::from_secs(10);
+    let stack = RunningStack::start(config, &Service::ALL).await;
+    let got = eventually(Duration::from_secs(60), "an answer by meaning", || async {
+        let n = e.graph.received().len();
+        let wamid = format!("wamid.bg.{n}");
+        ask(
+            &stack,
+            &t,
+            "254711000020",
+            &wamid,
+            "until what time are you open today?",
+        )
+        .await;
+        let r = reply_to(&e, &wamid).await;
+        (r == FAQ[0].1).then_some(wamid)
+    })
+    .await;
+    assert_eq!(match_tier(&e, &got).await.as_deref(), Some("semantic"));
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM alphadome.training_embeddings WHERE bot_tenant_id = $1",
+    )
+    .bind(t.id)
+    .fetch_one(&e.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        2 * faq.len() as i64,
+        "a question and a question with its answer per entry"
+    );
+    stack.stop().await.unwrap();
+}
+
+/// A model that cannot answer within its budget leaves the message to the
+/// lexical matcher: nothing waits longer, nothing is lost.
+#[tokio::test]
+async fn a_model_past_its_budget_leaves_the_message_to_words() {
+    let e = TestEnv::new().await;
+    let t = tenant(
+        &e.db.pool,
+        &e.ring,
+        TenantSpec {
+            faq: FAQ,
+            ..TenantSpec::default()
+        },
+    )
+    .await;
+    let mut config = e.config();
+    config.embedding_model = Some(model_dir());
+    config.embedding_budget = Duration::from_millis(1);
+    let stack = RunningStack::start(config, &Service::ALL).await;
+    ask(
+        &stack,
+        &t,
+        "254711000030",
+        "wamid.late.1",
+        "until what time are you open today?",
+    )
+    .await;
+    let fallback = reply_to(&e, "wamid.late.1").await;
+    assert!(!FAQ.iter().any(|(_, a)| *a == fallback), "{fallback}");
+    ask(
+        &stack,
+        &t,
+        "254711000030",
+        "wamid.late.2",
+        "What are your opening hours?",
+    )
+    .await;
+    assert_eq!(reply_to(&e, "wamid.late.2").await, FAQ[0].1);
+    assert_eq!(
+        match_tier(&e, "wamid.late.2").await.as_deref(),
+        Some("lexical")
+    );
     stack.stop().await.unwrap();
 }

@@ -299,6 +299,13 @@ pub struct Settings {
         help_heading = "Answering"
     )]
     pub embedding_model: Option<std::path::PathBuf>,
+    /// How long a message waits for the model, in milliseconds, before it
+    /// is matched by its words alone (the model never holds a reply up for
+    /// longer, however many new texts arrive at once).
+    #[arg(long, env = "ALPHADOME_EMBEDDING_BUDGET_MS", value_name = "ALPHADOME_EMBEDDING_BUDGET_MS",
+          default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=60_000),
+          global = true, help_heading = "Answering")]
+    pub embedding_budget_ms: u64,
 
     /// How often the admin service checks tokens and sends expiry alerts,
     /// in seconds.
@@ -446,6 +453,7 @@ impl Settings {
                 .embedding_model
                 .clone()
                 .filter(|p| !p.as_os_str().is_empty()),
+            embedding_budget: Duration::from_millis(self.embedding_budget_ms),
             country_code: self.default_country_code.clone(),
             db_pool_size: self.db_pool_size,
             responder_in_hand: self.responder_in_hand as usize,
@@ -506,6 +514,7 @@ pub struct Config {
     pub smtp_url: Option<SecretString>,
     pub smtp_from: String,
     pub embedding_model: Option<std::path::PathBuf>,
+    pub embedding_budget: Duration,
     pub country_code: String,
     pub db_pool_size: u32,
     pub responder_in_hand: usize,
@@ -543,6 +552,7 @@ impl Config {
             smtp_url: None,
             smtp_from: DEFAULT_SMTP_FROM.into(),
             embedding_model: None,
+            embedding_budget: Duration::from_millis(50),
             country_code: DEFAULT_COUNTRY_CODE.into(),
             db_pool_size: 8,
             responder_in_hand: 512,

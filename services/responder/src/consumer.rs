@@ -69,7 +69,7 @@ impl Responder {
         if let Some(c) = self.contexts.get(id) {
             return Ok(Some(c));
         }
-        Ok(context::load(&self.db, self.model.as_deref(), id)
+        Ok(context::load(&self.db, self.backfill.as_ref(), id)
             .await?
             .map(Arc::new))
     }
@@ -214,11 +214,13 @@ impl Responder {
     /// The message's vector, when the tenant's entries have vectors, the
     /// message is text and the lexical matcher is not sure (`None` when
     /// the model is busy or failed: the message is then matched by words).
-    async fn meaning(&self, ctx: &TenantContext, msg: &InboundMessage) -> Option<Vec<f32>> {
+    async fn meaning(&self, ctx: &TenantContext, msg: &InboundMessage) -> Option<Arc<[f32]>> {
         let model = self.model.as_ref()?;
         if !decide::answers_text(msg) || !ctx.wants_meaning(&msg.text) {
             return None;
         }
+        self.semantic_asked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match model.query(&msg.text).await {
             Ok(v) => Some(v),
             Err(e) => {

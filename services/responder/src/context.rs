@@ -6,11 +6,13 @@
 use alphadome_core::tenant::{
     self, ControlSettings, Template, Tenant, TenantSnapshot, TrainingRow,
 };
+use std::sync::Arc;
+
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::matcher::{self, FaqEntry, FaqIndex, Match};
-use crate::semantic::{self, Model, SemanticIndex, CALIBRATION};
+use crate::semantic::{self, Backfill, SemanticIndex, CALIBRATION};
 
 /// Example conversations given to the LLM with each prompt.
 pub const PROMPT_EXAMPLES: usize = 3;
@@ -179,12 +181,14 @@ const RETRIEVAL_FLOOR_LEXICAL: f32 = 0.2;
 /// Lowest combined score of an entry given to the AI.
 const RETRIEVAL_FLOOR_SEMANTIC: f32 = 0.3;
 
-/// Loads a tenant's context; with the model, its entries' vectors too
-/// (stored ones read, the rest computed). Without the vectors (the model
-/// failed) the tenant is matched by words until its next change.
+/// Loads a tenant's context; with the model, its entries' vectors too:
+/// stored ones read, a few missing ones computed at once, many in the
+/// background (the tenant is matched by words until they are stored and
+/// it is reloaded). Without the vectors (the model failed) the tenant is
+/// matched by words until its next change.
 pub async fn load(
     pool: &PgPool,
-    model: Option<&Model>,
+    backfill: Option<&Arc<Backfill>>,
     id: Uuid,
 ) -> Result<Option<TenantContext>, sqlx::Error> {
     let Some(mut ctx) = tenant::store::load_snapshot(pool, id)
@@ -193,15 +197,20 @@ pub async fn load(
     else {
         return Ok(None);
     };
-    if let Some(model) = model {
+    if let Some(backfill) = backfill {
         let texts: Vec<String> = ctx
             .index
             .entries()
             .iter()
             .flat_map(|e| semantic::entry_texts(&e.question, &e.answer))
             .collect();
-        match semantic::vectors_of(pool, model, id, &texts).await {
-            Ok(v) => {
+        match semantic::vectors_of(pool, backfill.model(), id, &texts, semantic::INLINE_TEXTS).await
+        {
+            Ok(Err(missing)) => {
+                tracing::info!(tenant_id = %id, missing, "computing the entry vectors in the background; matching by words meanwhile");
+                backfill.start(id, texts);
+            }
+            Ok(Ok(v)) => {
                 let (q, a): (Vec<Vec<f32>>, Vec<Vec<f32>>) = v
                     .chunks(2)
                     .map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default()))

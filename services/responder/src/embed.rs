@@ -137,6 +137,85 @@ impl Embedder {
     }
 }
 
+impl Embedder {
+    /// The word-piece ids of `text`, without the special tokens.
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, EmbedError> {
+        token_ids(&self.tokenizer, text)
+    }
+
+    /// The tokenizer, for callers that compute token ids off the model's
+    /// thread.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Each token's vector in context of nothing: the model's output at
+    /// the token in `[CLS] token [SEP]`, normalised. A message's static
+    /// vector is the mean of its tokens' ([`static_vector`]): a table
+    /// lookup instead of a forward pass.
+    pub fn token_vectors(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (cls, sep) = (
+            self.tokenizer.token_to_id("[CLS]").unwrap_or(101),
+            self.tokenizer.token_to_id("[SEP]").unwrap_or(102),
+        );
+        let flat: Vec<u32> = ids.iter().flat_map(|&t| [cls, t, sep]).collect();
+        let shape = (ids.len(), 3);
+        let input = Tensor::from_vec(flat, shape, &self.device)?;
+        let types = input.zeros_like()?;
+        let mask = input.ones_like()?;
+        let out = self.model.forward(&input, &types, Some(&mask))?;
+        let tok = out.narrow(1, 1, 1)?.squeeze(1)?;
+        let norm = tok.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        Ok(tok.broadcast_div(&norm)?.to_vec2::<f32>()?)
+    }
+}
+
+/// The word-piece ids of `text` by `tokenizer` that carry meaning: no
+/// special tokens, punctuation or filler words (those of the lexical
+/// matcher); all of them when nothing else is left.
+pub fn token_ids(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, EmbedError> {
+    let text: String = text.chars().take(1000).collect();
+    let enc = tokenizer
+        .encode(text, false)
+        .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+    let meaningful: Vec<u32> = enc
+        .get_ids()
+        .iter()
+        .zip(enc.get_tokens())
+        .filter(|(_, tok)| {
+            tok.chars().any(char::is_alphanumeric) && !crate::matcher::is_filler(tok)
+        })
+        .map(|(&id, _)| id)
+        .collect();
+    Ok(if meaningful.is_empty() {
+        enc.get_ids().to_vec()
+    } else {
+        meaningful
+    })
+}
+
+/// The static vector of a text from its tokens' vectors: their mean,
+/// normalised (empty when there are none).
+pub fn static_vector<'a>(tokens: impl IntoIterator<Item = &'a [f32]>) -> Vec<f32> {
+    let mut sum: Vec<f32> = Vec::new();
+    for v in tokens {
+        if sum.is_empty() {
+            sum = vec![0.0; v.len()];
+        }
+        for (s, x) in sum.iter_mut().zip(v) {
+            *s += x;
+        }
+    }
+    let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        sum.iter_mut().for_each(|x| *x /= norm);
+    }
+    sum
+}
+
 /// The cosine of two normalised embeddings.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()

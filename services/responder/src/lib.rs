@@ -81,10 +81,14 @@ pub struct Responder {
     >,
     /// The embedding model, when it loaded.
     model: Option<Arc<semantic::Model>>,
+    /// Computes entry vectors in the background, with the model.
+    backfill: Option<Arc<semantic::Backfill>>,
     /// What `/readyz` says of the model.
     model_status: String,
     /// Messages this instance handled (for tests).
     pub handled: std::sync::atomic::AtomicU64,
+    /// Messages whose meaning was asked of the model.
+    pub semantic_asked: std::sync::atomic::AtomicU64,
 }
 
 impl Responder {
@@ -96,12 +100,16 @@ impl Responder {
         bus: Bus,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, ResponderError> {
-        let (model, model_status) = load_model(config.embedding_model.as_deref());
+        let (model, model_status) =
+            load_model(config.embedding_model.as_deref(), config.embedding_budget);
         let contexts = TenantCache::new(|_: &TenantContext| Vec::new(), None);
-        let m = model.clone();
+        let backfill = model
+            .clone()
+            .map(|m| semantic::Backfill::new(db.clone(), m));
+        let b = backfill.clone();
         let load = move |db: PgPool, id: Uuid| {
-            let m = m.clone();
-            async move { context::load(&db, m.as_deref(), id).await }
+            let b = b.clone();
+            async move { context::load(&db, b.as_ref(), id).await }
         };
         contexts.refresh(&db, &load).await?;
         contexts.spawn_refresher(
@@ -129,8 +137,10 @@ impl Responder {
             ai_keys: Default::default(),
             ai_gates: alphadome_core::gate::KeyedGates::new(config.ai.calls_per_tenant),
             model,
+            backfill,
             model_status,
             handled: Default::default(),
+            semantic_asked: Default::default(),
         }))
     }
 
@@ -163,13 +173,28 @@ impl Responder {
             },
         )
         .await?;
+        if let Some(m) = &self.model {
+            use std::sync::atomic::Ordering::Relaxed;
+            tracing::info!(
+                messages = self.handled.load(Relaxed),
+                asked_the_model = self.semantic_asked.load(Relaxed),
+                remembered = m.remembered_hits.load(Relaxed),
+                late = m.late.load(Relaxed),
+                texts_embedded = m.texts.load(Relaxed),
+                forward_passes = m.batches.load(Relaxed),
+                "embedding model use"
+            );
+        }
         Ok(())
     }
 }
 
 /// Loads the embedding model in `dir`, saying clearly at start-up what
 /// happens without it; returns it and the line `/readyz` shows.
-fn load_model(dir: Option<&std::path::Path>) -> (Option<Arc<semantic::Model>>, String) {
+fn load_model(
+    dir: Option<&std::path::Path>,
+    budget: Duration,
+) -> (Option<Arc<semantic::Model>>, String) {
     let Some(dir) = dir else {
         tracing::warn!("ALPHADOME_EMBEDDING_MODEL is not set: FAQs are matched by their words only (bash scripts/setup.sh installs the model)");
         return (
@@ -179,7 +204,7 @@ fn load_model(dir: Option<&std::path::Path>) -> (Option<Arc<semantic::Model>>, S
         );
     };
     let started = std::time::Instant::now();
-    match semantic::Model::start(dir) {
+    match semantic::Model::start(dir, budget) {
         Ok(m) => {
             tracing::info!(model = semantic::MODEL_NAME, dir = %dir.display(), secs = started.elapsed().as_secs_f32(), "embedding model loaded: FAQs are matched by meaning");
             (Some(m), format!("{} loaded", semantic::MODEL_NAME))

@@ -73,6 +73,11 @@ const FILLER: &[&str] = &[
     "id", "ill", "youre", "them", "they", "their", "from", "by", "as", "into",
 ];
 
+/// Whether `word` (lower case) is a filler word the matcher ignores.
+pub fn is_filler(word: &str) -> bool {
+    FILLER.contains(&word)
+}
+
 fn fold_char(c: char) -> Option<char> {
     let c = c.to_lowercase().next().unwrap_or(c);
     Some(match c {

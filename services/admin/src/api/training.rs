@@ -67,6 +67,18 @@ pub async fn candidates(
     Ok(Json(Candidates { candidates }))
 }
 
+/// The tenant's open candidates, most asked first (for the dashboard).
+pub async fn load_candidates(
+    api: &Api,
+    who: &crate::people::Principal,
+    tenant: &str,
+) -> Result<Vec<Candidate>, Problem> {
+    let Scope { mut tx, tenant } = api.scope(who, tenant).await?;
+    let rows = training::candidates(&mut tx, tenant, Some("open"), 100).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
 /// The answer taught.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

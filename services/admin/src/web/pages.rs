@@ -19,6 +19,7 @@ use crate::api::content::{load_templates, load_training};
 use crate::api::golive::{load_checklist, load_stats};
 use crate::api::inbox::{load_conversation, load_conversations, MessageQuery};
 use crate::api::tenants::{load_list, load_settings, load_view};
+use crate::api::training::load_candidates;
 use crate::api::Problem;
 use crate::people::{Role, Session};
 
@@ -33,6 +34,7 @@ pub fn routes() -> Router<Arc<Web>> {
         .route("/t/{tenant}/inbox/{user}", get(conversation))
         .route("/t/{tenant}/messages", get(messages))
         .route("/t/{tenant}/faq", get(faq))
+        .route("/t/{tenant}/teach", get(teach))
         .route("/t/{tenant}/templates", get(templates))
         .route("/t/{tenant}/settings", get(settings))
 }
@@ -52,6 +54,7 @@ fn tenant_nav(t: &str, name: &str) -> Markup {
         a href={"/t/" (t) "/inbox"} { "Inbox" }
         a href={"/t/" (t) "/messages"} { "Messages" }
         a href={"/t/" (t) "/faq"} { "FAQ" }
+        a href={"/t/" (t) "/teach"} { "Teach" }
         a href={"/t/" (t) "/templates"} { "Templates" }
         a href={"/t/" (t) "/settings"} { "Settings" }
         a href={"/audit?tenant=" (t)} { "Audit" }
@@ -583,6 +586,50 @@ async fn faq(
                 }
             };
             Ok(page("FAQ", Some(&s), tenant_nav(&id, &view.client_name), body).into_response())
+        }
+        .await,
+    )
+}
+
+/// Training mode's candidates: what customers asked that the bot could not
+/// answer, grouped by meaning, each with a box to teach its answer.
+async fn teach(State(web): State<Arc<Web>>, Viewer(s): Viewer, Path(t): Path<String>) -> Response {
+    render(
+        async {
+            let view = load_view(&web.api, &s.principal, &t).await?;
+            let settings = load_settings(&web.api, &s.principal, &t).await?;
+            let rows = load_candidates(&web.api, &s.principal, &t).await?;
+            let id = view.id.to_string();
+            let base = format!("/api/v1/tenants/{id}/training-candidates");
+            let can = manages(s.principal.role);
+            let body = html! {
+                h1 { "Teach the bot" }
+                @if !settings.enable_training_mode {
+                    p.muted { "Training mode is off: switch it on in Settings to collect the questions the bot could not answer." }
+                }
+                @if rows.is_empty() {
+                    div.card { p.muted { "No unanswered questions waiting." } }
+                }
+                @for c in &rows {
+                    div.card.candidate {
+                        h2 { (c.question) }
+                        p.muted { "Asked " (c.ask_count) " time(s), last " (c.last_asked_at.format("%Y-%m-%d %H:%M")) " UTC" }
+                        @if c.examples.len() > 1 {
+                            ul { @for e in &c.examples { li { (e) } } }
+                        }
+                        @if can {
+                            form data-api={"POST " (base) "/" (c.id) "/teach"} {
+                                label { "Answer" textarea name="answer" required { (c.proposed_answer.as_deref().unwrap_or("")) } }
+                                p.problem {}
+                                button type="submit" { "Teach" }
+                                " "
+                                button.secondary type="button" data-api={"POST " (base) "/" (c.id) "/dismiss"} { "Dismiss" }
+                            }
+                        }
+                    }
+                }
+            };
+            Ok(page("Teach", Some(&s), tenant_nav(&id, &view.client_name), body).into_response())
         }
         .await,
     )
