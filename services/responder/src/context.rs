@@ -182,8 +182,8 @@ const RETRIEVAL_FLOOR_LEXICAL: f32 = 0.2;
 const RETRIEVAL_FLOOR_SEMANTIC: f32 = 0.3;
 
 /// Loads a tenant's context; with the model, its entries' vectors too:
-/// stored ones read, a few missing ones computed at once, many in the
-/// background (the tenant is matched by words until they are stored and
+/// stored ones read, a few missing ones computed at once (after start-up),
+/// more in the background (the tenant is matched by words until they are stored and
 /// it is reloaded). Without the vectors (the model failed) the tenant is
 /// matched by words until its next change.
 pub async fn load(
@@ -204,7 +204,8 @@ pub async fn load(
             .iter()
             .flat_map(|e| semantic::entry_texts(&e.question, &e.answer))
             .collect();
-        match semantic::vectors_of(pool, backfill.model(), id, &texts, semantic::INLINE_TEXTS).await
+        match semantic::vectors_of(pool, backfill.model(), id, &texts, backfill.inline_limit())
+            .await
         {
             Ok(Err(missing)) => {
                 tracing::info!(tenant_id = %id, missing, "computing the entry vectors in the background; matching by words meanwhile");

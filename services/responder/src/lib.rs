@@ -105,13 +105,16 @@ impl Responder {
         let contexts = TenantCache::new(|_: &TenantContext| Vec::new(), None);
         let backfill = model
             .clone()
-            .map(|m| semantic::Backfill::new(db.clone(), m));
+            .map(|m| semantic::Backfill::new(db.clone(), bus.clone(), m));
         let b = backfill.clone();
         let load = move |db: PgPool, id: Uuid| {
             let b = b.clone();
             async move { context::load(&db, b.as_ref(), id).await }
         };
         contexts.refresh(&db, &load).await?;
+        if let Some(b) = &backfill {
+            b.started();
+        }
         contexts.spawn_refresher(
             db.clone(),
             bus.clone(),

@@ -532,27 +532,49 @@ pub async fn vectors_of(
         .collect()))
 }
 
-/// Entry texts embedded while a tenant's context loads; a tenant missing
-/// more gets them in the background ([`Backfill`]) and is matched by words
-/// until they are stored.
+/// Entry texts embedded while a tenant's context loads (after start-up);
+/// a tenant missing more gets them in the background ([`Backfill`]) and is
+/// matched by words until they are stored.
 pub const INLINE_TEXTS: usize = 64;
 
 /// Computes tenants' missing entry vectors in the background, one tenant
-/// at a time each, then touches the tenant so every responder reloads it
-/// with its vectors.
+/// at a time each, then touches the tenant and announces the change so
+/// every responder reloads it with its vectors.
 pub struct Backfill {
     db: PgPool,
+    bus: alphadome_core::bus::Bus,
     model: Arc<Model>,
     running: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    /// Whether the start-up load of every tenant is over: until then
+    /// nothing is computed inline, so a first start with many tenants is
+    /// not held up by the model.
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl Backfill {
-    pub fn new(db: PgPool, model: Arc<Model>) -> Arc<Self> {
+    pub fn new(db: PgPool, bus: alphadome_core::bus::Bus, model: Arc<Model>) -> Arc<Self> {
         Arc::new(Self {
             db,
+            bus,
             model,
             running: Default::default(),
+            started: Default::default(),
         })
+    }
+
+    /// Marks the start-up load over: from now on a few missing texts are
+    /// computed while a tenant's context loads.
+    pub fn started(&self) {
+        self.started.store(true, Ordering::Relaxed);
+    }
+
+    /// Texts a context load may embed itself.
+    pub fn inline_limit(&self) -> usize {
+        if self.started.load(Ordering::Relaxed) {
+            INLINE_TEXTS
+        } else {
+            0
+        }
     }
 
     /// The model.
@@ -581,6 +603,7 @@ impl Backfill {
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
+                alphadome_core::tenant::announce_change(&me.bus, tenant).await;
                 Ok::<_, VectorsError>(())
             }
             .await;
