@@ -65,4 +65,4 @@ export PGPASSWORD=postgres
 # cache (scripts/install-model.sh). ALPHADOME_EMBEDDING_MODEL names the
 # directory.
 export ALPHADOME_EMBEDDING_MODEL="${ALPHADOME_EMBEDDING_MODEL:-$HOME/.cache/alphadome/all-MiniLM-L6-v2}"
-sh "$(dirname "$0")/install-model.sh" "$ALPHADOME_EMBEDDING_MODEL"
+sh "$(dirname "${BASH_SOURCE[0]}")/install-model.sh" "$ALPHADOME_EMBEDDING_MODEL"

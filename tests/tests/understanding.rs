@@ -294,8 +294,19 @@ async fn candidates_are_taught_through_the_api_and_the_cli() {
         },
     )
     .await;
-    // Without the model: the same words make one candidate.
+    // Without the model: /readyz says so, and the same words make one
+    // candidate.
     let stack = RunningStack::start(e.config(), &Service::ALL).await;
+    let ready = reqwest::get(format!("http://{}/readyz", stack.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        ready.contains("embedding model: not loaded (ALPHADOME_EMBEDDING_MODEL is not set)"),
+        "{ready}"
+    );
     ask(
         &stack,
         &t,
