@@ -484,16 +484,23 @@ async fn candidates_are_taught_through_the_api_and_the_cli() {
     .await;
     assert_eq!(answered, "Yes, new and used vinyl.");
 
-    // The CLI lists the other and teaches it.
+    // The CLI lists the open ones (not the taught one) and teaches one.
+    // (An ask that raced the reload may have opened a new candidate.)
     let env = [("DATABASE_URL", e.db.url.as_str())];
     let tid = t.id.to_string();
     let (code, out, err) = cli(&["training", "candidates", "--tenant", &tid], &env);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("Do you tune pianos at home?") && !out.contains("vinyl"),
+        out.contains("Do you tune pianos at home?") && !out.contains(&id),
         "{out}"
     );
-    let piano = candidates(&e, t.id, Some("open")).await[0].id.to_string();
+    let piano = candidates(&e, t.id, Some("open"))
+        .await
+        .into_iter()
+        .find(|c| c.question == "Do you tune pianos at home?")
+        .unwrap()
+        .id
+        .to_string();
     let (code, out, err) = cli(
         &[
             "training",
@@ -517,7 +524,10 @@ async fn candidates_are_taught_through_the_api_and_the_cli() {
     );
     assert_ne!(code, 0);
     assert!(err.contains("already taught"), "{err}");
-    assert!(candidates(&e, t.id, Some("open")).await.is_empty());
+    assert!(!candidates(&e, t.id, Some("open"))
+        .await
+        .iter()
+        .any(|c| c.question.contains("pianos")));
     stack.stop().await.unwrap();
 }
 
