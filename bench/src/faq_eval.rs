@@ -411,14 +411,14 @@ fn pick(q: &Query, weight: usize, cal: &Calibration) -> (Option<usize>, bool) {
     (semantic::choose(&combined, cal).map(|(i, _)| i), true)
 }
 
-/// The tally of `businesses` under `cal` (answer weight `weight` of the
-/// grid), and how many questions reached the model.
-fn tally(businesses: &[&Scored], weight: usize, cal: &Calibration) -> (Tally, usize) {
+/// The tally of `businesses` with `pick` choosing (see [`pick`]), and how
+/// many questions reached the model.
+fn tally(businesses: &[&Scored], pick: impl Fn(&Query) -> (Option<usize>, bool)) -> (Tally, usize) {
     let mut t = Tally::default();
     let mut model = 0;
     for b in businesses {
         for (q, expect) in &b.paraphrases {
-            let (p, m) = pick(q, weight, cal);
+            let (p, m) = pick(q);
             model += m as usize;
             t.paraphrases += 1;
             match p {
@@ -428,7 +428,7 @@ fn tally(businesses: &[&Scored], weight: usize, cal: &Calibration) -> (Tally, us
             }
         }
         for q in &b.out_of_scope {
-            let (p, m) = pick(q, weight, cal);
+            let (p, m) = pick(q);
             model += m as usize;
             t.out_of_scope += 1;
             if p.is_none() {
@@ -472,37 +472,6 @@ fn pick_tiered(q: &Query, weight: usize, cal: &Calibration, b: &Bands) -> (Optio
     pick(q, weight, cal)
 }
 
-fn tally_tiered(
-    businesses: &[&Scored],
-    weight: usize,
-    cal: &Calibration,
-    b: &Bands,
-) -> (Tally, usize) {
-    let mut t = Tally::default();
-    let mut model = 0;
-    for s in businesses {
-        for (q, expect) in &s.paraphrases {
-            let (p, m) = pick_tiered(q, weight, cal, b);
-            model += m as usize;
-            t.paraphrases += 1;
-            match p {
-                Some(p) if p == *expect => t.right += 1,
-                Some(_) => t.wrong += 1,
-                None => t.fell_back += 1,
-            }
-        }
-        for q in &s.out_of_scope {
-            let (p, m) = pick_tiered(q, weight, cal, b);
-            model += m as usize;
-            t.out_of_scope += 1;
-            if p.is_none() {
-                t.refused += 1;
-            }
-        }
-    }
-    (t, model)
-}
-
 /// Every calibration of the grid: (answer weight index, calibration).
 fn grid() -> Vec<(usize, Calibration)> {
     let mut out = Vec::new();
@@ -537,7 +506,7 @@ fn calibrate(businesses: &[&Scored], refusal_floor: Option<f64>) -> (usize, Cali
         None => t.top1().min(t.rejection()),
     };
     for (w, cal) in grid() {
-        let (t, _) = tally(businesses, w, &cal);
+        let (t, _) = tally(businesses, |q| pick(q, w, &cal));
         let score = value(&t);
         if best.as_ref().is_none_or(|(_, _, b)| score > value(b)) {
             best = Some((w, cal, t));
@@ -566,7 +535,7 @@ pub(crate) fn run_semantic(path: &Path, model_dir: &Path) -> anyhow::Result<Vec<
     let all: Vec<&Scored> = scored.iter().collect();
     times.sort_by(f64::total_cmp);
     let median = times.get(times.len() / 2).copied().unwrap_or_default();
-    let (used, model_share) = tally(&all, weights.len() - 1, &CALIBRATION);
+    let (used, model_share) = tally(&all, |q| pick(q, weights.len() - 1, &CALIBRATION));
     let questions = used.paraphrases + used.out_of_scope;
     println!(
         "\n## faq-eval: lexical and the full model combined (all-MiniLM-L6-v2; loaded in {:.1} s; {:.0} µs median per message embedded alone)\n",
@@ -603,7 +572,7 @@ pub(crate) fn run_semantic(path: &Path, model_dir: &Path) -> anyhow::Result<Vec<
                     margin,
                     reject: 0.05 * r as f32,
                 };
-                let (t, m) = tally_tiered(&all, w, &CALIBRATION, &b);
+                let (t, m) = tally(&all, |q| pick_tiered(q, w, &CALIBRATION, &b));
                 tiers.push((b, t, m));
             }
         }
@@ -661,7 +630,7 @@ pub(crate) fn run_semantic(path: &Path, model_dir: &Path) -> anyhow::Result<Vec<
             .map(|(_, s)| s)
             .collect();
         let (w, cal, _) = calibrate(&others, Some(85.0));
-        let (t, _) = tally(&[&scored[n]], w, &cal);
+        let (t, _) = tally(&[&scored[n]], |q| pick(q, w, &cal));
         row(&format!("held out: {}", b.name), &cal, &t, None);
         held.add(&t);
     }

@@ -32,6 +32,17 @@ pub struct Candidates {
     pub candidates: Vec<Candidate>,
 }
 
+/// Candidate `id` of the tenant, or 404.
+async fn found(
+    conn: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<Candidate, Problem> {
+    training::candidate(conn, tenant, id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no training candidate {id}")))
+}
+
 fn candidate_id(id: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(id.trim())
         .map_err(|_| Problem::not_found(format!("no training candidate {id:?}")))
@@ -111,9 +122,7 @@ pub async fn teach(
 ) -> Result<Response, Problem> {
     let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
     let id = candidate_id(&id)?;
-    let before = training::candidate(&mut tx, tenant, id)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no training candidate {id}")))?;
+    let before = found(&mut tx, tenant, id).await?;
     require(&caller.principal, Access::TenantAdmin)?;
     let body: Teach = parse_json(&body)?;
     let entry = match training::teach(&mut tx, tenant, id, &body.answer, &caller.principal.actor)
@@ -127,9 +136,7 @@ pub async fn teach(
         Err(e @ TeachError::NotOpen(_)) => return Err(Problem::conflict("status", e.to_string())),
         Err(e) => return Err(Problem::invalid("answer", e.to_string())),
     };
-    let after = training::candidate(&mut tx, tenant, id)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no training candidate {id}")))?;
+    let after = found(&mut tx, tenant, id).await?;
     record_change(
         &mut tx,
         &caller,
@@ -162,9 +169,7 @@ pub async fn dismiss(
 ) -> Result<Response, Problem> {
     let Scope { mut tx, tenant } = api.scope(&caller.principal, &tenant).await?;
     let id = candidate_id(&id)?;
-    let before = training::candidate(&mut tx, tenant, id)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no training candidate {id}")))?;
+    let before = found(&mut tx, tenant, id).await?;
     require(&caller.principal, Access::TenantAdmin)?;
     if !training::dismiss(&mut tx, tenant, id).await? {
         return Err(Problem::conflict(
@@ -172,9 +177,7 @@ pub async fn dismiss(
             format!("the candidate was already {}", before.status),
         ));
     }
-    let after = training::candidate(&mut tx, tenant, id)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no training candidate {id}")))?;
+    let after = found(&mut tx, tenant, id).await?;
     record_change(
         &mut tx,
         &caller,
