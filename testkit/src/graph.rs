@@ -84,6 +84,15 @@ pub struct GraphStandIn {
     tokens: Mutex<std::collections::HashMap<String, (i64, bool)>>,
     /// The app token `debug_token` requests carried.
     pub debug_token_callers: Mutex<Vec<String>>,
+    /// Read receipts (`"status": "read"`, with or without the typing
+    /// indicator), kept apart from the messages.
+    receipts: Mutex<Vec<Received>>,
+    /// Approved templates, by name and language, with their body's
+    /// parameter count; when any are set, others are refused as Meta does
+    /// (132001), as are wrong parameter counts (132000).
+    templates: Mutex<std::collections::HashMap<(String, String), usize>>,
+    /// Behaviours for the next messages to one recipient (`to`, no `+`).
+    script_to: Mutex<std::collections::HashMap<String, VecDeque<Behaviour>>>,
 }
 
 impl GraphStandIn {
@@ -94,11 +103,82 @@ impl GraphStandIn {
         }
     }
 
+    /// Queues behaviours for the next messages to `to` only (then back to
+    /// success).
+    pub fn script_to(&self, to: &str, behaviours: impl IntoIterator<Item = Behaviour>) {
+        if let Ok(mut s) = self.script_to.lock() {
+            s.entry(to.trim_start_matches('+').to_owned())
+                .or_default()
+                .extend(behaviours);
+        }
+    }
+
     /// Answers every request with `behaviour` for the next `d` (429s for a
     /// while, a stretch of 500s, a stretch of time-outs).
     pub fn fail_for(&self, d: Duration, behaviour: Behaviour) {
         if let Ok(mut o) = self.outage.lock() {
             *o = Some((Instant::now() + d, behaviour));
+        }
+    }
+
+    /// Approves template `name` in `language` with `parameters` body
+    /// parameters.
+    pub fn approve_template(&self, name: &str, language: &str, parameters: usize) {
+        if let Ok(mut t) = self.templates.lock() {
+            t.insert((name.to_owned(), language.to_owned()), parameters);
+        }
+    }
+
+    /// The read receipts received so far.
+    pub fn receipts(&self) -> Vec<Received> {
+        self.receipts.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Waits until at least `n` read receipts came, or `timeout`.
+    pub async fn wait_for_receipts(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            let got = self.receipts();
+            if got.len() >= n || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.receipts();
+            }
+        }
+    }
+
+    /// Why Meta would refuse `json` as a message, if it would: no
+    /// recipient, a text over 4,096 characters, a template not approved or
+    /// with the wrong number of parameters.
+    fn refusal(&self, json: &serde_json::Value) -> Option<(u16, i64)> {
+        if json["to"].as_str().is_none() && json["recipient"].as_str().is_none() {
+            return Some((400, 100));
+        }
+        match json["type"].as_str() {
+            Some("text") => match json["text"]["body"].as_str() {
+                Some(b) if !b.is_empty() && b.chars().count() <= 4096 => None,
+                _ => Some((400, 100)),
+            },
+            Some("template") => {
+                let t = &json["template"];
+                let (Some(name), Some(lang)) = (t["name"].as_str(), t["language"]["code"].as_str())
+                else {
+                    return Some((400, 131008));
+                };
+                let approved = self.templates.lock().ok()?;
+                if approved.is_empty() {
+                    return None;
+                }
+                let given = t["components"][0]["parameters"]
+                    .as_array()
+                    .map(Vec::len)
+                    .unwrap_or(0);
+                match approved.get(&(name.to_owned(), lang.to_owned())) {
+                    None => Some((404, 132001)),
+                    Some(&n) if n != given => Some((400, 132000)),
+                    Some(_) => None,
+                }
+            }
+            _ => None,
         }
     }
 
@@ -217,6 +297,27 @@ async fn send(
         me.refused.fetch_add(1, Ordering::Relaxed);
         return meta_error(400, 131009);
     }
+    if json["status"] == "read" {
+        // A read receipt (protocols.md 2.5): never scripted to fail.
+        if json["message_id"].as_str().is_none_or(str::is_empty) {
+            return meta_error(400, 100);
+        }
+        if let Ok(mut r) = me.receipts.lock() {
+            r.push(Received {
+                phone_number_id,
+                token,
+                body: json,
+                wamid: String::new(),
+                at: Instant::now(),
+            });
+        }
+        me.notify.notify_waiters();
+        return axum::Json(serde_json::json!({"success": true})).into_response();
+    }
+    if let Some((status, code)) = me.refusal(&json) {
+        me.refused.fetch_add(1, Ordering::Relaxed);
+        return meta_error(status, code);
+    }
     let outage = me.outage.lock().ok().and_then(|mut o| match &*o {
         Some((until, b)) if Instant::now() < *until => Some(b.clone()),
         Some(_) => {
@@ -225,7 +326,19 @@ async fn send(
         }
         None => None,
     });
-    let next = outage.or_else(|| me.script.lock().ok().and_then(|mut s| s.pop_front()));
+    let to = json["to"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches('+')
+        .to_owned();
+    let next = outage
+        .or_else(|| {
+            me.script_to
+                .lock()
+                .ok()
+                .and_then(|mut s| s.get_mut(&to).and_then(VecDeque::pop_front))
+        })
+        .or_else(|| me.script.lock().ok().and_then(|mut s| s.pop_front()));
     match next {
         Some(Behaviour::Error { status, code }) => {
             me.refused.fetch_add(1, Ordering::Relaxed);

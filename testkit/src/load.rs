@@ -168,7 +168,8 @@ pub async fn create_tenants_from(
                  whatsapp_phone_number_id: \"{pnid}\"\n  whatsapp_access_token: EAAG-load-{k}\n  \
                  whatsapp_app_secret: {secret}\n  is_active: true\n  webhook_verify_token: verify-load-{k}\n\
                  {ai}control_settings:\n  log_conversations: true\n  enable_ai_responses: {ai_on}\n  \
-                 max_messages_per_hour: 1000000\n  max_messages_per_user_per_day: 1000000\n\
+                 max_messages_per_hour: 1000000\n  max_messages_per_user_per_day: 1000000\n  \
+                 debounce_ms: 0\n\
                  templates:\n  - template_name: default\n    is_default: true\n    system_prompt: You are a helpful assistant.\n",
                 pnid = t.phone_number_id,
                 secret = t.app_secret,

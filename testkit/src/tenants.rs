@@ -34,6 +34,8 @@ pub struct TenantSpec<'a> {
     pub template_extra: &'a str,
     /// Extra items of training_data (YAML list items, indented two spaces).
     pub training_extra: &'a str,
+    /// Items of whatsapp_templates (YAML list items, indented two spaces).
+    pub whatsapp_templates: &'a str,
 }
 
 impl Default for TenantSpec<'_> {
@@ -50,6 +52,7 @@ impl Default for TenantSpec<'_> {
             tenant_extra: "",
             template_extra: "",
             training_extra: "",
+            whatsapp_templates: "",
         }
     }
 }
@@ -76,6 +79,11 @@ pub fn manifest_yaml(spec: &TenantSpec<'_>) -> String {
         y.push_str(&format!("  {}\n", line.trim()));
     }
     y.push_str("control_settings:\n  log_conversations: true\n");
+    // Tests ask one question after another: no waiting for more messages
+    // unless the test asks for it.
+    if !spec.control.contains("debounce_ms") {
+        y.push_str("  debounce_ms: 0\n");
+    }
     for line in spec.control.lines().filter(|l| !l.trim().is_empty()) {
         y.push_str(&format!("  {}\n", line.trim()));
     }
@@ -94,7 +102,28 @@ pub fn manifest_yaml(spec: &TenantSpec<'_>) -> String {
         }
         y.push_str(spec.training_extra);
     }
+    if !spec.whatsapp_templates.is_empty() {
+        y.push_str("whatsapp_templates:\n");
+        y.push_str(spec.whatsapp_templates);
+    }
     y
+}
+
+/// Records that `customer` wrote to the tenant `minutes_ago`, as the
+/// responder does for each message: their 24-hour window is open (for
+/// staff who get proactive messages without writing in the test).
+pub async fn wrote(pool: &PgPool, tenant: Uuid, customer: &str, minutes_ago: i32) {
+    sqlx::query(
+        "INSERT INTO alphadome.conversation_sessions (bot_tenant_id, customer, last_inbound_at, last_inbound_wamid) \
+         VALUES ($1, $2, now() - make_interval(mins => $3), 'wamid.test.wrote') \
+         ON CONFLICT (bot_tenant_id, customer) DO UPDATE SET last_inbound_at = EXCLUDED.last_inbound_at",
+    )
+    .bind(tenant)
+    .bind(customer)
+    .bind(minutes_ago)
+    .execute(pool)
+    .await
+    .expect("recording the customer's message");
 }
 
 /// Creates a tenant through the manifest path.

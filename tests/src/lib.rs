@@ -24,7 +24,7 @@ pub use alphadome_testkit::graph::{Behaviour, GraphStandIn, Received};
 pub use alphadome_testkit::llm::{LlmBehaviour, LlmRequest, LlmStandIn};
 pub use alphadome_testkit::servers::{OwnNats, OwnPostgres};
 pub use alphadome_testkit::smtp::SmtpSink;
-pub use alphadome_testkit::tenants::{manifest_yaml, tenant, TenantSpec, TestTenant};
+pub use alphadome_testkit::tenants::{manifest_yaml, tenant, wrote, TenantSpec, TestTenant};
 pub use alphadome_testkit::webhooks::{post_signed, status_webhook, text_webhook, with_callback};
 pub use alphadome_testkit::{load, proc};
 
@@ -234,4 +234,119 @@ impl TestEnv {
     pub async fn stack(&self) -> RunningStack {
         RunningStack::start(self.config(), &Service::ALL).await
     }
+}
+
+/// Posts a signed webhook with a text message from `from` to the tenant's
+/// number, and checks Meta would see it accepted.
+pub async fn ask(stack: &RunningStack, t: &TestTenant, from: &str, wamid: &str, text: &str) {
+    let body = text_webhook(&t.phone_number_id, from, wamid, text);
+    assert_eq!(
+        post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body)
+            .await
+            .status(),
+        200
+    );
+}
+
+/// The text of the reply to `wamid` the Graph stand-in received (waits up
+/// to 20 s for it).
+pub async fn reply_to(graph: &GraphStandIn, wamid: &str) -> String {
+    eventually(Duration::from_secs(20), "a reply", || async {
+        graph
+            .received()
+            .into_iter()
+            .find(|r| r.in_reply_to() == wamid)
+            .map(|r| r.text())
+    })
+    .await
+}
+
+/// A client of a running stack's JSON API (`/api/v1`), authenticating with
+/// a bearer token.
+pub struct ApiClient {
+    pub client: reqwest::Client,
+    pub base: String,
+}
+
+impl ApiClient {
+    pub fn new(stack: &RunningStack) -> Self {
+        Self {
+            client: reqwest::Client::new(),
+            base: format!("http://{}/api/v1", stack.addr),
+        }
+    }
+
+    /// `method path` with an optional JSON body: the status and the JSON
+    /// answer (`null` when it is not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.expect("the API answers");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("the API's answer is readable");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// `method path` with a body of content type `kind`: the status, the
+    /// answer's content type and its text.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        kind: &str,
+        body: &str,
+    ) -> (u16, String, String) {
+        let r = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", kind)
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("the API answers");
+        let status = r.status().as_u16();
+        let kind = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (
+            status,
+            kind,
+            r.text().await.expect("the API's answer is readable"),
+        )
+    }
+}
+
+/// A new API token `name` with `role`, for `tenant` (id or client phone;
+/// none: the whole platform).
+pub async fn api_token(
+    pool: &PgPool,
+    name: &str,
+    role: alphadome_admin::people::Role,
+    tenant: Option<&str>,
+) -> String {
+    use secrecy::ExposeSecret as _;
+    alphadome_admin::people::create_token(pool, name, role, tenant, "254", "test")
+        .await
+        .expect("creating the API token")
+        .expose_secret()
+        .to_owned()
 }

@@ -54,27 +54,6 @@ fn ai_tenant<'a>(tenant_extra: &'a str) -> TenantSpec<'a> {
     }
 }
 
-async fn ask(stack: &RunningStack, t: &TestTenant, from: &str, wamid: &str, text: &str) {
-    let body = text_webhook(&t.phone_number_id, from, wamid, text);
-    assert_eq!(
-        post_signed(&stack.webhook_url(), PLATFORM_APP_SECRET, &body)
-            .await
-            .status(),
-        200
-    );
-}
-
-async fn reply_to(e: &Env, wamid: &str) -> String {
-    eventually(Duration::from_secs(15), "a reply", || async {
-        e.graph
-            .received()
-            .into_iter()
-            .find(|r| r.in_reply_to() == wamid)
-            .map(|r| r.text())
-    })
-    .await
-}
-
 #[tokio::test]
 async fn the_request_carries_the_tenants_key_model_prompt_and_knowledge() {
     let e = env().await;
@@ -99,7 +78,7 @@ async fn the_request_carries_the_tenants_key_model_prompt_and_knowledge() {
         "which keyboard brand is best for a beginner learning at home?",
     )
     .await;
-    let reply = reply_to(&e, "wamid.ai.1").await;
+    let reply = reply_to(&e.graph, "wamid.ai.1").await;
     assert_eq!(
         reply,
         "AI answer to: which keyboard brand is best for a beginner learning at home?"
@@ -170,7 +149,7 @@ async fn the_request_carries_the_tenants_key_model_prompt_and_knowledge() {
         "and what about a cheaper one for a child of eight?",
     )
     .await;
-    reply_to(&e, "wamid.ai.2").await;
+    reply_to(&e.graph, "wamid.ai.2").await;
     let second = &e.llm.requests()[1];
     let contents: Vec<String> = second.body["messages"]
         .as_array()
@@ -269,7 +248,7 @@ async fn two_tenants_with_different_providers_and_keys_never_cross() {
     )
     .await;
     for w in ["wamid.p.a", "wamid.p.b", "wamid.p.c"] {
-        reply_to(&e, w).await;
+        reply_to(&e.graph, w).await;
     }
     let reqs = e.llm.requests();
     let find = |needle: &str| {
@@ -350,7 +329,7 @@ async fn long_answers_are_cut_to_max_response_length_at_a_sentence() {
     )
     .await;
     assert_eq!(
-        reply_to(&e, "wamid.cut.1").await,
+        reply_to(&e.graph, "wamid.cut.1").await,
         "Short first sentence here."
     );
     stack.stop().await.unwrap();
@@ -380,7 +359,7 @@ async fn timeouts_and_server_errors_fall_back_and_are_logged_and_429_is_retried(
     )
     .await;
     assert_eq!(
-        reply_to(&e, "wamid.f.1").await,
+        reply_to(&e.graph, "wamid.f.1").await,
         "Our team will answer you soon."
     );
     // 500 three times: fallback after retries.
@@ -400,7 +379,7 @@ async fn timeouts_and_server_errors_fall_back_and_are_logged_and_429_is_retried(
     )
     .await;
     assert_eq!(
-        reply_to(&e, "wamid.f.2").await,
+        reply_to(&e.graph, "wamid.f.2").await,
         "Our team will answer you soon."
     );
     let errors: Vec<(String, Option<String>)> = eventually(Duration::from_secs(10), "logged errors", || async {
@@ -442,7 +421,7 @@ async fn timeouts_and_server_errors_fall_back_and_are_logged_and_429_is_retried(
     )
     .await;
     assert_eq!(
-        reply_to(&e, "wamid.f.3").await,
+        reply_to(&e.graph, "wamid.f.3").await,
         "AI answer to: a question for the model please"
     );
     let reqs = e.llm.requests();
@@ -460,7 +439,7 @@ async fn timeouts_and_server_errors_fall_back_and_are_logged_and_429_is_retried(
     )
     .await;
     assert_eq!(
-        reply_to(&e, "wamid.f.4").await,
+        reply_to(&e.graph, "wamid.f.4").await,
         "Our team will answer you soon."
     );
     assert_eq!(e.llm.requests().len() - before, 1);
@@ -561,6 +540,9 @@ async fn asking_for_a_person_escalates_by_whatsapp_and_email_and_pauses_the_bot(
         control: "escalation_phone: '0722333444'\nescalation_email: owner@shop.example\nhandoff_pause_minutes: 30",
         ..Default::default()
     }).await;
+    // The owner wrote to the number today: their 24-hour window is open,
+    // so the alert goes as text.
+    wrote(&e.db.pool, t.id, "254722333444", 60).await;
     let mut cfg = e.config();
     cfg.smtp_url = Some(secrecy::SecretString::from(smtp_url));
     let stack = RunningStack::start(cfg, &Service::ALL).await;
@@ -573,7 +555,7 @@ async fn asking_for_a_person_escalates_by_whatsapp_and_email_and_pauses_the_bot(
     )
     .await;
     assert_eq!(
-        reply_to(&e, "wamid.h.1").await,
+        reply_to(&e.graph, "wamid.h.1").await,
         alphadome_responder::escalation::HANDOFF_REPLY
     );
     // The owner is told on WhatsApp, through the tenant's own number ...
@@ -615,7 +597,7 @@ async fn asking_for_a_person_escalates_by_whatsapp_and_email_and_pauses_the_bot(
     );
     // ... but not in others.
     ask(&stack, &t, "254711555999", "wamid.h.3", "opening hours").await;
-    assert_eq!(reply_to(&e, "wamid.h.3").await, "We are open 9 to 5.");
+    assert_eq!(reply_to(&e.graph, "wamid.h.3").await, "We are open 9 to 5.");
     // Resumed from the CLI, it answers again.
     let (code, out, err) = tokio::task::spawn_blocking({
         let (url, phone) = (e.db.url.clone(), t.phone.clone());
@@ -631,7 +613,7 @@ async fn asking_for_a_person_escalates_by_whatsapp_and_email_and_pauses_the_bot(
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("answers"), "{out}");
     ask(&stack, &t, USER, "wamid.h.4", "opening hours").await;
-    assert_eq!(reply_to(&e, "wamid.h.4").await, "We are open 9 to 5.");
+    assert_eq!(reply_to(&e.graph, "wamid.h.4").await, "We are open 9 to 5.");
     stack.stop().await.unwrap();
 }
 
@@ -698,7 +680,7 @@ async fn repeated_ai_failures_open_the_circuit_and_escalate() {
             "a question only a model could answer",
         )
         .await;
-        assert_eq!(reply_to(&e, &w).await, "Staff will reply soon.");
+        assert_eq!(reply_to(&e.graph, &w).await, "Staff will reply soon.");
     }
     assert_eq!(e.llm.requests().len(), 3, "a rejected key is not retried");
     // The third failure opened the circuit: the owner is told, and the next
@@ -716,7 +698,10 @@ async fn repeated_ai_failures_open_the_circuit_and_escalate() {
         "another question only a model could answer",
     )
     .await;
-    assert_eq!(reply_to(&e, "wamid.cb.9").await, "Staff will reply soon.");
+    assert_eq!(
+        reply_to(&e.graph, "wamid.cb.9").await,
+        "Staff will reply soon."
+    );
     assert_eq!(
         e.llm.requests().len(),
         3,
@@ -739,7 +724,7 @@ async fn repeated_ai_failures_open_the_circuit_and_escalate() {
         "still no answer to my question?",
     )
     .await;
-    reply_to(&e, "wamid.cb.again").await;
+    reply_to(&e.graph, "wamid.cb.again").await;
     let mails = eventually(Duration::from_secs(10), "the second e-mail", || async {
         let m = smtp.messages();
         (m.len() >= 2).then_some(m)

@@ -13,79 +13,15 @@ use std::time::Duration;
 use alphadome_admin::people::{self, Role};
 use alphadome_cli::stack::Service;
 use alphadome_core::tenant::{store as tenant_store, TenantCache};
-use alphadome_tests::{eventually, tenant, RunningStack, TenantSpec, TestEnv, TestTenant};
+use alphadome_tests::{
+    api_token, eventually, tenant, ApiClient, RunningStack, TenantSpec, TestEnv, TestTenant,
+};
 use reqwest::{Client, Method};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
-struct Api {
-    client: Client,
-    base: String,
-}
-
-impl Api {
-    fn new(stack: &RunningStack) -> Self {
-        Self {
-            client: Client::new(),
-            base: format!("http://{}/api/v1", stack.addr),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-}
-
-impl Api {
-    async fn raw(
-        &self,
-        method: Method,
-        path: &str,
-        token: &str,
-        kind: &str,
-        body: &str,
-    ) -> (u16, String, String) {
-        let r = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .header("content-type", kind)
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let kind = r
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        (status, kind, r.text().await.unwrap())
-    }
-}
-
 async fn token(env: &TestEnv, name: &str, role: Role, tenant: Option<&str>) -> String {
-    people::create_token(&env.db.pool, name, role, tenant, "254", "test")
-        .await
-        .unwrap()
-        .expose_secret()
-        .to_owned()
+    api_token(&env.db.pool, name, role, tenant).await
 }
 
 /// Two tenants with a template, training rows, and a conversation each.
@@ -116,6 +52,8 @@ async fn two_tenants(env: &TestEnv) -> (TestTenant, TestTenant) {
         .execute(&env.db.pool)
         .await
         .unwrap();
+        // (as the responder records each message in the customer's session)
+        alphadome_tests::wrote(&env.db.pool, t, user, 1).await;
     }
     (a, b)
 }
@@ -214,7 +152,7 @@ async fn another_tenants_ids_answer_404_to_tenant_admins_and_agents() {
     let env = TestEnv::new().await;
     let (a, b) = two_tenants(&env).await;
     let stack = RunningStack::start(env.config(), &[Service::Admin]).await;
-    let api = Api::new(&stack);
+    let api = ApiClient::new(&stack);
     let admin = token(&env, "shop-admin", Role::TenantAdmin, Some(&a.phone)).await;
     let agent = token(&env, "shop-agent", Role::Agent, Some(&a.phone)).await;
     let (b_tpl, b_row) = (
@@ -322,7 +260,7 @@ async fn configuration_changes_name_bad_fields_are_audited_and_reach_the_service
     let env = TestEnv::new().await;
     let (a, _b) = two_tenants(&env).await;
     let stack = RunningStack::start(env.config(), &[Service::Admin]).await;
-    let api = Api::new(&stack);
+    let api = ApiClient::new(&stack);
     let admin = token(&env, "shop-admin", Role::TenantAdmin, Some(&a.phone)).await;
     // The running services' copy of the tenants, as each service keeps it.
     let cache = TenantCache::new(|_| Vec::new(), None);
@@ -650,7 +588,7 @@ async fn the_inbox_searches_pages_and_resumes_conversations() {
     let env = TestEnv::new().await;
     let (a, _b) = two_tenants(&env).await;
     let stack = RunningStack::start(env.config(), &[Service::Admin]).await;
-    let api = Api::new(&stack);
+    let api = ApiClient::new(&stack);
     let agent = token(&env, "shop-agent", Role::Agent, Some(&a.phone)).await;
     let base = format!("/tenants/{}", a.phone);
 
@@ -931,7 +869,7 @@ async fn sessions_need_their_csrf_token_to_change_anything_and_revoked_tokens_ar
 
     // A revoked token: refused.
     let t = token(&env, "short-lived", Role::TenantAdmin, Some(&a.phone)).await;
-    let api = Api::new(&stack);
+    let api = ApiClient::new(&stack);
     assert_eq!(api.call(Method::GET, "/tenants", &t, None).await.0, 200);
     people::revoke_token(&env.db.pool, "short-lived", "test")
         .await
@@ -948,7 +886,7 @@ async fn a_tenant_created_over_the_api_reads_nothing_from_the_servers_environmen
     let root = "a-platform-admin-token-for-tests";
     cfg.admin_token = Some(SecretString::from(root.to_owned()));
     let stack = RunningStack::start(cfg, &[Service::Admin]).await;
-    let api = Api::new(&stack);
+    let api = ApiClient::new(&stack);
     std::env::set_var("ALPHADOME_TEST_API_SECRET", "never-to-be-read");
     for value in [
         "${ALPHADOME_TEST_API_SECRET}",
@@ -1086,7 +1024,7 @@ async fn an_agent_reply_goes_out_with_the_tenants_token_inside_the_window_only()
     .await
     .unwrap();
     let stack = env.stack().await;
-    let api = Api::new(&stack);
+    let api = ApiClient::new(&stack);
     let agent = token(&env, "desk", Role::Agent, Some(&a.phone)).await;
     let base = format!("/tenants/{}/conversations", a.id);
 
@@ -1165,6 +1103,21 @@ async fn an_agent_reply_goes_out_with_the_tenants_token_inside_the_window_only()
         "{c}"
     );
 
+    eventually(
+        Duration::from_secs(10),
+        "the second reply reaches Meta",
+        || {
+            let graph = env.graph.clone();
+            async move {
+                graph
+                    .received()
+                    .into_iter()
+                    .find(|r| r.text() == "One more thing.")
+            }
+        },
+    )
+    .await;
+
     // Outside the 24-hour window: refused, nothing sent.
     let before = env.graph.accepted();
     let (status, p) = api
@@ -1218,7 +1171,7 @@ async fn training_data_goes_out_and_comes_back_as_csv_and_yaml() {
     let env = TestEnv::new().await;
     let (a, _b) = two_tenants(&env).await;
     let stack = RunningStack::start(env.config(), &[Service::Admin]).await;
-    let api = Api::new(&stack);
+    let api = ApiClient::new(&stack);
     let admin = token(&env, "shop-admin", Role::TenantAdmin, Some(&a.phone)).await;
     let d = format!("/tenants/{}/training-data", a.id);
     let rows = || async {

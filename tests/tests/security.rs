@@ -273,6 +273,9 @@ async fn token_expiry_alerts_go_out_once_per_threshold() {
     let (smtp, smtp_url) = SmtpSink::start().await;
     let contacts = "escalation_phone: '0733000999'\nescalation_email: owner@example.com";
     let day = |d: i64| (chrono_now() + d * 86_400).to_string();
+    // The first tenant has an approved template for token alerts; the
+    // others' contact wrote today (their window is open).
+    let alert_template = "  - name: token_warning\n    language: en\n    parameters: [business_name, reason]\n    use_for: [token_alert]\n";
     let mk = |n: u32, extra: String| {
         let ring = ring.clone();
         let pool = db.pool.clone();
@@ -287,9 +290,14 @@ async fn token_expiry_alerts_go_out_once_per_threshold() {
                 token: &token,
                 control: contacts,
                 tenant_extra: &extra,
+                whatsapp_templates: if n == 1 { alert_template } else { "" },
                 ..Default::default()
             };
-            tenant(&pool, &ring, spec).await
+            let t = tenant(&pool, &ring, spec).await;
+            if n != 1 {
+                wrote(&pool, t.id, "254733000999", 60).await;
+            }
+            t
         }
     };
     let ts = |secs: String| {
@@ -356,6 +364,24 @@ async fn token_expiry_alerts_go_out_once_per_threshold() {
         [in5d.phone_number_id.clone(), in12h.phone_number_id.clone()]
     );
     assert!(wa.iter().all(|r| r.to() == "254733000999"));
+    // Outside the contact's window, the tenant's approved template.
+    let templated = wa
+        .iter()
+        .find(|r| r.phone_number_id == in5d.phone_number_id)
+        .unwrap();
+    assert_eq!(
+        templated.body["template"],
+        serde_json::json!({"name": "token_warning", "language": {"code": "en"},
+            "components": [{"type": "body", "parameters": [
+                {"type": "text", "text": "Expiry Shop"},
+                {"type": "text", "text": "expires within 7 days"}]}]})
+    );
+    assert_eq!(templated.body["type"], "template");
+    let texted = wa
+        .iter()
+        .find(|r| r.phone_number_id == in12h.phone_number_id)
+        .unwrap();
+    assert!(texted.text().contains("Expiry Shop"), "{:?}", texted.body);
     // The rejected token is marked, so the tenant shows as degraded.
     let list = alphadome_admin::list(&db.pool, 90).await.unwrap();
     let degraded = |id: uuid::Uuid| {

@@ -12,6 +12,7 @@
 use std::collections::HashSet;
 
 use alphadome_core::crypto::{self, Keyring, SecretColumn};
+use alphadome_core::tenant::messaging::{check_templates, BusinessHours, WhatsAppTemplate};
 use alphadome_core::tenant::store::{
     self as tenants, Existing, SettingsWrite, TemplateWrite, TenantWrite, TrainingWrite,
 };
@@ -335,6 +336,26 @@ pub struct ControlSpec {
     pub fallback_reply: Option<String>,
     /// Minutes the bot stays quiet in a conversation handed to a human.
     pub handoff_pause_minutes: Option<Limit>,
+    /// Opening hours; none: always open.
+    pub business_hours: Option<BusinessHours>,
+    /// What the bot says out of hours (its default when none).
+    pub out_of_hours_reply: Option<String>,
+    /// Whether the bot still answers out of hours, with the note.
+    #[serde(default = "yes")]
+    pub answer_out_of_hours: bool,
+    /// Sent before the first answer of a new conversation.
+    pub greeting_message: Option<String>,
+    /// Whether answered messages are marked read (with typing while the AI writes).
+    #[serde(default = "yes")]
+    pub send_read_receipts: bool,
+    /// The tenant's own words for STOP and START.
+    #[serde(default)]
+    pub opt_out_keywords: Vec<String>,
+    #[serde(default)]
+    pub opt_in_keywords: Vec<String>,
+    /// Messages of one customer within this many milliseconds of each other
+    /// are answered once, as one question (0: each on its own; default 1500).
+    pub debounce_ms: Option<Limit>,
     #[serde(default = "empty_object", deserialize_with = "object")]
     pub metadata: serde_json::Value,
 }
@@ -342,6 +363,11 @@ pub struct ControlSpec {
 fn yes() -> bool {
     true
 }
+
+/// The debounce time of a tenant that sets none.
+pub const DEFAULT_DEBOUNCE_MS: i32 = 1500;
+/// The longest debounce time (the column's check).
+pub const MAX_DEBOUNCE_MS: i32 = 10_000;
 
 /// One of `templates` (columns of `bot_templates`).
 #[derive(Debug, Deserialize)]
@@ -387,6 +413,10 @@ pub struct Manifest {
     pub templates: Vec<TemplateSpec>,
     #[serde(default)]
     pub training_data: Vec<TrainingSpec>,
+    /// The approved WhatsApp message templates, for messages outside the
+    /// 24-hour window.
+    #[serde(default)]
+    pub whatsapp_templates: Vec<WhatsAppTemplate>,
     /// Source text, for locating fields in errors.
     #[serde(skip)]
     source: Source,
@@ -560,6 +590,35 @@ impl Manifest {
                     format!("{url:?} is not an http(s) URL"),
                 ));
             }
+        }
+        if let Some(c) = &self.control_settings {
+            if c.debounce_ms.is_some_and(|d| d.0 > MAX_DEBOUNCE_MS) {
+                return Err(self.invalid(
+                    "control_settings",
+                    "debounce_ms",
+                    "",
+                    "control_settings.debounce_ms".into(),
+                    format!("must be at most {MAX_DEBOUNCE_MS} (ten seconds)"),
+                ));
+            }
+            if let Some((field, why)) = c.business_hours.as_ref().and_then(|h| h.problem()) {
+                return Err(self.invalid(
+                    "control_settings",
+                    "business_hours",
+                    "",
+                    format!("control_settings.business_hours.{field}"),
+                    why,
+                ));
+            }
+        }
+        if let Err((field, why)) = check_templates(&self.whatsapp_templates) {
+            return Err(self.invalid(
+                "whatsapp_templates",
+                "name",
+                "",
+                format!("whatsapp_templates{field}"),
+                why,
+            ));
         }
         let mut names = HashSet::new();
         let mut defaults = 0;
@@ -862,6 +921,9 @@ async fn apply_in(
         }
     }
     rows_changed += apply_settings(conn, id, m.control_settings.as_ref()).await?;
+    let whatsapp_templates = serde_json::to_value(&m.whatsapp_templates)
+        .map_err(|e| ManifestError::Parse(e.to_string()))?;
+    rows_changed += tenants::set_whatsapp_templates(conn, id, &whatsapp_templates).await?;
     let templates: Vec<TemplateWrite<'_>> = m
         .templates
         .iter()
@@ -915,6 +977,12 @@ async fn apply_settings(
             &default_spec
         }
     };
+    let business_hours = s
+        .business_hours
+        .as_ref()
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| ManifestError::Parse(e.to_string()))?;
     Ok(tenants::upsert_settings(
         conn,
         id,
@@ -933,6 +1001,14 @@ async fn apply_settings(
             fallback_reply: s.fallback_reply.as_deref(),
             metadata: &s.metadata,
             handoff_pause_minutes: s.handoff_pause_minutes.map(|l| l.0).unwrap_or(60),
+            business_hours: business_hours.as_ref(),
+            out_of_hours_reply: s.out_of_hours_reply.as_deref(),
+            answer_out_of_hours: s.answer_out_of_hours,
+            greeting_message: s.greeting_message.as_deref(),
+            send_read_receipts: s.send_read_receipts,
+            opt_out_keywords: &s.opt_out_keywords,
+            opt_in_keywords: &s.opt_in_keywords,
+            debounce_ms: s.debounce_ms.map(|l| l.0).unwrap_or(DEFAULT_DEBOUNCE_MS),
         },
     )
     .await?)

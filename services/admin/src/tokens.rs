@@ -12,6 +12,7 @@ use alphadome_core::bus::Bus;
 use alphadome_core::config::Config;
 use alphadome_core::crypto::{Keyring, SecretColumn};
 use alphadome_core::notify::{self, Mailer};
+use alphadome_core::tenant::messaging;
 use alphadome_core::tenant::store::TokenHolder;
 use alphadome_core::{audit, tenant, CancellationToken, Report};
 use chrono::{DateTime, Utc};
@@ -153,7 +154,17 @@ impl TokenWatch {
         // Through the tenant's own number only while its token still works.
         if let (Some(p), "7d" | "1d") = (h.escalation_phone.as_deref(), threshold) {
             let msg_id = format!("token-alert:{id}:{threshold}:{fingerprint}");
-            if let Err(e) = notify::whatsapp(&self.bus, id, p, &msg_id, &text, "token_alert").await
+            let template = messaging::template_for(
+                &messaging::templates_of(&h.whatsapp_templates),
+                "token_alert",
+                &[
+                    ("business_name", name),
+                    ("reason", subject_of(threshold)),
+                    ("text", &text),
+                ],
+            );
+            if let Err(e) =
+                notify::whatsapp(&self.bus, id, p, &msg_id, &text, "token_alert", template).await
             {
                 tracing::error!(tenant_id = %id, error = %Report(&e), "token alert WhatsApp message not queued");
             }

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod batch;
 pub mod bus;
 pub mod config;
+pub mod conversation;
 pub mod crypto;
 pub mod db;
 pub mod error;

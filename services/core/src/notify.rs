@@ -11,7 +11,10 @@ use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::bus::{Bus, BusError, StreamKind};
-use crate::events::{now_ms, v1::OutboundMessage};
+use crate::events::{
+    now_ms,
+    v1::{OutboundMessage, TemplateMessage},
+};
 use crate::telemetry;
 use crate::Report;
 
@@ -71,7 +74,11 @@ impl Mailer {
 }
 
 /// Queues a WhatsApp text from the tenant's own number to `to`; `id` makes
-/// it idempotent (the sender sends one message per id, ever).
+/// it idempotent (the sender sends one message per id, ever). `reason` is
+/// its purpose (`escalation`, `token_alert`, `training`); `template`, the
+/// tenant's approved template for it, goes instead of the text when `to`
+/// has not written in 24 hours (without one such a message cannot go, and
+/// the sender says so).
 pub async fn whatsapp(
     bus: &Bus,
     tenant: Uuid,
@@ -79,6 +86,7 @@ pub async fn whatsapp(
     id: &str,
     text: &str,
     reason: &str,
+    template: Option<TemplateMessage>,
 ) -> Result<(), BusError> {
     let out = OutboundMessage {
         outbound_id: id.to_owned(),
@@ -94,6 +102,9 @@ pub async fn whatsapp(
         inbound_received_at_ms: 0,
         trace: Some(telemetry::current_trace()),
         metadata_json: serde_json::json!({ "reason": reason }).to_string(),
+        template,
+        purpose: reason.to_owned(),
+        ..Default::default()
     };
     bus.publish(
         bus.subject(StreamKind::Outbound, &tenant.to_string()),

@@ -10,7 +10,7 @@ use alphadome_core::bus::{MessageMeta, Outcome, StreamKind};
 use alphadome_core::crypto::SecretColumn;
 use alphadome_core::events::v1::InboundMessage;
 use alphadome_core::events::{now_ms, Message as _};
-use alphadome_core::{audit, telemetry, tenant, Report};
+use alphadome_core::{audit, conversation, telemetry, tenant, Report};
 use bytes::Bytes;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -23,6 +23,13 @@ use crate::{escalation, llm, prompt, store, teach, Responder, AI_KEY_CACHE_AGE};
 /// Messages that may wait for one tenant's LLM calls in one responder
 /// before more are put back on the stream.
 pub const AI_WAITING_PER_TENANT: usize = 64;
+/// How long past a message's debounce time the responder looks at the
+/// customer's burst.
+const DEBOUNCE_SLACK_MS: i64 = 150;
+/// Deliveries a message may spend waiting out its debounce time (a
+/// redelivery after a crash does not wait again for long).
+const DEBOUNCE_DELIVERIES: i64 = 3;
+
 /// Deliveries during which a message finding its tenant's LLM crowded is
 /// put back (with 2, 4, 8, 16 s delays); after that it waits its turn.
 const AI_REQUEUES: i64 = 4;
@@ -32,6 +39,9 @@ enum Hold {
     Db(sqlx::Error),
     /// The tenant's LLM calls are crowded: put the message back for a while.
     AiBusy,
+    /// The customer may still be writing: come back when the debounce time
+    /// is over.
+    Debounce(Duration),
 }
 
 impl From<sqlx::Error> for Hold {
@@ -110,6 +120,7 @@ impl Responder {
                 let n = (delivered - 1).clamp(0, AI_REQUEUES) as u32;
                 return retry(2u64 << n, llm::LlmError::Busy.to_string());
             }
+            Err(Hold::Debounce(delay)) => return Outcome::Later { delay },
         };
         self.handled
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -124,14 +135,49 @@ impl Responder {
         Outcome::Ack
     }
 
-    /// The whole decision for one message: FAQ, then handoff and limits
-    /// (one call), then escalation and AI, then the limit's verdict.
+    /// The whole decision for one message: the session (and STOP or
+    /// START), the FAQ, opening hours, then handoff and limits (one call),
+    /// then escalation and AI, then the limit's verdict, the out-of-hours
+    /// note and the greeting of a new conversation.
     async fn converse(
         &self,
         ctx: &TenantContext,
         msg: &InboundMessage,
         delivered: i64,
     ) -> Result<Decision, Hold> {
+        let tenant = ctx.tenant.id;
+        let user = customer(msg);
+        let at = decide::written_at(msg);
+        let debounce = decide::debounce_ms(ctx, msg);
+        // Every message counts for the window, answered or not.
+        let session = self
+            .sessions
+            .touch(tenant, user, &msg.wamid, at, &msg.text, debounce)
+            .await?;
+        if let Some(opt) = decide::opt_word(ctx, msg) {
+            let changed = conversation::set_opt(&self.db, tenant, user, opt, at).await?;
+            tracing::info!(
+                ?opt,
+                changed,
+                "customer's subscription to proactive messages"
+            );
+            return Ok(self.with_receipt(ctx, decide::opt_decision(ctx, opt), false));
+        }
+        let merged;
+        let msg = match self.debounced(ctx, msg, debounce, delivered).await? {
+            conversation::Debounced::Absorbed { by } => {
+                tracing::info!(answered_by = %by, "answered with the customer's next message");
+                return Ok(Decision::silent("debounced"));
+            }
+            conversation::Debounced::Answer { texts } if texts.len() > 1 => {
+                merged = InboundMessage {
+                    text: texts.join("\n"),
+                    ..msg.clone()
+                };
+                &merged
+            }
+            conversation::Debounced::Answer { .. } => msg,
+        };
         let query = self.meaning(ctx, msg).await;
         let mut d = decide::decide(ctx, msg, &self.default_fallback, query.as_deref());
         if d.reply.is_none() {
@@ -140,14 +186,20 @@ impl Responder {
         // The point of contact teaching the bot is not a customer.
         if teach::from_contact(ctx, msg) {
             if let Some(t) = teach::handle_contact(&self.db, &self.bus, ctx, msg).await? {
-                return Ok(t);
+                return Ok(self.with_receipt(ctx, t, false));
             }
+        }
+        if session.state != conversation::IDLE && decide::leaves_flow(&msg.text) {
+            conversation::clear_state(&self.db, tenant, user).await?;
+            d = Decision::reply(decide::FLOW_CANCELLED_REPLY.to_owned(), "flow_cancelled");
         }
         if d.is_fallback() && ctx.settings.enable_training_mode && decide::answers_text(msg) {
             teach::record(&self.db, &self.bus, ctx, msg, query.as_deref()).await?;
         }
-        let tenant = ctx.tenant.id;
-        let user = customer(msg);
+        let open = ctx.is_open(chrono::Utc::now());
+        if !open {
+            d = decide::out_of_hours(ctx, d);
+        }
         // One call for the handoff check and the limit count; a handoff
         // started by another message silences this one, uncounted.
         let admitted = self
@@ -158,6 +210,7 @@ impl Responder {
             return Ok(Decision::silent("handoff_active"));
         };
         let has_contacts = ctx.has_escalation_contacts();
+        let mut typing = false;
         if has_contacts && escalation::wants_human(&msg.text) {
             self.escalator
                 .escalate(ctx, msg, "the customer asked for a person")
@@ -167,6 +220,9 @@ impl Responder {
             // (Past a limit the customer gets the notice or silence: no AI
             // call is spent on a reply that will not be sent.)
             if ctx.settings.enable_ai_responses {
+                // The customer sees their message read and the bot typing
+                // while the AI writes.
+                typing = ctx.settings.send_read_receipts && self.receipt(ctx, msg, true).await;
                 d = self
                     .ai_or_fallback(ctx, msg, d, delivered, query.as_deref())
                     .await?;
@@ -177,7 +233,67 @@ impl Responder {
                     .await?;
             }
         }
-        Ok(decide::apply_limit(ctx, d, limit))
+        let mut d = decide::apply_limit(ctx, d, limit);
+        if !open {
+            d = decide::note_out_of_hours(ctx, d);
+        }
+        if session.is_new_conversation(at) {
+            d = decide::greet(ctx, d);
+        }
+        Ok(self.with_receipt(ctx, d, typing))
+    }
+
+    /// Whether `msg` answers for itself and the messages just before it,
+    /// or a message right after it answers for it. Until the customer has
+    /// been quiet for `debounce` ms after it, the message comes back later
+    /// (without holding a worker).
+    async fn debounced(
+        &self,
+        ctx: &TenantContext,
+        msg: &InboundMessage,
+        debounce: i32,
+        delivered: i64,
+    ) -> Result<conversation::Debounced, Hold> {
+        let alone = || conversation::Debounced::Answer {
+            texts: vec![msg.text.clone()],
+        };
+        if debounce <= 0 {
+            return Ok(alone());
+        }
+        // (A little past the debounce time, so a message sent right at its
+        // end is recorded before this one looks.)
+        let due = msg.received_at_ms + i64::from(debounce) + DEBOUNCE_SLACK_MS;
+        let wait = due - now_ms();
+        if wait > 0 && delivered <= DEBOUNCE_DELIVERIES {
+            return Err(Hold::Debounce(Duration::from_millis(wait as u64)));
+        }
+        let burst = conversation::burst(&self.db, ctx.tenant.id, customer(msg)).await?;
+        Ok(conversation::debounced(&burst, &msg.wamid, &msg.text))
+    }
+
+    /// `d`, marking the customer's message read as its reply goes when the
+    /// tenant sends read receipts and none went yet (`receipt_sent`).
+    fn with_receipt(&self, ctx: &TenantContext, mut d: Decision, receipt_sent: bool) -> Decision {
+        d.mark_read = ctx.settings.send_read_receipts && !receipt_sent && d.reply.is_some();
+        d
+    }
+
+    /// Queues a read receipt of `msg` (with the typing indicator when
+    /// `typing`) for the sender; whether it was queued.
+    async fn receipt(&self, ctx: &TenantContext, msg: &InboundMessage, typing: bool) -> bool {
+        let r = decide::receipt_event(ctx, msg, typing, now_ms());
+        let subject = self.bus.subject(StreamKind::Outbound, &msg.tenant_id);
+        match self
+            .bus
+            .publish(subject, &r.outbound_id, r.encode_to_vec().into())
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %Report(&e), "read receipt not queued; the reply marks the message read");
+                false
+            }
+        }
     }
 
     /// The AI's answer, or the fallback `d` with the AI's error (handing

@@ -3,6 +3,9 @@
 //! conversations given to its LLM. Built from a [`TenantSnapshot`] by a
 //! plain function, so the index is tested without a database.
 
+use alphadome_core::tenant::messaging::{
+    template_for, templates_of, BusinessHours, WhatsAppTemplate,
+};
 use alphadome_core::tenant::{
     self, ControlSettings, Template, Tenant, TenantSnapshot, TrainingRow,
 };
@@ -30,6 +33,11 @@ pub struct TenantContext {
     pub index: FaqIndex,
     /// The entries' vectors, in the index's order, when the model runs.
     pub semantic: Option<SemanticIndex>,
+    /// Opening hours (none: always open).
+    pub hours: Option<BusinessHours>,
+    /// Approved WhatsApp templates, for proactive messages outside the
+    /// customer's window.
+    pub whatsapp_templates: Vec<WhatsAppTemplate>,
 }
 
 /// How a message was matched.
@@ -78,6 +86,8 @@ impl TenantContext {
             }
         }
         Self {
+            hours: BusinessHours::of(s.settings.business_hours.as_ref()),
+            whatsapp_templates: templates_of(&s.tenant.whatsapp_templates),
             tenant: s.tenant,
             settings: s.settings,
             templates: s.templates,
@@ -85,6 +95,23 @@ impl TenantContext {
             index: FaqIndex::build(answerable),
             semantic: None,
         }
+    }
+
+    /// Whether the business is open at `at` (always, without hours).
+    pub fn is_open(&self, at: chrono::DateTime<chrono::Utc>) -> bool {
+        self.hours.as_ref().is_none_or(|h| h.is_open(at))
+    }
+
+    /// The tenant's template for proactive messages of `purpose`, filled
+    /// from `values`.
+    pub fn template_for(
+        &self,
+        purpose: &str,
+        values: &[(&str, &str)],
+    ) -> Option<alphadome_core::events::v1::TemplateMessage> {
+        let business = [("business_name", self.tenant.client_name.as_str())];
+        let all: Vec<(&str, &str)> = values.iter().chain(business.iter()).copied().collect();
+        template_for(&self.whatsapp_templates, purpose, &all)
     }
 
     /// Whether `text` needs the model: it runs for this tenant and the
@@ -257,6 +284,7 @@ pub(crate) mod fixtures {
             webhook_verify_token: None,
             webhook_url: None,
             metadata: serde_json::json!({}),
+            whatsapp_templates: serde_json::json!([]),
             created_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),
         }

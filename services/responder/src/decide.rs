@@ -4,9 +4,11 @@
 //! publishes (the incoming log row and the reply).
 
 use alphadome_core::events::v1::{
-    Direction, InboundMessage, LogEvent, MessageKind, OutboundMessage, TraceContext,
+    Direction, InboundMessage, LogEvent, MessageKind, OutboundKind, OutboundMessage, TraceContext,
 };
 use uuid::Uuid;
+
+use alphadome_core::conversation::{self, Opt};
 
 use crate::context::{TenantContext, Tier};
 use crate::limits::{self, LimitDecision};
@@ -36,6 +38,10 @@ pub struct Decision {
     pub ai: Option<llm::ChatAnswer>,
     /// Why the AI could not answer, when it could not.
     pub error: Option<String>,
+    /// Whether the reply marks the customer's message read as it goes.
+    pub mark_read: bool,
+    /// Whether the reply opens with the tenant's greeting.
+    pub greeted: bool,
 }
 
 impl Decision {
@@ -50,6 +56,8 @@ impl Decision {
             tier: None,
             ai: None,
             error: None,
+            mark_read: false,
+            greeted: false,
         }
     }
 
@@ -130,6 +138,139 @@ pub fn decide(
     Decision::reply(ctx.fallback_text(default_fallback), "fallback")
 }
 
+/// What the customer is told out of hours when the tenant has no words
+/// of its own.
+pub const OUT_OF_HOURS_REPLY: &str =
+    "Thanks for your message! We're closed right now; we'll get back to you as soon as we open.";
+
+/// The answer to STOP.
+pub const OPTED_OUT_REPLY: &str = "You won't get any more messages from us unless you write to us first. Reply START at any time to hear from us again.";
+
+/// The answer to START.
+pub const OPTED_IN_REPLY: &str =
+    "Welcome back! You'll hear from us again. Reply STOP at any time to stop our messages.";
+
+/// The answer to "cancel" (or "menu") in the middle of a flow.
+pub const FLOW_CANCELLED_REPLY: &str = "No problem, I've cancelled that. How else can I help you?";
+
+/// When the customer wrote `msg`.
+pub fn written_at(msg: &InboundMessage) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(occurred_at_ms(msg)).unwrap_or_else(chrono::Utc::now)
+}
+
+/// The debounce time for `msg`: the tenant's, for text a customer writes
+/// (taps on buttons and lists, media and the point of contact teaching
+/// are answered at once).
+pub fn debounce_ms(ctx: &TenantContext, msg: &InboundMessage) -> i32 {
+    let kind = MessageKind::try_from(msg.kind).unwrap_or(MessageKind::Other);
+    if kind != MessageKind::Text || crate::teach::from_contact(ctx, msg) {
+        return 0;
+    }
+    ctx.settings.debounce_ms.max(0)
+}
+
+/// Whether `msg` is STOP or START (or the tenant's own words for them).
+pub fn opt_word(ctx: &TenantContext, msg: &InboundMessage) -> Option<Opt> {
+    let kind = MessageKind::try_from(msg.kind).unwrap_or(MessageKind::Other);
+    if kind != MessageKind::Text {
+        return None;
+    }
+    conversation::opt_word(
+        &msg.text,
+        &ctx.settings.opt_out_keywords,
+        &ctx.settings.opt_in_keywords,
+    )
+}
+
+/// The answer to STOP or START: its confirmation, when the bot answers at
+/// all (the choice is recorded either way).
+pub fn opt_decision(ctx: &TenantContext, opt: Opt) -> Decision {
+    let (text, reason) = match opt {
+        Opt::Out => (OPTED_OUT_REPLY, "opt_out"),
+        Opt::In => (OPTED_IN_REPLY, "opt_in"),
+    };
+    if !ctx.tenant.is_active || !ctx.settings.is_bot_enabled {
+        return Decision::silent(reason);
+    }
+    Decision::reply(text.to_owned(), reason)
+}
+
+/// Whether `text` asks to leave the flow the conversation is in.
+pub fn leaves_flow(text: &str) -> bool {
+    matches!(
+        text.trim()
+            .trim_matches(|c: char| !c.is_alphanumeric())
+            .to_lowercase()
+            .as_str(),
+        "cancel" | "menu" | "exit" | "quit" | "ghairi"
+    )
+}
+
+/// Reasons whose reply is the bot's answer (what opening hours, the
+/// greeting and the out-of-hours note apply to).
+fn is_answer(reason: &str) -> bool {
+    matches!(
+        reason,
+        "faq_match" | "fallback" | "media" | "ai" | "ai_failed_fallback"
+    )
+}
+
+/// Out of hours, when the tenant does not want the bot answering then: the
+/// out-of-hours reply instead of the answer (before the AI is asked).
+pub fn out_of_hours(ctx: &TenantContext, d: Decision) -> Decision {
+    if ctx.settings.answer_out_of_hours || d.reply.is_none() || !is_answer(d.reason) {
+        return d;
+    }
+    Decision {
+        error: d.error,
+        ..Decision::reply(out_of_hours_text(ctx).to_owned(), "out_of_hours")
+    }
+}
+
+/// Out of hours, when the bot still answers: the answer with the
+/// out-of-hours note after it.
+pub fn note_out_of_hours(ctx: &TenantContext, mut d: Decision) -> Decision {
+    if !ctx.settings.answer_out_of_hours || !is_answer(d.reason) {
+        return d;
+    }
+    if let Some(r) = &mut d.reply {
+        r.push_str("\n\n");
+        r.push_str(out_of_hours_text(ctx));
+    }
+    d
+}
+
+fn out_of_hours_text(ctx: &TenantContext) -> &str {
+    ctx.settings
+        .out_of_hours_reply
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .unwrap_or(OUT_OF_HOURS_REPLY)
+}
+
+/// The first answer of a new conversation, with the tenant's greeting
+/// before it.
+pub fn greet(ctx: &TenantContext, mut d: Decision) -> Decision {
+    let Some(greeting) = ctx
+        .settings
+        .greeting_message
+        .as_deref()
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+    else {
+        return d;
+    };
+    if !(is_answer(d.reason) || d.reason == "out_of_hours" || d.reason == "handoff") {
+        return d;
+    }
+    if let Some(r) = &mut d.reply {
+        *r = format!("{greeting}\n\n{r}");
+        d.greeted = true;
+    }
+    d
+}
+
 /// What the limit decision makes of `d`: unchanged under the limits, the
 /// window's one notice just past them, silence after (the AI's error, if
 /// any, is kept for the log).
@@ -157,6 +298,9 @@ pub fn apply_limit(ctx: &TenantContext, d: Decision, limit: LimitDecision) -> De
 /// Metadata of the reply's log row: how it was chosen, and the AI's usage.
 fn reply_metadata(ctx: &TenantContext, d: &Decision) -> String {
     let mut m = serde_json::json!({"reason": d.reason, "match_score": d.score});
+    if d.greeted {
+        m["greeted"] = serde_json::json!(true);
+    }
     if let Some(tier) = d.tier {
         m["match_tier"] = serde_json::json!(tier.name());
     }
@@ -272,7 +416,31 @@ pub fn reply_event(
         inbound_received_at_ms: msg.received_at_ms,
         trace: Some(trace),
         metadata_json: reply_metadata(ctx, d),
+        mark_read: d.mark_read,
+        ..Default::default()
     })
+}
+
+/// A read receipt of `msg` for the sender to post (protocols.md 2.5),
+/// with the typing indicator when `typing`.
+pub fn receipt_event(
+    ctx: &TenantContext,
+    msg: &InboundMessage,
+    typing: bool,
+    now_ms: i64,
+) -> OutboundMessage {
+    OutboundMessage {
+        outbound_id: format!("read:{}", msg.wamid),
+        tenant_id: ctx.tenant.id.to_string(),
+        in_reply_to: msg.wamid.clone(),
+        to: msg.from.clone(),
+        to_user_id: msg.from_user_id.clone(),
+        created_at_ms: now_ms,
+        inbound_received_at_ms: msg.received_at_ms,
+        kind: OutboundKind::ReadReceipt as i32,
+        typing,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -296,6 +464,8 @@ mod tests {
                 confidence: 1.0,
             }]),
             semantic: None,
+            hours: None,
+            whatsapp_templates: Vec::new(),
         }
     }
 

@@ -102,8 +102,23 @@ impl Escalator {
             .filter(|p| !p.is_empty())
         {
             let id = format!("escalation:{}", msg.wamid);
+            let customer = if msg.from.is_empty() {
+                user.to_owned()
+            } else {
+                format!("+{user}")
+            };
+            let template = ctx.template_for(
+                "escalation",
+                &[
+                    ("customer", &customer),
+                    ("customer_name", &msg.profile_name),
+                    ("reason", reason),
+                    ("message", &msg.text),
+                    ("text", &text),
+                ],
+            );
             if let Err(e) =
-                notify::whatsapp(&self.bus, tenant, phone, &id, &text, "escalation").await
+                notify::whatsapp(&self.bus, tenant, phone, &id, &text, "escalation", template).await
             {
                 tracing::error!(error = %Report(&e), "escalation WhatsApp message not queued");
             }

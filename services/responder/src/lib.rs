@@ -74,6 +74,9 @@ pub struct Responder {
     llm: llm::LlmClient,
     escalator: escalation::Escalator,
     admission: limits::Admission,
+    /// Each message recorded in its customer's session (the window, new
+    /// conversations, opt-outs, flow states).
+    sessions: alphadome_core::conversation::Sessions,
     /// Decrypted AI keys, by tenant, with the ciphertext they came from and
     /// when: held at most [`AI_KEY_CACHE_AGE`].
     ai_keys: std::sync::Mutex<
@@ -137,6 +140,7 @@ impl Responder {
                 &config.smtp_from,
             ),
             admission: limits::Admission::new(db.clone()),
+            sessions: alphadome_core::conversation::Sessions::new(db.clone()),
             ai_keys: Default::default(),
             ai_gates: alphadome_core::gate::KeyedGates::new(config.ai.calls_per_tenant),
             model,

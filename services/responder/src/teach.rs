@@ -79,15 +79,10 @@ pub async fn record(
             .filter(|p| !p.is_empty()),
     ) {
         let id = format!("teach:{}", msg.wamid);
-        if let Err(e) = notify::whatsapp(
-            bus,
-            tenant,
-            contact,
-            &id,
-            &offer_text(&msg.text),
-            "training",
-        )
-        .await
+        let text = offer_text(&msg.text);
+        let template = ctx.template_for("training", &[("message", &msg.text), ("text", &text)]);
+        if let Err(e) =
+            notify::whatsapp(bus, tenant, contact, &id, &text, "training", template).await
         {
             tracing::error!(error = %Report(&e), "training offer not queued");
         }

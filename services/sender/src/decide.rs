@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use alphadome_core::bus::Outcome;
+use alphadome_core::conversation::{self, Window};
 use alphadome_core::events::v1::{Direction, LogEvent, OutboundMessage, TraceContext};
-use alphadome_core::meta::{GraphError, SendFailure};
+use alphadome_core::meta::{self, GraphError, SendFailure};
+use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use crate::store::ClaimRow;
@@ -154,6 +156,120 @@ pub fn recipient(msg: &OutboundMessage) -> &str {
     }
 }
 
+/// How a message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Its text, in parts (inside the recipient's 24-hour window).
+    Text,
+    /// The approved template it carries.
+    Template,
+}
+
+/// Why a message may not go at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The recipient wrote STOP: no proactive message goes to them.
+    OptedOut(String),
+    /// Outside the recipient's window, with no template to send instead.
+    WindowClosed(String),
+}
+
+/// Whether `msg` is proactive: not the answer to a customer's message.
+pub fn is_proactive(msg: &OutboundMessage) -> bool {
+    msg.in_reply_to.is_empty()
+}
+
+/// How `msg` may go at `now` (Meta refuses free-form messages outside the
+/// recipient's 24-hour window, protocols.md 2.8): a reply while the
+/// message it answers is less than 24 hours old; a proactive message as
+/// text inside the recipient's window (`window`: their session), else as
+/// its template; a template-only message (empty text) as its template.
+/// Nothing proactive goes to a recipient who opted out, but an agent's
+/// message inside the window of a conversation the customer is in.
+pub fn mode(
+    msg: &OutboundMessage,
+    window: Option<&Window>,
+    now: DateTime<Utc>,
+) -> Result<Mode, Refusal> {
+    let has_template = msg.template.is_some();
+    if !is_proactive(msg) {
+        let asked = DateTime::from_timestamp_millis(msg.inbound_received_at_ms);
+        if msg.inbound_received_at_ms == 0 || conversation::open_at(asked, now) {
+            return Ok(Mode::Text);
+        }
+        return Err(Refusal::WindowClosed(format!(
+            "the customer's 24-hour window closed before the reply could go (their message came at {}); a reply is never sent outside it",
+            asked.map(|t| t.to_rfc3339()).unwrap_or_default()
+        )));
+    }
+    let open = window.is_some_and(|w| w.is_open(now));
+    if let Some(at) = window.and_then(|w| w.opted_out_at) {
+        if !(open && msg.purpose == "agent") {
+            return Err(Refusal::OptedOut(format!(
+                "the recipient wrote STOP at {}: no proactive message goes to them until they write START",
+                at.to_rfc3339()
+            )));
+        }
+    }
+    match (open, has_template, msg.text.trim().is_empty()) {
+        (_, true, true) | (false, true, false) => Ok(Mode::Template),
+        (true, _, false) => Ok(Mode::Text),
+        (_, false, true) => Err(Refusal::WindowClosed(
+            "the message has neither text nor template".into(),
+        )),
+        (false, false, false) => Err(Refusal::WindowClosed(format!(
+            "{} outside the recipient's 24-hour window ({}), and the tenant has no approved WhatsApp template for {} (whatsapp_templates, use_for)",
+            purpose_of(msg),
+            window
+                .map(|w| format!("they last wrote at {}", w.last_inbound_at.to_rfc3339()))
+                .unwrap_or_else(|| "they have never written to this number".into()),
+            if msg.purpose.is_empty() { "it" } else { &msg.purpose },
+        ))),
+    }
+}
+
+fn purpose_of(msg: &OutboundMessage) -> String {
+    if msg.purpose.is_empty() {
+        "a proactive message".to_owned()
+    } else {
+        format!("a proactive {} message", msg.purpose.replace('_', " "))
+    }
+}
+
+/// Why Meta refused a send, told as what it is: a free-form message
+/// outside the window (131047), a template Meta refuses (132000-132016),
+/// or the error as Meta gave it.
+pub fn refusal_reason(err: &GraphError, msg: &OutboundMessage, mode: Mode) -> String {
+    let meta = meta_reason(err);
+    if err.code == meta::WINDOW_CLOSED {
+        return format!(
+            "Meta refused a free-form message outside the recipient's 24-hour window, and {}: {meta}",
+            if msg.template.is_some() {
+                "the template sent instead failed too"
+            } else {
+                "the tenant has no approved WhatsApp template for it (whatsapp_templates, use_for)"
+            }
+        );
+    }
+    if mode == Mode::Template && meta::is_template_error(err.code) {
+        let t = msg.template.as_ref();
+        return format!(
+            "Meta refused the WhatsApp template {} ({}) or its {} parameters; fix it in the tenant's whatsapp_templates: {meta}",
+            t.map(|t| t.name.as_str()).unwrap_or_default(),
+            t.map(|t| t.language.as_str()).unwrap_or_default(),
+            t.map(|t| t.parameters.len()).unwrap_or_default(),
+        );
+    }
+    meta
+}
+
+/// Whether a read receipt's typing indicator still makes sense: its first
+/// delivery, within a few seconds of being asked (the indicator shows for
+/// up to 25 s, and must not outlast the reply it announces).
+pub fn typing_still_useful(msg: &OutboundMessage, delivered: i64, now_ms: i64) -> bool {
+    msg.typing && delivered <= 1 && now_ms - msg.created_at_ms < 5_000
+}
+
 /// The outgoing message's log row: sent as `wamid` in `parts` parts, or
 /// failed with `error`.
 pub fn log_event(
@@ -161,6 +277,7 @@ pub fn log_event(
     wamid: String,
     parts: i32,
     error: String,
+    as_template: bool,
     now_ms: i64,
     trace: TraceContext,
 ) -> LogEvent {
@@ -180,13 +297,26 @@ pub fn log_event(
     } else {
         &msg.in_reply_to
     };
+    if let Some(t) = msg.template.as_ref().filter(|_| as_template) {
+        metadata["whatsapp_template"] = serde_json::json!({
+            "name": t.name, "language": t.language, "parameters": t.parameters,
+        });
+    }
+    let text = if msg.text.is_empty() {
+        msg.template
+            .as_ref()
+            .map(|t| format!("[template {}] {}", t.name, t.parameters.join(" | ")))
+            .unwrap_or_default()
+    } else {
+        msg.text.clone()
+    };
     LogEvent {
         tenant_id: msg.tenant_id.clone(),
         direction: Direction::Outgoing as i32,
         dedup_key: format!("out:{key}"),
         wamid,
         user_phone: msg.to.clone(),
-        message_text: msg.text.clone(),
+        message_text: text,
         ai_processed: msg.ai_processed,
         ai_response: if msg.ai_processed {
             msg.text.clone()
@@ -285,6 +415,7 @@ mod tests {
             "wamid.out".into(),
             1,
             String::new(),
+            false,
             1_250,
             TraceContext::default(),
         );

@@ -15,14 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alphadome_core::bus::Outcome;
-use alphadome_core::events::v1::OutboundMessage;
+use alphadome_core::conversation;
+use alphadome_core::events::v1::{OutboundKind, OutboundMessage};
 use alphadome_core::events::{now_ms, Message as _};
 use alphadome_core::meta::{self, SendFailure, MAX_TEXT_CHARS};
 use alphadome_core::{telemetry, tenant, Report};
 use secrecy::SecretString;
 use uuid::Uuid;
 
-use crate::decide::{self, Claim, MetaAction, NUMBER_REQUEUES};
+use crate::decide::{self, Claim, MetaAction, Mode, Refusal, NUMBER_REQUEUES};
 use crate::graph::Failure;
 use crate::pacing::Paced;
 use crate::{store, Sender, SenderTenant, RECORD_PATIENCE};
@@ -39,6 +40,8 @@ struct Send {
 struct Progress {
     parts_sent: i32,
     first_wamid: Option<String>,
+    /// How it goes: its text, or its template.
+    mode: Mode,
 }
 
 type Step<T> = Result<T, Outcome>;
@@ -52,6 +55,9 @@ impl Sender {
         delivered: i64,
         replayed: bool,
     ) -> Outcome {
+        if msg.kind == OutboundKind::ReadReceipt as i32 {
+            return self.read_receipt(&msg, delivered).await;
+        }
         match self.steps(&msg, delivered, replayed).await {
             Ok(outcome) | Err(outcome) => outcome,
         }
@@ -61,19 +67,93 @@ impl Sender {
         let send = self.prepare(msg, delivered).await?;
         self.pace(&send, delivered).await?;
         let progress = self.claim(&send, msg, delivered, replayed).await?;
-        let parts = meta::split_text(&msg.text, MAX_TEXT_CHARS);
-        let progress = self
-            .post_parts(&send, msg, &parts, progress, delivered)
-            .await?;
+        let progress = self.allowed(&send, msg, progress, delivered).await?;
+        let progress = self.post_parts(&send, msg, progress, delivered).await?;
+        let as_template = progress.mode == Mode::Template;
         Ok(self
             .log_sent(
                 &send.tenant,
                 msg,
                 progress.first_wamid.unwrap_or_default(),
-                parts.len() as i32,
+                progress.parts_sent,
+                as_template,
                 delivered,
             )
             .await)
+    }
+
+    /// A read receipt (protocols.md 2.5): posted once, with the typing
+    /// indicator only while it can still come before the reply; never
+    /// logged. A receipt that cannot go is given up after a few tries (the
+    /// reply matters, not its receipt).
+    async fn read_receipt(&self, msg: &OutboundMessage, delivered: i64) -> Outcome {
+        let send = match self.prepare(msg, delivered).await {
+            Ok(s) => s,
+            Err(Outcome::Poison { reason }) => {
+                tracing::warn!(%reason, "read receipt dropped");
+                return Outcome::Ack;
+            }
+            Err(_) if delivered >= 3 => return Outcome::Ack,
+            Err(other) => return other,
+        };
+        let typing = decide::typing_still_useful(msg, delivered, now_ms());
+        let body = meta::read_receipt_body(&msg.in_reply_to, typing);
+        match self.graph.mark_read(&send.pnid, &send.token, &body).await {
+            Ok(()) => Outcome::Ack,
+            Err(failure) if delivered < 3 => {
+                tracing::debug!(?failure, "read receipt failed; trying again");
+                decide::retry(delivered, "read receipt failed".into())
+            }
+            Err(failure) => {
+                tracing::warn!(?failure, "read receipt given up");
+                Outcome::Ack
+            }
+        }
+    }
+
+    /// Step 3b: whether the claimed message may go, and how (Meta's
+    /// 24-hour window, the recipient's opt-out). One that may not is
+    /// recorded failed and logged; a refusal the tenant can fix (no
+    /// template) is dead-lettered and raised as an alert, an opt-out is
+    /// the recipient's wish and only logged.
+    async fn allowed(
+        &self,
+        send: &Send,
+        msg: &OutboundMessage,
+        mut progress: Progress,
+        delivered: i64,
+    ) -> Step<Progress> {
+        let window = if decide::is_proactive(msg) {
+            conversation::window(&self.db, send.tenant.id, &send.recipient)
+                .await
+                .map_err(|e| {
+                    decide::retry(
+                        delivered,
+                        format!("reading the recipient's window: {}", Report(&e)),
+                    )
+                })?
+        } else {
+            None
+        };
+        match decide::mode(msg, window.as_ref(), chrono::Utc::now()) {
+            Ok(mode) => {
+                progress.mode = mode;
+                Ok(progress)
+            }
+            Err(Refusal::OptedOut(reason)) => {
+                tracing::info!(%reason, "proactive message not sent");
+                Err(
+                    match self.fail(&send.tenant, msg, reason, delivered).await {
+                        Outcome::Poison { .. } => Outcome::Ack,
+                        other => other,
+                    },
+                )
+            }
+            Err(Refusal::WindowClosed(reason)) => {
+                tracing::error!(tenant_id = %send.tenant.id, alert = "outside_window", %reason, "ALERT: message cannot be sent");
+                Err(self.fail(&send.tenant, msg, reason, delivered).await)
+            }
+        }
     }
 
     /// Step 1: the tenant, with a usable token and number.
@@ -163,6 +243,7 @@ impl Sender {
             } => Ok(Progress {
                 parts_sent,
                 first_wamid,
+                mode: Mode::Text,
             }),
             Claim::Sent { wamid, parts } => {
                 tracing::info!("reply already sent; not sending again");
@@ -172,6 +253,7 @@ impl Sender {
                         msg,
                         wamid.unwrap_or_default(),
                         parts,
+                        msg.text.is_empty(),
                         delivered,
                     )
                     .await)
@@ -200,20 +282,25 @@ impl Sender {
     }
 
     /// Step 4: every part not yet sent, each recorded once Meta has it.
+    /// A text Meta refuses as outside the window (131047) goes as the
+    /// message's template instead, when it has one.
     async fn post_parts(
         &self,
         send: &Send,
         msg: &OutboundMessage,
-        parts: &[String],
         mut progress: Progress,
         delivered: i64,
     ) -> Step<Progress> {
-        let total = parts.len();
+        let mut bodies = bodies(msg, progress.mode);
+        let mut total = bodies.len();
         if progress.parts_sent > 0 && progress.parts_sent as usize >= total {
             // Every part went out, as their status webhooks showed after
             // sends whose answers never came: record it, send nothing.
             tracing::info!("reply found sent from its status webhooks; not sending again");
             self.record(send, msg, &progress, total, delivered).await?;
+        }
+        if msg.mark_read && progress.parts_sent == 0 {
+            self.mark_read_with_reply(send, msg);
         }
         let mut paced = true;
         while (progress.parts_sent as usize) < total {
@@ -231,29 +318,46 @@ impl Sender {
                     });
                 }
             }
-            // Only the first part quotes the customer's message. Each part
-            // carries its callback data, echoed in its status webhooks: how
-            // a send whose answer never came is found to have gone out.
-            let context = if i == 0 { msg.in_reply_to.as_str() } else { "" };
-            let body = meta::text_reply_body(
-                &msg.to,
-                &msg.to_user_id,
-                &parts[i],
-                context,
-                &decide::callback_data(&msg.outbound_id, i),
-            );
-            match self.graph.send(&send.pnid, &send.token, &body).await {
+            match self.graph.send(&send.pnid, &send.token, &bodies[i]).await {
                 Ok(wamid) => {
                     progress.parts_sent += 1;
                     progress.first_wamid.get_or_insert(wamid);
                     self.record(send, msg, &progress, total, delivered).await?;
                 }
+                Err(Failure::Meta { ref error, .. })
+                    if error.code == meta::WINDOW_CLOSED
+                        && i == 0
+                        && progress.mode == Mode::Text
+                        && msg.template.is_some() =>
+                {
+                    tracing::info!(
+                        "outside the recipient's window (131047): sending the template instead"
+                    );
+                    progress.mode = Mode::Template;
+                    bodies = self::bodies(msg, Mode::Template);
+                    total = bodies.len();
+                }
                 Err(failure) => {
-                    return Err(self.after_send_failure(send, msg, failure, delivered).await)
+                    return Err(self
+                        .after_send_failure(send, msg, failure, progress.mode, delivered)
+                        .await)
                 }
             }
         }
         Ok(progress)
+    }
+
+    /// Marks the customer's message read as its reply goes, without holding
+    /// the reply up (a receipt that fails is only logged).
+    fn mark_read_with_reply(&self, send: &Send, msg: &OutboundMessage) {
+        let graph = self.graph.clone();
+        let (pnid, token) = (send.pnid.clone(), send.token.clone());
+        let body = meta::read_receipt_body(&msg.in_reply_to, false);
+        tokio::spawn(async move {
+            if let Err(failure) = graph.mark_read(&pnid, &token, &body).await {
+                tracing::debug!(?failure, "read receipt with the reply failed");
+            }
+        });
     }
 
     /// What a failed post leads to.
@@ -262,6 +366,7 @@ impl Sender {
         send: &Send,
         msg: &OutboundMessage,
         failure: Failure,
+        mode: Mode,
         delivered: i64,
     ) -> Outcome {
         match failure {
@@ -281,7 +386,10 @@ impl Sender {
                 decide::after_failure(delivered, reason, true, self.reconcile_wait)
             }
             Failure::Meta { class, error, .. } => {
-                let reason = decide::meta_reason(&error);
+                let reason = decide::refusal_reason(&error, msg, mode);
+                if error.code == meta::WINDOW_CLOSED || meta::is_template_error(error.code) {
+                    tracing::error!(tenant_id = %send.tenant.id, alert = "whatsapp_window_or_template", %reason, "ALERT: Meta refused the message");
+                }
                 match decide::on_meta_error(class, delivered, reason.clone()) {
                     MetaAction::Retry(outcome) => {
                         self.release(send.tenant.id, &msg.outbound_id, &reason)
@@ -320,7 +428,10 @@ impl Sender {
             } else {
                 "send failed".to_owned()
             };
-            if let Err(e) = self.publish_log(msg, String::new(), 0, error).await {
+            if let Err(e) = self
+                .publish_log(msg, String::new(), 0, error, msg.text.is_empty())
+                .await
+            {
                 return decide::retry(delivered, Report(&e).to_string());
             }
         }
@@ -402,10 +513,14 @@ impl Sender {
         msg: &OutboundMessage,
         wamid: String,
         parts: i32,
+        as_template: bool,
         delivered: i64,
     ) -> Outcome {
         if tenant.log_conversations {
-            if let Err(e) = self.publish_log(msg, wamid, parts, String::new()).await {
+            if let Err(e) = self
+                .publish_log(msg, wamid, parts, String::new(), as_template)
+                .await
+            {
                 return decide::retry(delivered, Report(&e).to_string());
             }
         }
@@ -418,12 +533,14 @@ impl Sender {
         wamid: String,
         parts: i32,
         error: String,
+        as_template: bool,
     ) -> Result<(), alphadome_core::bus::BusError> {
         let log = decide::log_event(
             msg,
             wamid,
             parts,
             error,
+            as_template,
             now_ms(),
             telemetry::current_trace(),
         );
@@ -437,5 +554,33 @@ impl Sender {
             )
             .await
             .map(|_| ())
+    }
+}
+
+/// The bodies to post for `msg`: each part of its text (only the first
+/// quoting the customer's message), or its template. Each carries its
+/// callback data, echoed in its status webhooks: how a send whose answer
+/// never came is found to have gone out.
+fn bodies(msg: &OutboundMessage, mode: Mode) -> Vec<serde_json::Value> {
+    match (mode, &msg.template) {
+        (Mode::Template, Some(t)) => vec![meta::template_body(
+            &msg.to,
+            &msg.to_user_id,
+            t,
+            &decide::callback_data(&msg.outbound_id, 0),
+        )],
+        _ => meta::split_text(&msg.text, MAX_TEXT_CHARS)
+            .iter()
+            .enumerate()
+            .map(|(i, part)| {
+                meta::text_reply_body(
+                    &msg.to,
+                    &msg.to_user_id,
+                    part,
+                    if i == 0 { msg.in_reply_to.as_str() } else { "" },
+                    &decide::callback_data(&msg.outbound_id, i),
+                )
+            })
+            .collect(),
     }
 }

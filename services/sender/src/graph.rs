@@ -59,6 +59,42 @@ impl GraphClient {
         token: &SecretString,
         body: &serde_json::Value,
     ) -> Result<String, Failure> {
+        let bytes = self.post(pnid, token, body).await?;
+        meta::sent_wamid(&bytes).ok_or_else(|| Failure::Transport {
+            reason: "Graph API answered 2xx without messages[0].id".into(),
+            maybe_sent: true,
+        })
+    }
+
+    /// Marks a customer's message read (with the typing indicator when the
+    /// body asks for it): Meta answers `{"success": true}`.
+    pub async fn mark_read(
+        &self,
+        pnid: &str,
+        token: &SecretString,
+        body: &serde_json::Value,
+    ) -> Result<(), Failure> {
+        let bytes = self.post(pnid, token, body).await?;
+        let ok = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .is_ok_and(|v| v["success"] == serde_json::Value::Bool(true));
+        if ok {
+            Ok(())
+        } else {
+            Err(Failure::Transport {
+                reason: "Graph API answered 2xx without success: true".into(),
+                maybe_sent: true,
+            })
+        }
+    }
+
+    /// Posts `body` to the number's messages endpoint; the answer's body
+    /// when it is a 2xx.
+    async fn post(
+        &self,
+        pnid: &str,
+        token: &SecretString,
+        body: &serde_json::Value,
+    ) -> Result<bytes::Bytes, Failure> {
         let url = format!("{}/{}/messages", self.base_url, pnid);
         let _slot = self.posts.acquire().await.ok();
         let resp = self
@@ -78,10 +114,7 @@ impl GraphClient {
             maybe_sent: true,
         })?;
         if (200..300).contains(&status) {
-            return meta::sent_wamid(&bytes).ok_or_else(|| Failure::Transport {
-                reason: "Graph API answered 2xx without messages[0].id".into(),
-                maybe_sent: true,
-            });
+            return Ok(bytes);
         }
         let (class, error) = meta::classify_send_error(status, &bytes);
         Err(Failure::Meta {

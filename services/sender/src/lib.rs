@@ -111,7 +111,7 @@ pub struct Sender {
     bus: Bus,
     db: PgPool,
     keyring: Arc<Keyring>,
-    graph: graph::GraphClient,
+    graph: Arc<graph::GraphClient>,
     tenants: Arc<TenantCache<SenderTenant>>,
     pacer: pacing::Pacer,
     /// A claim outlives any request it covers (the time-out), with margin.
@@ -154,8 +154,10 @@ impl Sender {
             reconcile_wait: config.send_reconcile_wait,
             db,
             keyring,
-            graph: graph::GraphClient::new(&config.graph_url, config.send_timeout)
-                .map_err(SenderError::Http)?,
+            graph: Arc::new(
+                graph::GraphClient::new(&config.graph_url, config.send_timeout)
+                    .map_err(SenderError::Http)?,
+            ),
             tenants,
             pacer: pacing::Pacer::new(config.send_mps, config.pair_burst),
             claim_lease,

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use alphadome_core::conversation::{self as conversation_store, Window};
 use alphadome_core::handoff::{self as handoff_store, Handoff};
+use alphadome_core::tenant::{messaging, store::edits};
 use alphadome_logger::store::{self as log_store, ConversationRow, MessageFilter};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
@@ -212,16 +214,45 @@ pub struct Conversation {
     pub window_closes_at: Option<DateTime<Utc>>,
     /// The handoff to a person, while the bot is paused for it.
     pub handoff: Option<Handoff>,
+    /// When the customer wrote STOP (no proactive message reaches them
+    /// until they write START).
+    pub opted_out_at: Option<DateTime<Utc>>,
+    /// The flow the conversation is in (`idle` when none).
+    pub state: String,
 }
 
-fn conversation(row: ConversationRow, handoffs: &mut HashMap<String, Handoff>) -> Conversation {
-    let closes = row.last_incoming_at.map(|t| t + WINDOW);
+fn conversation(
+    row: ConversationRow,
+    handoffs: &mut HashMap<String, Handoff>,
+    sessions: &mut HashMap<String, Window>,
+) -> Conversation {
+    let session = sessions.remove(&row.user_phone);
+    let last_in = row
+        .last_incoming_at
+        .max(session.as_ref().map(|s| s.last_inbound_at));
+    let closes = last_in.map(|t| t + WINDOW);
     Conversation {
         in_window: closes.is_some_and(|c| c > Utc::now()),
         window_closes_at: closes,
         handoff: handoffs.remove(&row.user_phone),
+        opted_out_at: session.as_ref().and_then(|s| s.opted_out_at),
+        state: session
+            .map(|s| s.state)
+            .unwrap_or_else(|| conversation_store::IDLE.to_owned()),
         last: row,
     }
+}
+
+async fn sessions(
+    conn: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    rows: &[ConversationRow],
+) -> Result<HashMap<String, Window>, Problem> {
+    let customers: Vec<String> = rows.iter().map(|r| r.user_phone.clone()).collect();
+    Ok(conversation_store::windows_in(conn, tenant, &customers)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 async fn handoffs(
@@ -256,8 +287,12 @@ pub async fn load_conversations(
     let Scope { mut tx, tenant } = api.scope(who, tenant).await?;
     let rows = log_store::conversations(&mut tx, tenant, None, 200).await?;
     let mut h = handoffs(&mut tx, tenant).await?;
+    let mut s = sessions(&mut tx, tenant, &rows).await?;
     tx.commit().await?;
-    Ok(rows.into_iter().map(|r| conversation(r, &mut h)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| conversation(r, &mut h, &mut s))
+        .collect())
 }
 
 /// A conversation with its newest messages.
@@ -300,12 +335,13 @@ pub async fn load_conversation(
         .next()
         .ok_or_else(|| Problem::not_found(format!("no conversation with {user:?}")))?;
     let mut h = handoffs(&mut tx, tenant).await?;
+    let mut s = sessions(&mut tx, tenant, std::slice::from_ref(&row)).await?;
     let mut f = q.filter()?;
     f.user = Some(user);
     let page = page(&mut tx, tenant, &f).await?;
     tx.commit().await?;
     Ok(ConversationDetail {
-        conversation: conversation(row, &mut h),
+        conversation: conversation(row, &mut h, &mut s),
         page,
     })
 }
@@ -352,12 +388,79 @@ pub async fn resume(
     Ok(Json(Resumed { resumed }).into_response())
 }
 
-/// An agent's reply.
+/// An agent's reply: a text inside the customer's 24-hour window, or one
+/// of the tenant's approved WhatsApp templates at any time.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplyInput {
     /// The text to send (1 to 4096 characters).
-    pub text: String,
+    pub text: Option<String>,
+    /// A template of the tenant's `whatsapp_templates` instead.
+    pub template: Option<TemplateInput>,
+}
+
+/// One of the tenant's templates with its parameters.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateInput {
+    pub name: String,
+    /// Its language (the first of that name when left out).
+    pub language: Option<String>,
+    /// The body's parameters, in order: as many as the template has.
+    #[serde(default)]
+    pub parameters: Vec<String>,
+}
+
+/// The template message an agent asked for, checked against the tenant's
+/// templates.
+fn agent_template(
+    stored: &serde_json::Value,
+    input: &TemplateInput,
+) -> Result<alphadome_core::events::v1::TemplateMessage, Problem> {
+    let templates = messaging::templates_of(stored);
+    let t = templates
+        .iter()
+        .find(|t| t.name == input.name && input.language.as_ref().is_none_or(|l| *l == t.language))
+        .ok_or_else(|| {
+            Problem::invalid(
+                "template.name",
+                format!(
+                    "{:?} is not one of the tenant's whatsapp_templates{}",
+                    input.name,
+                    input
+                        .language
+                        .as_ref()
+                        .map(|l| format!(" in {l:?}"))
+                        .unwrap_or_default()
+                ),
+            )
+        })?;
+    if input.parameters.len() != t.parameters.len() {
+        return Err(Problem::invalid(
+            "template.parameters",
+            format!(
+                "{} takes {} parameters, not {}",
+                t.name,
+                t.parameters.len(),
+                input.parameters.len()
+            ),
+        ));
+    }
+    if let Some(i) = input.parameters.iter().position(|p| p.trim().is_empty()) {
+        return Err(Problem::invalid(
+            format!("template.parameters[{i}]"),
+            "must not be empty",
+        ));
+    }
+    Ok(alphadome_core::events::v1::TemplateMessage {
+        name: t.name.clone(),
+        language: t.language.clone(),
+        parameters: input
+            .parameters
+            .iter()
+            .map(|p| messaging::fit_parameter(p))
+            .collect(),
+    })
 }
 
 /// A reply on its way to the customer.
@@ -400,10 +503,21 @@ pub async fn reply(
         .next()
         .ok_or_else(|| Problem::not_found(format!("no conversation with {user:?}")))?;
     let input: ReplyInput = super::problem::parse_json(&body)?;
-    let text = input.text.trim();
-    if text.is_empty() {
-        return Err(Problem::invalid("text", "must not be empty"));
-    }
+    let text = input.text.as_deref().map(str::trim).unwrap_or_default();
+    let template = match (&input.template, text.is_empty()) {
+        (Some(_), false) => {
+            return Err(Problem::invalid(
+                "template",
+                "send either a text or a template, not both",
+            ))
+        }
+        (Some(t), true) => Some(agent_template(
+            &edits::whatsapp_templates(&mut tx, tenant).await?,
+            t,
+        )?),
+        (None, true) => return Err(Problem::invalid("text", "must not be empty")),
+        (None, false) => None,
+    };
     if text.chars().count() > MAX_TEXT {
         return Err(Problem::invalid(
             "text",
@@ -411,14 +525,24 @@ pub async fn reply(
         ));
     }
     let now = Utc::now();
-    match row.last_incoming_at {
-        Some(t) if t + WINDOW > now => {}
-        last => {
-            let since = last
+    let session = conversation_store::window_in(&mut tx, tenant, &user).await?;
+    let last_in = row
+        .last_incoming_at
+        .max(session.as_ref().map(|s| s.last_inbound_at));
+    let in_window = last_in.is_some_and(|t| t + WINDOW > now);
+    if !in_window {
+        if let Some(at) = session.as_ref().and_then(|s| s.opted_out_at) {
+            return Err(Problem::outside_window(format!(
+                "the customer wrote STOP at {} and is outside the 24-hour window: nothing may be sent until they write again",
+                at.to_rfc3339()
+            )));
+        }
+        if template.is_none() {
+            let since = last_in
                 .map(|t| format!("the customer last wrote at {}", t.to_rfc3339()))
                 .unwrap_or_else(|| "the customer has not written".to_owned());
             return Err(Problem::outside_window(format!(
-                "outside WhatsApp's 24-hour window: {since}; only an approved template may be sent now"
+                "outside WhatsApp's 24-hour window: {since}; only an approved template may be sent now (`template`)"
             )));
         }
     }
@@ -438,6 +562,8 @@ pub async fn reply(
         text: text.to_owned(),
         created_at_ms: now.timestamp_millis(),
         metadata_json: serde_json::json!({"reason": "agent", "author": author}).to_string(),
+        template,
+        purpose: "agent".to_owned(),
         ..Default::default()
     };
     let subject = api.bus.subject(

@@ -18,6 +18,7 @@ pub mod content;
 pub mod golive;
 pub mod import;
 pub mod inbox;
+pub mod messaging;
 pub mod ops;
 pub mod problem;
 pub mod tenants;
@@ -180,6 +181,11 @@ pub fn routes(api: Arc<Api>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(tenants::activate))
         .routes(routes!(tenants::deactivate))
         .routes(routes!(tenants::settings, tenants::patch_settings))
+        .routes(routes!(
+            messaging::whatsapp_templates,
+            messaging::put_whatsapp_templates
+        ))
+        .routes(routes!(messaging::opt_outs))
         .routes(routes!(content::templates, content::create_template))
         .routes(routes!(content::patch_template, content::delete_template))
         .routes(routes!(content::training, content::create_training))

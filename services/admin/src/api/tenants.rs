@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use alphadome_core::crypto::SecretColumn;
 use alphadome_core::db::is_constraint;
+use alphadome_core::tenant::messaging::BusinessHours;
 use alphadome_core::tenant::store::{self as tenant_store, edits, SettingsWrite};
 use alphadome_core::tenant::TenantSummary;
 use axum::body::Bytes;
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::problem::{nullable, parse_json, present};
 use super::{require, Access, Api, Caller, Problem, Scope};
 use crate::changes::{self, Change};
-use crate::manifest::{AiProvider, Email, Limit, Manifest, ManifestError};
+use crate::manifest::{AiProvider, Email, Limit, Manifest, ManifestError, MAX_DEBOUNCE_MS};
 use crate::people::Principal;
 use crate::phone;
 use crate::tenants::TenantView;
@@ -570,6 +571,25 @@ pub struct Settings {
     pub fallback_reply: Option<String>,
     /// How long the bot stays quiet in a conversation handed to a person.
     pub handoff_pause_minutes: i32,
+    /// Opening hours (`{"timezone", "weekly": {"mon": [["08:00", "18:00"]]},
+    /// "closed_dates": []}`); none: always open.
+    #[schema(value_type = Option<BusinessHours>)]
+    pub business_hours: Option<serde_json::Value>,
+    /// What the bot says out of hours (its default when none).
+    pub out_of_hours_reply: Option<String>,
+    /// Whether the bot still answers out of hours, with the note.
+    pub answer_out_of_hours: bool,
+    /// Sent before the first answer of a new conversation.
+    pub greeting_message: Option<String>,
+    /// Whether answered messages are marked read (with the typing
+    /// indicator while the AI writes).
+    pub send_read_receipts: bool,
+    /// The tenant's own words for STOP and START beside the built-in ones.
+    pub opt_out_keywords: Vec<String>,
+    pub opt_in_keywords: Vec<String>,
+    /// Messages of one customer within this many milliseconds of each
+    /// other are answered once, as one question (0: each on its own).
+    pub debounce_ms: i32,
     pub metadata: serde_json::Value,
     pub updated_at: DateTime<Utc>,
 }
@@ -611,6 +631,26 @@ pub struct SettingsPatch {
     #[schema(value_type = Option<i32>)]
     #[serde(default, deserialize_with = "present")]
     pub handoff_pause_minutes: Option<Limit>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<BusinessHours>, nullable)]
+    pub business_hours: Option<Option<BusinessHours>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub out_of_hours_reply: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub answer_out_of_hours: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub greeting_message: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub send_read_receipts: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    pub opt_out_keywords: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub opt_in_keywords: Option<Vec<String>>,
+    #[schema(value_type = Option<i32>)]
+    #[serde(default, deserialize_with = "present")]
+    pub debounce_ms: Option<Limit>,
     #[serde(default, deserialize_with = "present")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -629,8 +669,49 @@ impl SettingsPatch {
             enable_training_mode,
             enable_auto_reply,
             log_conversations,
-            log_errors
+            log_errors,
+            answer_out_of_hours,
+            send_read_receipts
         );
+        for (field, words, into) in [
+            (
+                "opt_out_keywords",
+                self.opt_out_keywords,
+                &mut s.opt_out_keywords,
+            ),
+            (
+                "opt_in_keywords",
+                self.opt_in_keywords,
+                &mut s.opt_in_keywords,
+            ),
+        ] {
+            if let Some(words) = words {
+                *into = keywords(field, words)?;
+            }
+        }
+        if let Some(v) = self.business_hours {
+            if let Some((field, why)) = v.as_ref().and_then(BusinessHours::problem) {
+                return Err(Problem::invalid(format!("business_hours.{field}"), why));
+            }
+            s.business_hours = v
+                .map(|h| serde_json::to_value(h).unwrap_or_default())
+                .filter(|h| !h.is_null());
+        }
+        if let Some(v) = self.out_of_hours_reply {
+            s.out_of_hours_reply = v.filter(|t| !t.trim().is_empty());
+        }
+        if let Some(v) = self.greeting_message {
+            s.greeting_message = v.filter(|t| !t.trim().is_empty());
+        }
+        if let Some(v) = self.debounce_ms {
+            if v.0 > MAX_DEBOUNCE_MS {
+                return Err(Problem::invalid(
+                    "debounce_ms",
+                    format!("must be at most {MAX_DEBOUNCE_MS} (ten seconds)"),
+                ));
+            }
+            s.debounce_ms = v.0;
+        }
         if let Some(v) = self.max_messages_per_hour {
             s.max_messages_per_hour = v.map(|l| l.0);
         }
@@ -660,6 +741,27 @@ impl SettingsPatch {
         }
         Ok(s)
     }
+}
+
+/// A list of opt-out or opt-in words, trimmed, each a short word or two.
+fn keywords(field: &str, words: Vec<String>) -> Result<Vec<String>, Problem> {
+    let mut out = Vec::with_capacity(words.len());
+    for (i, w) in words.into_iter().enumerate() {
+        let w = w.trim().to_lowercase();
+        if w.is_empty() || w.chars().count() > 40 {
+            return Err(Problem::invalid(
+                format!("{field}[{i}]"),
+                "must be a word or two (1 to 40 characters)",
+            ));
+        }
+        if !out.contains(&w) {
+            out.push(w);
+        }
+    }
+    if out.len() > 20 {
+        return Err(Problem::invalid(field, "may hold at most 20 words"));
+    }
+    Ok(out)
 }
 
 /// A tenant's control settings.
@@ -718,6 +820,14 @@ pub async fn patch_settings(
             fallback_reply: s.fallback_reply.as_deref(),
             metadata: &s.metadata,
             handoff_pause_minutes: s.handoff_pause_minutes,
+            business_hours: s.business_hours.as_ref(),
+            out_of_hours_reply: s.out_of_hours_reply.as_deref(),
+            answer_out_of_hours: s.answer_out_of_hours,
+            greeting_message: s.greeting_message.as_deref(),
+            send_read_receipts: s.send_read_receipts,
+            opt_out_keywords: &s.opt_out_keywords,
+            opt_in_keywords: &s.opt_in_keywords,
+            debounce_ms: s.debounce_ms,
         },
     )
     .await?;

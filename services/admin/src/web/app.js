@@ -23,6 +23,12 @@ function value(el) {
   if (t === "int") return el.value === "" ? null : Number.parseInt(el.value, 10);
   if (t === "float") return el.value === "" ? null : Number.parseFloat(el.value);
   if (t === "datetime") return el.value === "" ? null : new Date(el.value).toISOString();
+  if (t === "json") {
+    if (el.value.trim() === "") return null;
+    try { return JSON.parse(el.value); } catch (_) { return el.value; }
+  }
+  if (t === "words") return el.value.split(",").map((w) => w.trim()).filter((w) => w);
+  if (t === "lines") return el.value.split("\n").map((w) => w.trim()).filter((w) => w);
   return el.value;
 }
 
@@ -56,7 +62,12 @@ document.addEventListener("submit", async (ev) => {
   for (const el of form.elements) {
     if (!el.name || el.disabled) continue;
     const v = value(el);
-    if (v !== undefined) fields[el.name] = v;
+    if (v === undefined) continue;
+    // "template.name" nests: {"template": {"name": ...}}.
+    const path = el.name.split(".");
+    let into = fields;
+    for (const k of path.slice(0, -1)) into = into[k] = into[k] || {};
+    into[path[path.length - 1]] = v;
   }
   body = form.dataset.wrap ? { [form.dataset.wrap]: fields } : fields;
   if (form.dataset.settings) body = { ...body, control_settings: JSON.parse(form.dataset.settings) };

@@ -382,6 +382,7 @@ async fn conversation(
                 ..Default::default()
             };
             let c = load_conversation(&web.api, &s.principal, &t, &user, &q).await?;
+            let templates = crate::api::messaging::load_templates(&web.api, &s.principal, &t).await?;
             let id = view.id.to_string();
             let api_path = format!("/api/v1/tenants/{id}/conversations/{user}");
             let body = html! {
@@ -391,6 +392,10 @@ async fn conversation(
                         span.pill.warn { "waiting for a person" }
                         button.secondary #resume data-api={"POST " (api_path) "/resume"} { "Give back to the bot" }
                     }
+                    @if let Some(at) = &c.conversation.opted_out_at {
+                        span.pill.warn #opted-out title={"since " (when(at))} { "wrote STOP" }
+                    }
+                    @if c.conversation.state != "idle" { span.pill { (c.conversation.state) } }
                 }
                 div.card {
                     div #chat .chat data-poll={(api_path) "?limit=100"} {
@@ -412,11 +417,28 @@ async fn conversation(
                         @if c.conversation.in_window { "inside the 24-hour window" }
                         @else { "outside the 24-hour window: only a template may be sent" }
                     }
-                    form.reply data-api={"POST " (api_path) "/messages"} data-next="reset" {
-                        textarea name="text" aria-label="Reply" placeholder="Write a reply…" required {}
-                        button type="submit" { "Send" }
+                    @if c.conversation.in_window {
+                        form.reply data-api={"POST " (api_path) "/messages"} data-next="reset" {
+                            textarea name="text" aria-label="Reply" placeholder="Write a reply…" required {}
+                            button type="submit" { "Send" }
+                            p.problem {}
+                        }
+                    } @else if templates.is_empty() {
+                        p.muted { "The business has no approved WhatsApp templates (Settings → whatsapp_templates), so nothing can be sent until the customer writes again." }
+                    } @else {
+                        form.reply #template-reply data-api={"POST " (api_path) "/messages"} data-next="reset" {
+                            label for="template-name" { "Template" }
+                            select #template-name name="template.name" {
+                                @for tpl in &templates {
+                                    option value=(tpl.name) { (tpl.name) " (" (tpl.language) ", " (tpl.parameters.len()) " parameters)" }
+                                }
+                            }
+                            label for="template-parameters" { "Parameters, one per line" }
+                            textarea #template-parameters name="template.parameters" data-type="lines" {}
+                            button type="submit" { "Send template" }
+                            p.problem {}
+                        }
                     }
-                    p.problem {}
                 }
             };
             Ok(page("Conversation", Some(&s), tenant_nav(&id, &view.client_name), body).into_response())
@@ -755,6 +777,23 @@ async fn settings(
                         input #escalation_email type="email" name="escalation_email" data-empty="null" value=[c.escalation_email.as_deref()] disabled[!can];
                         label for="fallback_reply" { "Reply when nothing matches" }
                         textarea #fallback_reply name="fallback_reply" data-empty="null" disabled[!can] { (c.fallback_reply.as_deref().unwrap_or("")) }
+                        h2 { "Conversations" }
+                        label for="greeting_message" { "Greeting at the start of a conversation (after 24 hours of silence)" }
+                        textarea #greeting_message name="greeting_message" data-empty="null" disabled[!can] { (c.greeting_message.as_deref().unwrap_or("")) }
+                        label for="business_hours" { "Opening hours (JSON: timezone, weekly, closed_dates; empty: always open)" }
+                        textarea #business_hours name="business_hours" data-type="json" disabled[!can] {
+                            (c.business_hours.as_ref().map(|h| h.to_string()).unwrap_or_default())
+                        }
+                        label for="out_of_hours_reply" { "Out-of-hours reply" }
+                        textarea #out_of_hours_reply name="out_of_hours_reply" data-empty="null" disabled[!can] { (c.out_of_hours_reply.as_deref().unwrap_or("")) }
+                        (toggle("answer_out_of_hours", "Answer out of hours too (with the out-of-hours note)", c.answer_out_of_hours, can))
+                        (toggle("send_read_receipts", "Mark messages read (typing shown while the AI writes)", c.send_read_receipts, can))
+                        label for="debounce_ms" { "Wait this many milliseconds for more messages before answering (0: answer each at once)" }
+                        input #debounce_ms type="number" min="0" max="10000" name="debounce_ms" data-type="int" data-empty="omit" value=(c.debounce_ms) disabled[!can];
+                        label for="opt_out_keywords" { "Own words for STOP, comma separated" }
+                        input #opt_out_keywords type="text" name="opt_out_keywords" data-type="words" value=(c.opt_out_keywords.join(", ")) disabled[!can];
+                        label for="opt_in_keywords" { "Own words for START, comma separated" }
+                        input #opt_in_keywords type="text" name="opt_in_keywords" data-type="words" value=(c.opt_in_keywords.join(", ")) disabled[!can];
                         p.problem {}
                         @if can { button type="submit" { "Save settings" } }
                     }

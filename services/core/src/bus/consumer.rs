@@ -53,6 +53,9 @@ pub enum Outcome {
     Retry { delay: Duration, reason: String },
     /// Can never succeed: dead-letter with the reason, then terminate.
     Poison { reason: String },
+    /// Not yet, by design (a debounce): redeliver after the delay, without
+    /// holding a worker meanwhile.
+    Later { delay: Duration },
 }
 
 /// Identity of a message being handled, for logs and dead letters.
@@ -224,6 +227,14 @@ pub async fn settle(
             }
             return;
         }
+        Outcome::Later { delay } if meta.delivered < settings.max_deliver => {
+            tracing::debug!(subject = %meta.subject, ?delay, "comes back later");
+            if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::warn!(error = %Report(&*e), "nak failed; message will be redelivered after ack_wait");
+            }
+            return;
+        }
+        Outcome::Later { .. } => format!("gave up after {} deliveries", meta.delivered),
         Outcome::Retry { delay, reason } if meta.delivered < settings.max_deliver => {
             tracing::info!(subject = %meta.subject, delivered = meta.delivered, %reason, "will retry");
             if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {

@@ -573,16 +573,77 @@ pub fn text_reply_body(
         "text": { "body": text, "preview_url": false },
         "biz_opaque_callback_data": callback,
     });
+    address(&mut body, to, to_user_id);
+    if !in_reply_to.is_empty() {
+        body["context"] = serde_json::json!({ "message_id": in_reply_to });
+    }
+    body
+}
+
+/// Meta's refusal of a free-form message outside the customer's 24-hour
+/// window (protocols.md 2.7, 2.8): only a template may go.
+pub const WINDOW_CLOSED: i64 = 131047;
+
+/// Whether Meta's error `code` says the template or its parameters are
+/// wrong (132000-132016: not retryable as it is).
+pub fn is_template_error(code: i64) -> bool {
+    (132000..=132016).contains(&code)
+}
+
+/// Builds the body of a template message (protocols.md 2.4a): the body's
+/// text parameters in order.
+pub fn template_body(
+    to: &str,
+    to_user_id: &str,
+    template: &crate::events::v1::TemplateMessage,
+    callback: &str,
+) -> serde_json::Value {
+    let mut t = serde_json::json!({
+        "name": template.name,
+        "language": { "code": template.language },
+    });
+    if !template.parameters.is_empty() {
+        let parameters: Vec<serde_json::Value> = template
+            .parameters
+            .iter()
+            .map(|p| serde_json::json!({ "type": "text", "text": p }))
+            .collect();
+        t["components"] = serde_json::json!([{ "type": "body", "parameters": parameters }]);
+    }
+    let mut body = serde_json::json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "type": "template",
+        "template": t,
+        "biz_opaque_callback_data": callback,
+    });
+    address(&mut body, to, to_user_id);
+    body
+}
+
+/// Builds the body marking the customer's message `wamid` read, with the
+/// typing indicator when `typing` (protocols.md 2.5).
+pub fn read_receipt_body(wamid: &str, typing: bool) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "messaging_product": "whatsapp",
+        "status": "read",
+        "message_id": wamid,
+    });
+    if typing {
+        body["typing_indicator"] = serde_json::json!({ "type": "text" });
+    }
+    body
+}
+
+/// Addresses `body` to the customer's phone (with its `+`) and, when given,
+/// their business-scoped user id.
+fn address(body: &mut serde_json::Value, to: &str, to_user_id: &str) {
     if !to.is_empty() {
         body["to"] = serde_json::Value::String(format!("+{}", to.trim_start_matches('+')));
     }
     if !to_user_id.is_empty() {
         body["recipient"] = serde_json::Value::String(to_user_id.to_owned());
     }
-    if !in_reply_to.is_empty() {
-        body["context"] = serde_json::json!({ "message_id": in_reply_to });
-    }
-    body
 }
 
 /// Maximum characters of a WhatsApp text body.

@@ -5,6 +5,7 @@
 //! copy each service keeps and refreshes when a tenant changes.
 
 mod cache;
+pub mod messaging;
 pub mod store;
 
 use chrono::{DateTime, Utc};
@@ -41,6 +42,8 @@ pub struct Tenant {
     pub webhook_verify_token: Option<String>,
     pub webhook_url: Option<String>,
     pub metadata: serde_json::Value,
+    /// Its approved WhatsApp message templates ([`messaging::WhatsAppTemplate`]s).
+    pub whatsapp_templates: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -61,6 +64,22 @@ pub struct ControlSettings {
     pub escalation_email: Option<String>,
     pub fallback_reply: Option<String>,
     pub handoff_pause_minutes: i32,
+    /// Opening hours ([`messaging::BusinessHours`]); none: always open.
+    pub business_hours: Option<serde_json::Value>,
+    pub out_of_hours_reply: Option<String>,
+    /// Whether the bot still answers out of hours (with the note).
+    pub answer_out_of_hours: bool,
+    /// Sent before the first answer of a new conversation.
+    pub greeting_message: Option<String>,
+    /// Whether each answered message is marked read (with the typing
+    /// indicator while the AI writes).
+    pub send_read_receipts: bool,
+    /// The tenant's words for STOP and START beside the built-in ones.
+    pub opt_out_keywords: Vec<String>,
+    pub opt_in_keywords: Vec<String>,
+    /// Messages of one customer within this long of each other are
+    /// answered once, as one question (0: each on its own).
+    pub debounce_ms: i32,
 }
 
 impl Default for ControlSettings {
@@ -80,6 +99,14 @@ impl Default for ControlSettings {
             escalation_email: None,
             fallback_reply: None,
             handoff_pause_minutes: 60,
+            business_hours: None,
+            out_of_hours_reply: None,
+            answer_out_of_hours: true,
+            greeting_message: None,
+            send_read_receipts: true,
+            opt_out_keywords: Vec::new(),
+            opt_in_keywords: Vec::new(),
+            debounce_ms: 1500,
         }
     }
 }

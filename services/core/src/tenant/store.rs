@@ -27,7 +27,7 @@ const TENANT_COLUMNS: &str = "id, client_name, client_phone, client_email, brand
     whatsapp_business_account_id, whatsapp_access_token, whatsapp_token_expires_at, \
     whatsapp_app_secret, whatsapp_token_invalid_at, ai_provider, ai_api_key, ai_model, \
     ai_base_url, is_active, is_verified, webhook_verify_token, webhook_url, metadata, \
-    created_at, updated_at";
+    whatsapp_templates, created_at, updated_at";
 
 /// Columns of [`Tenant`] without the credentials (read as NULL): what every
 /// service may read.
@@ -36,12 +36,13 @@ const TENANT_CONFIG_COLUMNS: &str = "id, client_name, client_phone, client_email
     whatsapp_business_account_id, NULL::text AS whatsapp_access_token, whatsapp_token_expires_at, \
     NULL::text AS whatsapp_app_secret, whatsapp_token_invalid_at, ai_provider, NULL::text AS ai_api_key, ai_model, \
     ai_base_url, is_active, is_verified, NULL::text AS webhook_verify_token, webhook_url, metadata, \
-    created_at, updated_at";
+    whatsapp_templates, created_at, updated_at";
 
 const SETTINGS_COLUMNS: &str = "is_bot_enabled, max_messages_per_hour, \
     max_messages_per_user_per_day, enable_ai_responses, enable_payment_flow, enable_training_mode, \
     enable_auto_reply, log_conversations, log_errors, escalation_phone, escalation_email, \
-    fallback_reply, handoff_pause_minutes";
+    fallback_reply, handoff_pause_minutes, business_hours, out_of_hours_reply, answer_out_of_hours, \
+    greeting_message, send_read_receipts, opt_out_keywords, opt_in_keywords, debounce_ms";
 
 async fn config_in(conn: &mut PgConnection, id: Uuid) -> Result<Option<Tenant>, sqlx::Error> {
     sqlx::query_as::<_, Tenant>(&format!(
@@ -366,13 +367,16 @@ pub struct TokenHolder {
     pub whatsapp_token_invalid_at: Option<DateTime<Utc>>,
     pub escalation_phone: Option<String>,
     pub escalation_email: Option<String>,
+    /// Its approved WhatsApp templates (the alert uses its `token_alert` one
+    /// outside the contact's window).
+    pub whatsapp_templates: serde_json::Value,
 }
 
 /// Every tenant with a WhatsApp token, with its escalation contacts.
 pub async fn token_holders(pool: &PgPool) -> Result<Vec<TokenHolder>, sqlx::Error> {
     sqlx::query_as(
         "SELECT t.id, t.client_name, t.whatsapp_access_token, t.whatsapp_token_expires_at, t.whatsapp_token_invalid_at, \
-           c.escalation_phone, c.escalation_email \
+           c.escalation_phone, c.escalation_email, t.whatsapp_templates \
          FROM alphadome.bot_tenants t LEFT JOIN alphadome.bot_control_settings c ON c.bot_tenant_id = t.id \
          WHERE t.whatsapp_access_token IS NOT NULL ORDER BY t.id",
     )
@@ -599,6 +603,14 @@ pub struct SettingsWrite<'a> {
     pub fallback_reply: Option<&'a str>,
     pub metadata: &'a serde_json::Value,
     pub handoff_pause_minutes: i32,
+    pub business_hours: Option<&'a serde_json::Value>,
+    pub out_of_hours_reply: Option<&'a str>,
+    pub answer_out_of_hours: bool,
+    pub greeting_message: Option<&'a str>,
+    pub send_read_receipts: bool,
+    pub opt_out_keywords: &'a [String],
+    pub opt_in_keywords: &'a [String],
+    pub debounce_ms: i32,
 }
 
 /// Inserts or updates (where anything differs) a tenant's settings row.
@@ -611,8 +623,10 @@ pub async fn upsert_settings(
         "INSERT INTO alphadome.bot_control_settings AS c (bot_tenant_id, is_bot_enabled, \
            max_messages_per_hour, max_messages_per_user_per_day, enable_ai_responses, \
            enable_payment_flow, enable_training_mode, enable_auto_reply, log_conversations, \
-           log_errors, escalation_phone, escalation_email, fallback_reply, metadata, handoff_pause_minutes) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) \
+           log_errors, escalation_phone, escalation_email, fallback_reply, metadata, handoff_pause_minutes, \
+           business_hours, out_of_hours_reply, answer_out_of_hours, greeting_message, send_read_receipts, \
+           opt_out_keywords, opt_in_keywords, debounce_ms) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23) \
          ON CONFLICT (bot_tenant_id) DO UPDATE SET is_bot_enabled = EXCLUDED.is_bot_enabled, \
            max_messages_per_hour = EXCLUDED.max_messages_per_hour, \
            max_messages_per_user_per_day = EXCLUDED.max_messages_per_user_per_day, \
@@ -621,12 +635,19 @@ pub async fn upsert_settings(
            log_conversations = EXCLUDED.log_conversations, log_errors = EXCLUDED.log_errors, \
            escalation_phone = EXCLUDED.escalation_phone, escalation_email = EXCLUDED.escalation_email, \
            fallback_reply = EXCLUDED.fallback_reply, metadata = EXCLUDED.metadata, \
-           handoff_pause_minutes = EXCLUDED.handoff_pause_minutes \
-         WHERE (c.handoff_pause_minutes, c.is_bot_enabled, c.max_messages_per_hour, c.max_messages_per_user_per_day, \
+           handoff_pause_minutes = EXCLUDED.handoff_pause_minutes, \
+           business_hours = EXCLUDED.business_hours, out_of_hours_reply = EXCLUDED.out_of_hours_reply, \
+           answer_out_of_hours = EXCLUDED.answer_out_of_hours, greeting_message = EXCLUDED.greeting_message, \
+           send_read_receipts = EXCLUDED.send_read_receipts, opt_out_keywords = EXCLUDED.opt_out_keywords, \
+           opt_in_keywords = EXCLUDED.opt_in_keywords, debounce_ms = EXCLUDED.debounce_ms \
+         WHERE (c.debounce_ms, c.business_hours, c.out_of_hours_reply, c.answer_out_of_hours, c.greeting_message, \
+                c.send_read_receipts, c.opt_out_keywords, c.opt_in_keywords, c.handoff_pause_minutes, c.is_bot_enabled, c.max_messages_per_hour, c.max_messages_per_user_per_day, \
                 c.enable_ai_responses, c.enable_payment_flow, c.enable_training_mode, c.enable_auto_reply, \
                 c.log_conversations, c.log_errors, c.escalation_phone, c.escalation_email, c.fallback_reply, c.metadata) \
            IS DISTINCT FROM \
-               (EXCLUDED.handoff_pause_minutes, EXCLUDED.is_bot_enabled, EXCLUDED.max_messages_per_hour, EXCLUDED.max_messages_per_user_per_day, \
+               (EXCLUDED.debounce_ms, EXCLUDED.business_hours, EXCLUDED.out_of_hours_reply, EXCLUDED.answer_out_of_hours, \
+                EXCLUDED.greeting_message, EXCLUDED.send_read_receipts, EXCLUDED.opt_out_keywords, \
+                EXCLUDED.opt_in_keywords, EXCLUDED.handoff_pause_minutes, EXCLUDED.is_bot_enabled, EXCLUDED.max_messages_per_hour, EXCLUDED.max_messages_per_user_per_day, \
                 EXCLUDED.enable_ai_responses, EXCLUDED.enable_payment_flow, EXCLUDED.enable_training_mode, \
                 EXCLUDED.enable_auto_reply, EXCLUDED.log_conversations, EXCLUDED.log_errors, \
                 EXCLUDED.escalation_phone, EXCLUDED.escalation_email, EXCLUDED.fallback_reply, EXCLUDED.metadata)",
@@ -646,6 +667,33 @@ pub async fn upsert_settings(
     .bind(s.fallback_reply)
     .bind(s.metadata)
     .bind(s.handoff_pause_minutes)
+    .bind(s.business_hours)
+    .bind(s.out_of_hours_reply)
+    .bind(s.answer_out_of_hours)
+    .bind(s.greeting_message)
+    .bind(s.send_read_receipts)
+    .bind(s.opt_out_keywords)
+    .bind(s.opt_in_keywords)
+    .bind(s.debounce_ms)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Sets a tenant's approved WhatsApp message templates (a checked JSON
+/// array, [`super::messaging::check_templates`]); the rows written (0 when
+/// nothing changed).
+pub async fn set_whatsapp_templates(
+    conn: &mut PgConnection,
+    id: Uuid,
+    templates: &serde_json::Value,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE alphadome.bot_tenants SET whatsapp_templates = $2, updated_at = now() \
+         WHERE id = $1 AND whatsapp_templates IS DISTINCT FROM $2",
+    )
+    .bind(id)
+    .bind(templates)
     .execute(conn)
     .await?;
     Ok(r.rows_affected())

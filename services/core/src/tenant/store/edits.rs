@@ -20,7 +20,9 @@ impl<T: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin> Row for T {}
 pub const SETTINGS_COLUMNS: &str = "is_bot_enabled, max_messages_per_hour, \
     max_messages_per_user_per_day, enable_ai_responses, enable_payment_flow, enable_training_mode, \
     enable_auto_reply, log_conversations, log_errors, escalation_phone, escalation_email, \
-    fallback_reply, handoff_pause_minutes, metadata, updated_at";
+    fallback_reply, handoff_pause_minutes, business_hours, out_of_hours_reply, answer_out_of_hours, \
+    greeting_message, send_read_receipts, opt_out_keywords, opt_in_keywords, debounce_ms, metadata, \
+    updated_at";
 
 /// Every column of `bot_templates` but the tenant's id.
 pub const TEMPLATE_COLUMNS: &str = "id, template_name, description, system_prompt, \
@@ -45,6 +47,20 @@ pub async fn tenant_id(
     .bind(phone)
     .fetch_optional(conn)
     .await
+}
+
+/// A tenant's approved WhatsApp message templates (the stored JSON array).
+pub async fn whatsapp_templates(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+) -> Result<serde_json::Value, sqlx::Error> {
+    Ok(
+        sqlx::query_scalar("SELECT whatsapp_templates FROM alphadome.bot_tenants WHERE id = $1")
+            .bind(tenant)
+            .fetch_optional(conn)
+            .await?
+            .unwrap_or_else(|| serde_json::json!([])),
+    )
 }
 
 /// A tenant's settings row (made with the column defaults when it has
