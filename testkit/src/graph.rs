@@ -41,10 +41,11 @@ impl Received {
             .trim_start_matches('+')
             .to_owned()
     }
-    /// The text body.
+    /// The text body (of a list or buttons message: its body's text).
     pub fn text(&self) -> String {
         self.body["text"]["body"]
             .as_str()
+            .or_else(|| self.body["interactive"]["body"]["text"].as_str())
             .unwrap_or_default()
             .to_owned()
     }
@@ -158,6 +159,9 @@ impl GraphStandIn {
                 Some(b) if !b.is_empty() && b.chars().count() <= 4096 => None,
                 _ => Some((400, 100)),
             },
+            Some("interactive") => {
+                interactive_refusal(&json["interactive"]).then_some((400, 131009))
+            }
             Some("template") => {
                 let t = &json["template"];
                 let (Some(name), Some(lang)) = (t["name"].as_str(), t["language"]["code"].as_str())
@@ -256,6 +260,51 @@ impl GraphStandIn {
                 .await;
         });
         Ok((me, url))
+    }
+}
+
+/// Whether Meta would refuse this list or buttons object (protocols.md
+/// 2.4): a missing body, more than 3 buttons or 10 rows, a title or
+/// description too long, ids repeated.
+fn interactive_refusal(i: &serde_json::Value) -> bool {
+    let len = |v: &serde_json::Value| v.as_str().map(|s| s.chars().count());
+    let too_long = |v: &serde_json::Value, max: usize| len(v).is_none_or(|n| n == 0 || n > max);
+    let mut ids = std::collections::HashSet::new();
+    match i["type"].as_str() {
+        Some("button") => {
+            let Some(buttons) = i["action"]["buttons"].as_array() else {
+                return true;
+            };
+            too_long(&i["body"]["text"], 1024)
+                || buttons.is_empty()
+                || buttons.len() > 3
+                || buttons.iter().any(|b| {
+                    too_long(&b["reply"]["title"], 20)
+                        || too_long(&b["reply"]["id"], 256)
+                        || !ids.insert(b["reply"]["id"].to_string())
+                })
+        }
+        Some("list") => {
+            let Some(sections) = i["action"]["sections"].as_array() else {
+                return true;
+            };
+            let rows: Vec<&serde_json::Value> = sections
+                .iter()
+                .flat_map(|s| s["rows"].as_array().into_iter().flatten())
+                .collect();
+            too_long(&i["body"]["text"], 4096)
+                || too_long(&i["action"]["button"], 20)
+                || sections.len() > 10
+                || rows.is_empty()
+                || rows.len() > 10
+                || rows.iter().any(|r| {
+                    too_long(&r["title"], 24)
+                        || too_long(&r["id"], 200)
+                        || len(&r["description"]).is_some_and(|n| n > 72)
+                        || !ids.insert(r["id"].to_string())
+                })
+        }
+        _ => true,
     }
 }
 

@@ -293,6 +293,21 @@ async fn a_business_runs_its_bot_from_the_browser() {
         }
     })
     .await;
+    // (the log is written beside the reply; the inbox reads the log)
+    eventually(Duration::from_secs(15), "the exchange logged", || {
+        let pool = env.db.pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM alphadome.bot_message_logs WHERE bot_tenant_id = $1 AND user_phone = '254755000007'",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (n >= 2).then_some(())
+        }
+    })
+    .await;
     b.goto(&format!("{base}/t/{id}/inbox")).await.unwrap();
     see(&b, "+254755000007").await;
     see(&b, "violins from KSh 15,000").await;

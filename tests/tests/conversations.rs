@@ -13,7 +13,7 @@ use alphadome_core::conversation;
 use alphadome_responder::decide::{FLOW_CANCELLED_REPLY, OPTED_IN_REPLY, OPTED_OUT_REPLY};
 use alphadome_tests::*;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const ANSWER: &str = "We are open 9 to 5.";
 const STAFF: &str = "254722333444";
@@ -636,5 +636,158 @@ async fn quick_messages_are_answered_once_as_one_question() {
         ),
         (&json!(0), &json!("Hi!"), &json!(["acha"]))
     );
+    stack.stop().await.unwrap();
+}
+
+/// A customer's tap on a list row or a reply button (`kind`: `list_reply`
+/// or `button_reply`), as Meta sends it.
+fn tap(pnid: &str, from: &str, wamid: &str, kind: &str, id: &str, title: &str) -> String {
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "0", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "0", "phone_number_id": pnid},
+            "contacts": [{"profile": {"name": "Test User"}, "wa_id": from}],
+            "messages": [{"from": from, "id": wamid,
+                "timestamp": chrono::Utc::now().timestamp().to_string(),
+                "type": "interactive",
+                "interactive": {"type": kind, kind: {"id": id, "title": title}}}]
+        }}]}]
+    })
+    .to_string()
+}
+
+/// The reply to `wamid`, once the stand-in has it.
+async fn reply_body(e: &TestEnv, wamid: &str) -> Value {
+    eventually(Duration::from_secs(15), "the reply", || async {
+        e.graph
+            .received()
+            .into_iter()
+            .find(|r| r.in_reply_to() == wamid)
+            .map(|r| r.body)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_menu_lists_topics_and_answers_carry_buttons() {
+    let e = TestEnv::new().await;
+    let faq = "  - data_type: faq\n    question: Do you deliver to Mombasa by courier?\n    answer: Yes, in 2 days.\n    category: Delivery\n\
+               \x20 - data_type: faq\n    question: Do you deliver to Kisumu by courier?\n    answer: Yes, in 1 to 3 days.\n    category: Delivery\n\
+               \x20 - data_type: faq\n    question: Are you open on public holidays?\n    answer: From 10 to 4.\n    category: Hours\n";
+    let t = tenant(
+        &e.db.pool,
+        &e.ring,
+        TenantSpec {
+            faq: &[],
+            training_extra: faq,
+            control: &format!("escalation_phone: '{STAFF}'"),
+            ..Default::default()
+        },
+    )
+    .await;
+    wrote(&e.db.pool, t.id, STAFF, 30).await;
+    let stack = e.stack().await;
+    let user = "254711000030";
+    let send = |body: String| {
+        let url = stack.webhook_url();
+        async move {
+            assert_eq!(
+                post_signed(&url, PLATFORM_APP_SECRET, &body).await.status(),
+                200
+            );
+        }
+    };
+
+    // "menu": the topics, as a list Meta takes (the stand-in checks its
+    // limits).
+    ask(&stack, &t, user, "wamid.m.1", "menu").await;
+    let menu = reply_body(&e, "wamid.m.1").await;
+    assert_eq!(menu["type"], "interactive");
+    assert_eq!(menu["context"]["message_id"], "wamid.m.1");
+    assert_eq!(
+        menu["interactive"],
+        json!({"type": "list",
+            "body": {"text": "Here's what I can help with. Pick a topic:"},
+            "action": {"button": "Choose", "sections": [{"title": "Topics", "rows": [
+                {"id": "cat:Delivery", "title": "Delivery", "description": "2 questions"},
+                {"id": "cat:Hours", "title": "Hours", "description": "1 question"}]}]}})
+    );
+    // A topic: its questions.
+    send(tap(
+        &t.phone_number_id,
+        user,
+        "wamid.m.2",
+        "list_reply",
+        "cat:Delivery",
+        "Delivery",
+    ))
+    .await;
+    let topic = reply_body(&e, "wamid.m.2").await;
+    let rows = topic["interactive"]["action"]["sections"][0]["rows"].clone();
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+    assert_eq!(rows[0]["title"], "Do you deliver to Kisum…");
+    assert_eq!(
+        rows[0]["description"],
+        "Do you deliver to Kisumu by courier?"
+    );
+    // A question: its answer, with buttons back to the menu and to a person.
+    let id = rows[0]["id"].as_str().unwrap().to_owned();
+    send(tap(
+        &t.phone_number_id,
+        user,
+        "wamid.m.3",
+        "list_reply",
+        &id,
+        "Do you deliver to Kisum…",
+    ))
+    .await;
+    let answer = reply_body(&e, "wamid.m.3").await;
+    assert_eq!(
+        answer["interactive"],
+        json!({"type": "button", "body": {"text": "Yes, in 1 to 3 days."},
+            "action": {"buttons": [
+                {"type": "reply", "reply": {"id": "menu", "title": "Menu"}},
+                {"type": "reply", "reply": {"id": "person", "title": "Talk to a person"}}]}})
+    );
+    // An unclear question near both delivery entries: the choice of them.
+    ask(&stack, &t, user, "wamid.m.4", "courier").await;
+    let choice = reply_body(&e, "wamid.m.4").await;
+    assert_eq!(choice["interactive"]["type"], "list");
+    assert_eq!(
+        choice["interactive"]["body"]["text"],
+        alphadome_responder::decide::CLARIFY_BODY
+    );
+    // The log keeps the choices as text.
+    let logged: String = eventually(Duration::from_secs(10), "the list logged", || async {
+        sqlx::query_scalar(
+            "SELECT message_text FROM alphadome.bot_message_logs \
+             WHERE direction = 'outgoing' AND metadata->>'in_reply_to' = 'wamid.m.4'",
+        )
+        .fetch_optional(&e.db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(
+        logged.contains("• Do you deliver to Mombasa by courier?"),
+        "{logged}"
+    );
+    // The person button hands the conversation over.
+    send(tap(
+        &t.phone_number_id,
+        user,
+        "wamid.m.5",
+        "button_reply",
+        "person",
+        "Talk to a person",
+    ))
+    .await;
+    assert_eq!(
+        reply_to(&e.graph, "wamid.m.5").await,
+        alphadome_responder::escalation::HANDOFF_REPLY
+    );
+    let alert = sent_to(&e, STAFF, "the staff alert").await;
+    assert_eq!(alert.body["type"], "text");
     stack.stop().await.unwrap();
 }

@@ -191,7 +191,9 @@ impl Responder {
         }
         if session.state != conversation::IDLE && decide::leaves_flow(&msg.text) {
             conversation::clear_state(&self.db, tenant, user).await?;
-            d = Decision::reply(decide::FLOW_CANCELLED_REPLY.to_owned(), "flow_cancelled");
+            if d.reason != "menu" {
+                d = Decision::reply(decide::FLOW_CANCELLED_REPLY.to_owned(), "flow_cancelled");
+            }
         }
         if d.is_fallback() && ctx.settings.enable_training_mode && decide::answers_text(msg) {
             teach::record(&self.db, &self.bus, ctx, msg, query.as_deref()).await?;
@@ -211,7 +213,8 @@ impl Responder {
         };
         let has_contacts = ctx.has_escalation_contacts();
         let mut typing = false;
-        if has_contacts && escalation::wants_human(&msg.text) {
+        let asks_person = msg.reply_id == decide::PERSON_ID || escalation::wants_human(&msg.text);
+        if has_contacts && asks_person {
             self.escalator
                 .escalate(ctx, msg, "the customer asked for a person")
                 .await?;

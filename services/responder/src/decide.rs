@@ -10,9 +10,12 @@ use uuid::Uuid;
 
 use alphadome_core::conversation::{self, Opt};
 
+use alphadome_core::meta;
+
 use crate::context::{TenantContext, Tier};
 use crate::limits::{self, LimitDecision};
 use crate::llm;
+use crate::matcher::FaqEntry;
 
 /// Outbound id (and JetStream message id) of the reply to `wamid`.
 pub fn outbound_id(wamid: &str) -> String {
@@ -42,6 +45,10 @@ pub struct Decision {
     pub mark_read: bool,
     /// Whether the reply opens with the tenant's greeting.
     pub greeted: bool,
+    /// The list or reply buttons the reply is sent as (its body is the
+    /// reply's first line; the reply's text, with the choices, is what the
+    /// log shows).
+    pub interactive: Option<serde_json::Value>,
 }
 
 impl Decision {
@@ -58,6 +65,7 @@ impl Decision {
             error: None,
             mark_read: false,
             greeted: false,
+            interactive: None,
         }
     }
 
@@ -127,7 +135,17 @@ pub fn decide(
         _ if !msg.text.trim().is_empty() => {} // media with a caption: answer the caption
         _ => return Decision::reply(MEDIA_REPLY.to_owned(), "media"),
     }
+    if let Some(d) = chosen(ctx, msg) {
+        return d;
+    }
     if let Some((m, tier)) = ctx.answer(&msg.text, query) {
+        // Words that fit several entries as well, none preferred by its
+        // priority: the customer picks rather than the bot guessing.
+        if tier == Tier::Lexical && (m.score as f32) < crate::semantic::LEXICAL_SURE {
+            if let Some(d) = tied(ctx, &msg.text, m.score, m.entry) {
+                return d;
+            }
+        }
         return Decision {
             training_data_id: Some(m.entry.id),
             score: Some(m.score),
@@ -135,7 +153,195 @@ pub fn decide(
             ..Decision::reply(m.entry.answer.clone(), "faq_match")
         };
     }
+    // An unclear question close to several entries: the customer picks
+    // (when the tenant's AI is on, it answers such questions instead).
+    if !ctx.settings.enable_ai_responses {
+        if let Some(d) = clarify(ctx, msg, query) {
+            return d;
+        }
+    }
     Decision::reply(ctx.fallback_text(default_fallback), "fallback")
+}
+
+/// The id of the reply button that opens the menu.
+pub const MENU_ID: &str = "menu";
+/// The id of the reply button that asks for a person.
+pub const PERSON_ID: &str = "person";
+/// The menu's first line.
+pub const MENU_BODY: &str = "Here's what I can help with. Pick a topic:";
+/// A category's list's first line.
+pub const TOPIC_BODY: &str = "Pick a question:";
+/// The first line of the list offered for an unclear question.
+pub const CLARIFY_BODY: &str = "I'm not sure which of these you mean. Pick one:";
+/// Lowest score of an entry offered for an unclear question, and how many
+/// are offered at most.
+const CLARIFY_FLOOR: f64 = 0.35;
+const CLARIFY_ROWS: usize = 5;
+
+/// Whether `msg` asks for the menu ("menu", or its button).
+pub fn wants_menu(msg: &InboundMessage) -> bool {
+    msg.reply_id == MENU_ID
+        || matches!(
+            msg.text
+                .trim()
+                .trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+                .as_str(),
+            "menu" | "main menu" | "orodha"
+        )
+}
+
+/// What the customer chose from a menu, a list or a button: the menu, a
+/// topic's questions, or an entry's answer (with buttons back to the menu
+/// and to a person). `None` when `msg` chooses nothing the FAQ has.
+pub fn chosen(ctx: &TenantContext, msg: &InboundMessage) -> Option<Decision> {
+    if wants_menu(msg) {
+        return menu(ctx);
+    }
+    let entries = ctx.index.entries();
+    if let Some(topic) = msg.reply_id.strip_prefix("cat:") {
+        let rows = question_rows(in_menu_order(
+            entries
+                .iter()
+                .filter(|e| e.category.as_deref() == Some(topic)),
+        ));
+        return (!rows.is_empty()).then(|| list(TOPIC_BODY, topic, &rows, "menu"));
+    }
+    let id = msg.reply_id.strip_prefix("faq:")?;
+    let e = entries.iter().find(|e| e.id.to_string() == id)?;
+    let mut buttons = vec![(MENU_ID, "Menu")];
+    if ctx.has_escalation_contacts() {
+        buttons.push((PERSON_ID, "Talk to a person"));
+    }
+    Some(Decision {
+        training_data_id: Some(e.id),
+        score: Some(1.0),
+        interactive: meta::buttons_interactive(&e.answer, &buttons),
+        ..Decision::reply(e.answer.clone(), "faq_match")
+    })
+}
+
+/// The menu: the tenant's FAQ topics (its categories, when it has two or
+/// more), else its first questions. `None` for a tenant without FAQ.
+pub fn menu(ctx: &TenantContext) -> Option<Decision> {
+    let entries = ctx.index.entries();
+    let mut topics: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e.category.as_deref())
+        .filter(|c| !c.trim().is_empty())
+        .collect();
+    topics.sort_unstable();
+    topics.dedup();
+    let rows: Vec<meta::ListRow> = if topics.len() >= 2 {
+        topics
+            .iter()
+            .take(meta::limits::ROWS)
+            .map(|t| {
+                let n = entries
+                    .iter()
+                    .filter(|e| e.category.as_deref() == Some(*t))
+                    .count();
+                meta::ListRow {
+                    id: format!("cat:{t}"),
+                    title: (*t).to_owned(),
+                    description: format!("{n} question{}", if n == 1 { "" } else { "s" }),
+                }
+            })
+            .collect()
+    } else {
+        question_rows(in_menu_order(entries.iter()))
+    };
+    (!rows.is_empty()).then(|| list(MENU_BODY, "Topics", &rows, "menu"))
+}
+
+/// Entries as a menu shows them: by priority, then by question.
+fn in_menu_order<'a>(
+    entries: impl Iterator<Item = &'a FaqEntry>,
+) -> impl Iterator<Item = &'a FaqEntry> {
+    let mut v: Vec<&FaqEntry> = entries.collect();
+    v.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then_with(|| a.question.cmp(&b.question))
+    });
+    v.into_iter()
+}
+
+/// The list offered for an unclear question: the entries it is close to
+/// (two or more), best first.
+fn clarify(ctx: &TenantContext, msg: &InboundMessage, query: Option<&[f32]>) -> Option<Decision> {
+    if !answers_text(msg) {
+        return None;
+    }
+    let close: Vec<_> = ctx
+        .retrieve(&msg.text, query, CLARIFY_ROWS)
+        .into_iter()
+        .filter(|m| m.score >= CLARIFY_FLOOR)
+        .collect();
+    if close.len() < 2 {
+        return None;
+    }
+    let rows = question_rows(close.iter().map(|m| m.entry));
+    Some(Decision {
+        score: close.first().map(|m| m.score),
+        ..list(CLARIFY_BODY, "Questions", &rows, "clarify")
+    })
+}
+
+/// The list offered when the best entry found by words has rivals within
+/// [`crate::matcher::TIE_BAND`] of the same priority and other answers.
+fn tied(ctx: &TenantContext, text: &str, best: f64, entry: &FaqEntry) -> Option<Decision> {
+    let mut rivals: Vec<&FaqEntry> = vec![entry];
+    for m in ctx
+        .index
+        .ranked_above(text, best - crate::matcher::TIE_BAND)
+    {
+        if m.entry.priority == entry.priority && rivals.iter().all(|r| r.answer != m.entry.answer) {
+            rivals.push(m.entry);
+        }
+    }
+    if rivals.len() < 2 {
+        return None;
+    }
+    let rows = question_rows(rivals.into_iter().take(CLARIFY_ROWS));
+    Some(Decision {
+        score: Some(best),
+        ..list(CLARIFY_BODY, "Questions", &rows, "clarify")
+    })
+}
+
+/// A list row per entry (its question as title, the whole question as
+/// description when the title had to be cut).
+fn question_rows<'a>(entries: impl Iterator<Item = &'a FaqEntry>) -> Vec<meta::ListRow> {
+    entries
+        .take(meta::limits::ROWS)
+        .map(|e| {
+            let cut = e.question.trim().chars().count() > meta::limits::ROW_TITLE;
+            meta::ListRow {
+                id: format!("faq:{}", e.id),
+                title: e.question.clone(),
+                description: if cut {
+                    e.question.clone()
+                } else {
+                    String::new()
+                },
+            }
+        })
+        .collect()
+}
+
+/// A reply sent as a list of `rows` under `body`; its text (what the log
+/// shows) lists the choices.
+fn list(body: &str, section: &str, rows: &[meta::ListRow], reason: &'static str) -> Decision {
+    let mut text = body.to_owned();
+    for r in rows {
+        text.push_str("\n• ");
+        text.push_str(&r.title);
+    }
+    Decision {
+        interactive: Some(meta::list_interactive(body, "Choose", section, rows)),
+        ..Decision::reply(text, reason)
+    }
 }
 
 /// What the customer is told out of hours when the tenant has no words
@@ -233,10 +439,12 @@ pub fn note_out_of_hours(ctx: &TenantContext, mut d: Decision) -> Decision {
     if !ctx.settings.answer_out_of_hours || !is_answer(d.reason) {
         return d;
     }
+    let note = out_of_hours_text(ctx).to_owned();
     if let Some(r) = &mut d.reply {
         r.push_str("\n\n");
-        r.push_str(out_of_hours_text(ctx));
+        r.push_str(&note);
     }
+    amend_interactive(&mut d, |body| format!("{body}\n\n{note}"));
     d
 }
 
@@ -261,14 +469,38 @@ pub fn greet(ctx: &TenantContext, mut d: Decision) -> Decision {
     else {
         return d;
     };
-    if !(is_answer(d.reason) || d.reason == "out_of_hours" || d.reason == "handoff") {
+    if !(is_answer(d.reason) || matches!(d.reason, "out_of_hours" | "handoff" | "menu" | "clarify"))
+    {
         return d;
     }
     if let Some(r) = &mut d.reply {
         *r = format!("{greeting}\n\n{r}");
         d.greeted = true;
     }
+    if d.greeted {
+        amend_interactive(&mut d, |body| format!("{greeting}\n\n{body}"));
+    }
     d
+}
+
+/// Changes the body of the reply's list or buttons the way its text was
+/// changed; a buttons message whose body grows past Meta's limit goes as
+/// plain text.
+fn amend_interactive(d: &mut Decision, f: impl Fn(&str) -> String) {
+    let Some(i) = &mut d.interactive else {
+        return;
+    };
+    let body = f(i["body"]["text"].as_str().unwrap_or_default());
+    let max = if i["type"] == "button" {
+        meta::limits::BUTTONS_BODY
+    } else {
+        meta::limits::LIST_BODY
+    };
+    if body.chars().count() > max {
+        d.interactive = None;
+    } else {
+        i["body"]["text"] = serde_json::Value::String(body);
+    }
 }
 
 /// What the limit decision makes of `d`: unchanged under the limits, the
@@ -300,6 +532,9 @@ fn reply_metadata(ctx: &TenantContext, d: &Decision) -> String {
     let mut m = serde_json::json!({"reason": d.reason, "match_score": d.score});
     if d.greeted {
         m["greeted"] = serde_json::json!(true);
+    }
+    if let Some(kind) = d.interactive.as_ref().and_then(|i| i["type"].as_str()) {
+        m["interactive"] = serde_json::json!(kind);
     }
     if let Some(tier) = d.tier {
         m["match_tier"] = serde_json::json!(tier.name());
@@ -417,6 +652,11 @@ pub fn reply_event(
         trace: Some(trace),
         metadata_json: reply_metadata(ctx, d),
         mark_read: d.mark_read,
+        interactive_json: d
+            .interactive
+            .as_ref()
+            .map(|i| i.to_string())
+            .unwrap_or_default(),
         ..Default::default()
     })
 }
@@ -467,6 +707,96 @@ mod tests {
             hours: None,
             whatsapp_templates: Vec::new(),
         }
+    }
+
+    fn shop() -> TenantContext {
+        let mut c = ctx(ControlSettings::default());
+        let faq = |q: &str, a: &str, cat: &str| FaqEntry {
+            id: Uuid::new_v4(),
+            question: q.into(),
+            answer: a.into(),
+            category: Some(cat.into()),
+            priority: 0,
+            confidence: 1.0,
+        };
+        c.index = FaqIndex::build([
+            faq("What are your opening hours?", "9 to 5", "Hours"),
+            faq("Are you open on public holidays?", "10 to 4", "Hours"),
+            faq(
+                "Do you deliver to Mombasa by courier?",
+                "Yes, in 2 days",
+                "Delivery",
+            ),
+            faq(
+                "Do you deliver to Kisumu by courier?",
+                "Yes, in 1 to 3 days",
+                "Delivery",
+            ),
+        ]);
+        c
+    }
+
+    #[test]
+    fn the_menu_lists_topics_then_questions_then_answers_with_buttons() {
+        let c = shop();
+        let d = decide(&c, &text("Menu", MessageKind::Text), "fb", None);
+        assert_eq!(d.reason, "menu");
+        let list = d.interactive.clone().unwrap();
+        assert_eq!(list["type"], "list");
+        let rows = list["action"]["sections"][0]["rows"].as_array().unwrap();
+        assert_eq!(rows[0]["id"], "cat:Delivery");
+        assert_eq!(rows[1]["id"], "cat:Hours");
+        assert_eq!(rows[0]["description"], "2 questions");
+        assert!(d.reply.unwrap().contains("• Delivery"));
+        let mut pick = text("Delivery", MessageKind::InteractiveListReply);
+        pick.reply_id = "cat:Delivery".into();
+        let d = decide(&c, &pick, "fb", None);
+        let rows = d.interactive.unwrap()["action"]["sections"][0]["rows"].clone();
+        assert_eq!(rows.as_array().unwrap().len(), 2);
+        // Titles cut to Meta's 24 characters, the whole question below.
+        assert_eq!(rows[1]["title"], "Do you deliver to Momba…");
+        assert_eq!(
+            rows[1]["description"],
+            "Do you deliver to Mombasa by courier?"
+        );
+        let mut pick = text(
+            "Do you deliver to Momba…",
+            MessageKind::InteractiveListReply,
+        );
+        pick.reply_id = rows[1]["id"].as_str().unwrap().into();
+        let d = decide(&c, &pick, "fb", None);
+        assert_eq!(d.reply.as_deref(), Some("Yes, in 2 days"));
+        let buttons = d.interactive.unwrap();
+        assert_eq!(buttons["type"], "button");
+        assert_eq!(buttons["action"]["buttons"][0]["reply"]["id"], MENU_ID);
+    }
+
+    #[test]
+    fn an_unclear_question_near_several_entries_offers_them() {
+        let c = shop();
+        let d = decide(&c, &text("courier delivery", MessageKind::Text), "fb", None);
+        assert_eq!(d.reason, "clarify", "{d:?}");
+        let rows = d.interactive.unwrap()["action"]["sections"][0]["rows"].clone();
+        assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+        // Words near both, neither enough to answer: the same choice
+        // (unless the tenant's AI answers such questions).
+        let d = decide(&c, &text("courier", MessageKind::Text), "fb", None);
+        assert_eq!(d.reason, "clarify", "{d:?}");
+        let mut ai = shop();
+        ai.settings.enable_ai_responses = true;
+        let d = decide(&ai, &text("courier", MessageKind::Text), "fb", None);
+        assert_eq!(d.reason, "fallback");
+        // A clear question is answered.
+        let d = decide(
+            &c,
+            &text("deliver to Kisumu by courier?", MessageKind::Text),
+            "fb",
+            None,
+        );
+        assert_eq!(d.reply.as_deref(), Some("Yes, in 1 to 3 days"));
+        // Nothing near: the fallback.
+        let d = decide(&shop(), &text("xyzzy plugh", MessageKind::Text), "fb", None);
+        assert_eq!(d.reason, "fallback");
     }
 
     fn text(t: &str, kind: MessageKind) -> InboundMessage {

@@ -557,16 +557,26 @@ impl Sender {
     }
 }
 
-/// The bodies to post for `msg`: each part of its text (only the first
-/// quoting the customer's message), or its template. Each carries its
-/// callback data, echoed in its status webhooks: how a send whose answer
-/// never came is found to have gone out.
+/// The bodies to post for `msg`: its list or buttons, or each part of its
+/// text (only the first quoting the customer's message), or its template.
+/// Each carries its callback data, echoed in its status webhooks: how a
+/// send whose answer never came is found to have gone out.
 fn bodies(msg: &OutboundMessage, mode: Mode) -> Vec<serde_json::Value> {
-    match (mode, &msg.template) {
-        (Mode::Template, Some(t)) => vec![meta::template_body(
+    let interactive = (!msg.interactive_json.is_empty())
+        .then(|| serde_json::from_str::<serde_json::Value>(&msg.interactive_json).ok())
+        .flatten();
+    match (mode, &msg.template, interactive) {
+        (Mode::Template, Some(t), _) => vec![meta::template_body(
             &msg.to,
             &msg.to_user_id,
             t,
+            &decide::callback_data(&msg.outbound_id, 0),
+        )],
+        (_, _, Some(i)) => vec![meta::interactive_body(
+            &msg.to,
+            &msg.to_user_id,
+            &i,
+            &msg.in_reply_to,
             &decide::callback_data(&msg.outbound_id, 0),
         )],
         _ => meta::split_text(&msg.text, MAX_TEXT_CHARS)

@@ -646,6 +646,126 @@ fn address(body: &mut serde_json::Value, to: &str, to_user_id: &str) {
     }
 }
 
+/// Meta's limits on interactive messages (protocols.md 2.4).
+pub mod limits {
+    /// Reply buttons per message.
+    pub const BUTTONS: usize = 3;
+    /// A reply button's title.
+    pub const BUTTON_TITLE: usize = 20;
+    /// The body of a reply-buttons message.
+    pub const BUTTONS_BODY: usize = 1024;
+    /// Rows of a list message, in all its sections.
+    pub const ROWS: usize = 10;
+    /// A row's title.
+    pub const ROW_TITLE: usize = 24;
+    /// A row's description.
+    pub const ROW_DESCRIPTION: usize = 72;
+    /// A row's id.
+    pub const ROW_ID: usize = 200;
+    /// The label of the button that opens a list, and a section's title.
+    pub const LIST_BUTTON: usize = 20;
+    pub const SECTION_TITLE: usize = 24;
+    /// The body of a list message.
+    pub const LIST_BODY: usize = 4096;
+}
+
+/// `s` in at most `max` characters (cut with an ellipsis).
+pub fn fit(s: &str, max: usize) -> String {
+    let s = s.trim();
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out = out.trim_end().to_owned();
+    out.push('…');
+    out
+}
+
+/// One row of a list message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListRow {
+    pub id: String,
+    pub title: String,
+    pub description: String,
+}
+
+/// The `interactive` object of a list message with one section: at most
+/// ten rows, every text cut to Meta's limits.
+pub fn list_interactive(
+    body: &str,
+    button: &str,
+    section: &str,
+    rows: &[ListRow],
+) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .take(limits::ROWS)
+        .map(|r| {
+            let mut row = serde_json::json!({
+                "id": r.id.chars().take(limits::ROW_ID).collect::<String>(),
+                "title": fit(&r.title, limits::ROW_TITLE),
+            });
+            if !r.description.trim().is_empty() {
+                row["description"] =
+                    serde_json::Value::String(fit(&r.description, limits::ROW_DESCRIPTION));
+            }
+            row
+        })
+        .collect();
+    serde_json::json!({
+        "type": "list",
+        "body": { "text": fit(body, limits::LIST_BODY) },
+        "action": {
+            "button": fit(button, limits::LIST_BUTTON),
+            "sections": [{ "title": fit(section, limits::SECTION_TITLE), "rows": rows }],
+        },
+    })
+}
+
+/// The `interactive` object of a reply-buttons message: at most three
+/// buttons (id, title), titles cut to Meta's limit; `None` when the body
+/// is longer than a buttons message takes (the text then goes alone).
+pub fn buttons_interactive(body: &str, buttons: &[(&str, &str)]) -> Option<serde_json::Value> {
+    if buttons.is_empty() || body.trim().chars().count() > limits::BUTTONS_BODY {
+        return None;
+    }
+    let buttons: Vec<serde_json::Value> = buttons
+        .iter()
+        .take(limits::BUTTONS)
+        .map(|(id, title)| {
+            serde_json::json!({"type": "reply", "reply": {"id": id, "title": fit(title, limits::BUTTON_TITLE)}})
+        })
+        .collect();
+    Some(serde_json::json!({
+        "type": "button",
+        "body": { "text": body.trim() },
+        "action": { "buttons": buttons },
+    }))
+}
+
+/// Builds the body of an interactive message (`interactive`: a list or
+/// buttons object), quoting `in_reply_to`.
+pub fn interactive_body(
+    to: &str,
+    to_user_id: &str,
+    interactive: &serde_json::Value,
+    in_reply_to: &str,
+    callback: &str,
+) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "type": "interactive",
+        "interactive": interactive,
+        "biz_opaque_callback_data": callback,
+    });
+    address(&mut body, to, to_user_id);
+    if !in_reply_to.is_empty() {
+        body["context"] = serde_json::json!({ "message_id": in_reply_to });
+    }
+    body
+}
+
 /// Maximum characters of a WhatsApp text body.
 pub const MAX_TEXT_CHARS: usize = 4096;
 
