@@ -46,6 +46,28 @@ impl DbBatch {
         }
     }
 
+    /// The responder's record of every message in its customer's session
+    /// (no debounce, as the load tenants).
+    async fn touch(&self, responder: &sqlx::PgPool) -> anyhow::Result<()> {
+        let now = chrono::Utc::now();
+        let reqs = self
+            .tenant
+            .iter()
+            .zip(&self.user)
+            .zip(&self.wamid)
+            .map(|((t, u), w)| (*t, u.clone(), w.clone(), now, "opening hours".to_owned(), 0))
+            .collect();
+        let mut conn = responder.acquire().await?;
+        let touched = alphadome_core::conversation::touch_batch(&mut conn, reqs).await?;
+        anyhow::ensure!(
+            touched.len() == self.idx.len(),
+            "touched {} of {}",
+            touched.len(),
+            self.idx.len()
+        );
+        Ok(())
+    }
+
     /// The responder's admission of every message (generous limits).
     async fn admit(&self, responder: &sqlx::PgPool) -> anyhow::Result<()> {
         let reqs = self
@@ -187,6 +209,7 @@ pub(crate) async fn ceiling_db_pipeline(
                 // Each step through its owner's store, as that service's role.
                 {
                     let _one_at_a_time = admission.lock().await;
+                    batch.touch(&responder).await?;
                     batch.admit(&responder).await?;
                 }
                 let sent = batch.claim_and_record(&sender).await?;
@@ -207,7 +230,7 @@ pub(crate) async fn ceiling_db_pipeline(
     Ok(Line::new(
         named(
             part,
-            "the database's work per message alone (admission, claim, record, two log rows and their mirrors)",
+            "the database's work per message alone (session, admission, claim, record, two log rows and their mirrors)",
         ),
         messages as f64 / secs,
         "msg/s",

@@ -791,3 +791,84 @@ async fn the_menu_lists_topics_and_answers_carry_buttons() {
     assert_eq!(alert.body["type"], "text");
     stack.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn sessions_keep_order_and_answer_a_redelivery_as_the_first_time() {
+    let db = TestDb::migrated().await;
+    let (_, ring) = keyring();
+    let t = tenant(&db.pool, &ring, TenantSpec::default()).await;
+    let responder = alphadome_core::db::connect_as(
+        &secrecy::SecretString::from(db.url.clone()),
+        alphadome_core::db::ServiceRole::Responder,
+        2,
+    )
+    .await
+    .unwrap();
+    // (whole milliseconds: PostgreSQL keeps microseconds)
+    let base = chrono::DateTime::from_timestamp_millis(
+        (chrono::Utc::now() - chrono::Duration::minutes(10)).timestamp_millis(),
+    )
+    .unwrap();
+    let at = |ms: i64| base + chrono::Duration::milliseconds(ms);
+    let touch = |w: &str, text: &str, ms: i64| {
+        let responder = responder.clone();
+        let req = (
+            t.id,
+            "254711000040".to_owned(),
+            w.to_owned(),
+            at(ms),
+            text.to_owned(),
+            1000,
+        );
+        async move {
+            let mut conn = responder.acquire().await.unwrap();
+            conversation::touch_batch(&mut conn, vec![req])
+                .await
+                .unwrap()
+                .remove(0)
+                .1
+        }
+    };
+    // The first message of a customer starts a conversation.
+    let first = touch("w1", "hi", 0).await;
+    assert_eq!(first.previous_inbound_at, None);
+    // The third is recorded before the second (two responders at once).
+    let third = touch("w3", "opening hours?", 900).await;
+    assert_eq!(third.previous_inbound_at, Some(at(0)));
+    let second = touch("w2", "what are your", 400).await;
+    assert_eq!(
+        second.previous_inbound_at,
+        Some(at(900)),
+        "a later one exists"
+    );
+    let burst = conversation::burst(&responder, t.id, "254711000040")
+        .await
+        .unwrap();
+    let order: Vec<&str> = burst.iter().map(|(w, _)| w.as_str()).collect();
+    assert_eq!(order, ["w1", "w2", "w3"]);
+    assert_eq!(
+        conversation::debounced(&burst, "w3", "opening hours?"),
+        conversation::Debounced::Answer {
+            texts: vec!["hi".into(), "what are your".into(), "opening hours?".into()]
+        }
+    );
+    // A redelivery answers as the first delivery did and changes nothing.
+    assert_eq!(touch("w3", "opening hours?", 900).await, third);
+    assert_eq!(
+        conversation::burst(&responder, t.id, "254711000040")
+            .await
+            .unwrap(),
+        burst
+    );
+    // After a pause longer than the debounce time, a new burst.
+    touch("w4", "thanks", 5_000).await;
+    let burst = conversation::burst(&responder, t.id, "254711000040")
+        .await
+        .unwrap();
+    assert_eq!(burst.len(), 1);
+    let w = conversation::window(&responder, t.id, "254711000040")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(w.last_inbound_at, at(5_000));
+}

@@ -185,6 +185,10 @@ async fn pages_render_for_each_role_and_another_tenants_are_not_found() {
             (format!("/t/{}/templates", a.id), "Templates"),
             (format!("/t/{}/teach", a.id), "Do you rent out amplifiers?"),
             (format!("/t/{}/settings", a.id), "Bot answers customers"),
+            (
+                format!("/t/{}/settings", a.id),
+                "alerts and follow-ups reach only people who wrote in the last 24 hours",
+            ),
             (format!("/audit?tenant={}", a.id), "Changes"),
         ] {
             let (status, html) = get(path.clone()).await;

@@ -128,7 +128,9 @@ impl Sessions {
     }
 }
 
-async fn touch_batch(
+/// Records a batch of messages in one call (`alphadome.touch_sessions`):
+/// rows numbered from 1 by their position in `reqs`.
+pub async fn touch_batch(
     conn: &mut PgConnection,
     reqs: Vec<TouchRequest>,
 ) -> Result<Vec<(i32, Session)>, sqlx::Error> {

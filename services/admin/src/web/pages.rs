@@ -424,7 +424,7 @@ async fn conversation(
                             p.problem {}
                         }
                     } @else if templates.is_empty() {
-                        p.muted { "The business has no approved WhatsApp templates (Settings → whatsapp_templates), so nothing can be sent until the customer writes again." }
+                        p.muted { "Outside the 24-hour window, and the business has no approved WhatsApp templates (see Settings), so nothing can be sent until the customer writes again." }
                     } @else {
                         form.reply #template-reply data-api={"POST " (api_path) "/messages"} data-next="reset" {
                             label for="template-name" { "Template" }
@@ -751,6 +751,7 @@ async fn settings(
         async {
             let view = load_view(&web.api, &s.principal, &t).await?;
             let c = load_settings(&web.api, &s.principal, &t).await?;
+            let templates = crate::api::messaging::load_templates(&web.api, &s.principal, &t).await?;
             let id = view.id.to_string();
             let can = manages(s.principal.role);
             let body = html! {
@@ -796,6 +797,27 @@ async fn settings(
                         input #opt_in_keywords type="text" name="opt_in_keywords" data-type="words" value=(c.opt_in_keywords.join(", ")) disabled[!can];
                         p.problem {}
                         @if can { button type="submit" { "Save settings" } }
+                    }
+                }
+                div.card #whatsapp-templates {
+                    h2 { "WhatsApp templates" }
+                    p.muted { "Approved by Meta for this number: the only messages that reach someone who has not written in 24 hours. Set them in the tenant's manifest (whatsapp_templates) or with PUT /api/v1/tenants/" (id) "/whatsapp-templates." }
+                    @if templates.is_empty() {
+                        p { "None yet: alerts and follow-ups reach only people who wrote in the last 24 hours." }
+                    } @else {
+                        table {
+                            thead { tr { th { "Name" } th { "Language" } th { "Parameters" } th { "Used for" } } }
+                            tbody {
+                                @for tpl in &templates {
+                                    tr {
+                                        td { (tpl.name) }
+                                        td { (tpl.language) }
+                                        td { (tpl.parameters.join(", ")) }
+                                        td { (tpl.use_for.join(", ")) }
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
                 @if can {
