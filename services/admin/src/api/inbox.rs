@@ -481,14 +481,15 @@ const MAX_TEXT: usize = 4096;
 /// Sends an agent's reply to the customer with the tenant's own WhatsApp
 /// number and token, and logs it with the agent as its author; the bot
 /// pauses in the conversation (the tenant's `handoff_pause_minutes`) until
-/// it is given back. Refused outside Meta's 24-hour customer service
-/// window.
+/// it is given back. A `text` goes only inside Meta's 24-hour customer
+/// service window; a `template` of the tenant's `whatsapp_templates` goes
+/// at any time (never to a customer who wrote STOP, outside the window).
 #[utoipa::path(post, path = "/tenants/{tenant}/conversations/{user}/messages", tag = "conversations",
     params(("tenant" = String, Path, description = "The tenant's id or client phone"),
            ("user" = String, Path, description = "The customer's phone")),
     request_body = ReplyInput,
     responses((status = 202, body = ReplyAccepted), (status = 404, body = Problem),
-              (status = 409, body = Problem, description = "Outside the 24-hour window"),
+              (status = 409, body = Problem, description = "A text outside the 24-hour window, or anything to a customer who wrote STOP outside it"),
               (status = 422, body = Problem)))]
 pub async fn reply(
     State(api): State<Arc<Api>>,
