@@ -423,50 +423,24 @@ async fn outside_the_window_only_templates_go_and_metas_refusals_are_named() {
         .await
         .unwrap();
     let path = format!("/tenants/{}/conversations/{customer}/messages", with.id);
-    let (s, p) = api
-        .call(
-            Method::POST,
-            &path,
-            &admin,
-            Some(json!({"text": "Are you still there?"})),
-        )
-        .await;
+    let post = |body: Value| api.call(Method::POST, &path, &admin, Some(body));
+    let (s, p) = post(json!({"text": "Are you still there?"})).await;
     assert_eq!(s, 409, "{p}");
     assert!(p["detail"].as_str().unwrap().contains("template"), "{p}");
-    let (s, p) = api
-        .call(
-            Method::POST,
-            &path,
-            &admin,
-            Some(json!({"template": {"name": "follow_up", "parameters": ["Amina", "extra"]}})),
-        )
-        .await;
+    let (s, p) =
+        post(json!({"template": {"name": "follow_up", "parameters": ["Amina", "extra"]}})).await;
     assert_eq!(
         (s, p["field"].as_str()),
         (422, Some("template.parameters")),
         "{p}"
     );
-    let (s, p) = api
-        .call(
-            Method::POST,
-            &path,
-            &admin,
-            Some(json!({"template": {"name": "no_such_template", "parameters": []}})),
-        )
-        .await;
+    let (s, p) = post(json!({"template": {"name": "no_such_template", "parameters": []}})).await;
     assert_eq!(
         (s, p["field"].as_str()),
         (422, Some("template.name")),
         "{p}"
     );
-    let (s, p) = api
-        .call(
-            Method::POST,
-            &path,
-            &admin,
-            Some(json!({"template": {"name": "follow_up", "parameters": ["Amina"]}})),
-        )
-        .await;
+    let (s, p) = post(json!({"template": {"name": "follow_up", "parameters": ["Amina"]}})).await;
     assert_eq!(s, 202, "{p}");
     let follow = eventually(Duration::from_secs(15), "the follow-up", || async {
         e.graph
@@ -492,14 +466,7 @@ async fn outside_the_window_only_templates_go_and_metas_refusals_are_named() {
         )
         .await;
     assert_eq!(s, 200);
-    let (s, p) = api
-        .call(
-            Method::POST,
-            &path,
-            &admin,
-            Some(json!({"template": {"name": "follow_up", "parameters": ["Amina"]}})),
-        )
-        .await;
+    let (s, p) = post(json!({"template": {"name": "follow_up", "parameters": ["Amina"]}})).await;
     assert_eq!(s, 202, "{p}");
     let id = p["outbound_id"].as_str().unwrap().to_owned();
     let (state, error) = outbound(&e, &id).await;

@@ -239,7 +239,7 @@ pub fn debounced(burst: &[(String, String)], wamid: &str, text: &str) -> Debounc
 
 /// A customer's window and opt-out, as the sender and the dashboard see
 /// them.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Window {
     pub last_inbound_at: DateTime<Utc>,
     pub opted_out_at: Option<DateTime<Utc>>,
@@ -284,15 +284,10 @@ pub async fn window_in(
     tenant: Uuid,
     customer: &str,
 ) -> Result<Option<Window>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT last_inbound_at, opted_out_at, \
-           CASE WHEN state_expires_at <= now() THEN 'idle' ELSE state END AS state \
-         FROM alphadome.conversation_sessions WHERE bot_tenant_id = $1 AND customer = $2",
-    )
-    .bind(tenant)
-    .bind(without_nul(customer))
-    .fetch_optional(conn)
-    .await
+    Ok(windows_in(conn, tenant, &[without_nul(customer)])
+        .await?
+        .pop()
+        .map(|(_, w)| w))
 }
 
 type WindowRow = (String, DateTime<Utc>, Option<DateTime<Utc>>, String);
@@ -356,13 +351,18 @@ pub const OPT_OUT_WORDS: &[&str] = &["stop", "unsubscribe", "stop all", "opt out
 /// The words that start them again, beside the tenant's own.
 pub const OPT_IN_WORDS: &[&str] = &["start", "subscribe", "unstop", "opt in", "optin"];
 
+/// A whole message read as a command word ("STOP", " menu! "): trimmed,
+/// without the punctuation around it, lower-case.
+pub fn command_word(text: &str) -> String {
+    text.trim()
+        .trim_matches(|c: char| !c.is_alphanumeric())
+        .to_lowercase()
+}
+
 /// Whether `text` is an opt-out or opt-in word (the whole message, in any
 /// case, without the punctuation around it), given the tenant's own words.
 pub fn opt_word(text: &str, tenant_out: &[String], tenant_in: &[String]) -> Option<Opt> {
-    let t = text
-        .trim()
-        .trim_matches(|c: char| !c.is_alphanumeric())
-        .to_lowercase();
+    let t = command_word(text);
     if t.is_empty() || t.len() > 40 {
         return None;
     }

@@ -182,11 +182,7 @@ const CLARIFY_ROWS: usize = 5;
 pub fn wants_menu(msg: &InboundMessage) -> bool {
     msg.reply_id == MENU_ID
         || matches!(
-            msg.text
-                .trim()
-                .trim_matches(|c: char| !c.is_alphanumeric())
-                .to_lowercase()
-                .as_str(),
+            conversation::command_word(&msg.text).as_str(),
             "menu" | "main menu" | "orodha"
         )
 }
@@ -404,10 +400,7 @@ pub fn opt_decision(ctx: &TenantContext, opt: Opt) -> Decision {
 /// Whether `text` asks to leave the flow the conversation is in.
 pub fn leaves_flow(text: &str) -> bool {
     matches!(
-        text.trim()
-            .trim_matches(|c: char| !c.is_alphanumeric())
-            .to_lowercase()
-            .as_str(),
+        conversation::command_word(text).as_str(),
         "cancel" | "menu" | "exit" | "quit" | "ghairi"
     )
 }
